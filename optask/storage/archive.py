@@ -1,0 +1,93 @@
+"""Raw snapshot archive: every provider payload as received, one gzip file per index and minute.
+
+Written first, before any processing, so any later failure can be replayed from here.
+Layout: `{raw root}/{INDEX}/{YYYY-MM-DD}/{HHMM}.json.gz` (IST date and time). Each file is
+a gzip'd JSON envelope whose `payload` is the received text, byte for byte.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from optask.timeutils import IST, UTC, format_ts, parse_ts
+
+
+class StorageError(OSError):
+    """A store could not write; the message says which file and why (disk full, permissions)."""
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    index: str
+    ts: dt.datetime  # UTC minute
+    provider: str
+    payload: bytes
+    received_at: str
+
+
+def raw_path(root: Path, index: str, ts: dt.datetime) -> Path:
+    ist = ts.astimezone(IST)
+    return Path(root) / index / ist.strftime("%Y-%m-%d") / f"{ist.strftime('%H%M')}.json.gz"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Temp file, fsync, rename: a crash leaves the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise StorageError(exc.errno, f"cannot write {path}: {exc.strerror or exc}; free space or fix permissions") from exc
+
+
+def write_raw(root: Path, index: str, ts: dt.datetime, provider: str, payload: bytes) -> Path:
+    """Archive one payload; rewriting the same minute replaces it (idempotent)."""
+    envelope = {
+        "index": index, "ts": format_ts(ts), "provider": provider,
+        "received_at": format_ts(dt.datetime.now(UTC).replace(microsecond=0)),
+        "payload": payload.decode("utf-8", errors="surrogateescape"),
+    }
+    path = raw_path(root, index, ts)
+    atomic_write_bytes(path, gzip.compress(json.dumps(envelope).encode("utf-8", "surrogateescape"), 6, mtime=0))
+    return path
+
+
+def read_raw(path: Path) -> RawRecord:
+    doc = json.loads(gzip.decompress(Path(path).read_bytes()))
+    return RawRecord(
+        index=doc["index"], ts=parse_ts(doc["ts"]), provider=doc["provider"],
+        payload=doc["payload"].encode("utf-8", "surrogateescape"), received_at=doc["received_at"],
+    )
+
+
+def archived_minutes(root: Path, index: str, day: dt.date) -> list[dt.datetime]:
+    """UTC minutes archived for an index and IST day, sorted."""
+    folder = Path(root) / index / day.isoformat()
+    if not folder.is_dir():
+        return []
+    out = []
+    for p in folder.glob("*.json.gz"):
+        hhmm = p.name.split(".")[0]
+        if len(hhmm) == 4 and hhmm.isdigit():
+            local = dt.datetime.combine(day, dt.time(int(hhmm[:2]), int(hhmm[2:])), IST)
+            out.append(local.astimezone(UTC))
+    return sorted(out)
+
+
+def iter_raw(root: Path, index: str, day: dt.date, start: dt.datetime | None = None,
+             end: dt.datetime | None = None) -> Iterator[RawRecord]:
+    """Archived payloads of a day in minute order, optionally within [start, end)."""
+    for ts in archived_minutes(root, index, day):
+        if (start is None or ts >= start) and (end is None or ts < end):
+            yield read_raw(raw_path(root, index, ts))
