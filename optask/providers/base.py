@@ -87,3 +87,48 @@ def get_provider(name: str | None = None, settings=None) -> Provider:
 
         return ReplayProvider.from_settings(settings)
     raise PermanentProviderError(f"unknown provider {name!r}; allowed: simulated, kite, replay")
+
+
+def classify_expiries(
+    expiries: Iterable[dt.date], day: dt.date, kinds: Iterable[str]
+) -> tuple[dict[str, dt.date], tuple[str, ...]]:
+    """Map expiry kinds to dates from the expiries a source lists, for collection on `day`.
+
+    Monthly expiries are the last listed expiry of each month. An index whose listed expiries
+    are all monthly has no weeklies: this_week/next_week map to this_month/next_month, and a
+    note says so. Kinds that have no date (too few expiries listed) are left out, with a note.
+    """
+    upcoming = sorted({e for e in expiries if e >= day})
+    last_of_month: dict[tuple[int, int], dt.date] = {}
+    for e in upcoming:
+        last_of_month[(e.year, e.month)] = e
+    monthly = sorted(last_of_month.values())
+    weekly = [e for e in upcoming if e not in monthly]
+    has_weekly = bool(weekly)
+    candidates = {
+        "this_week": upcoming[0:1] if has_weekly else monthly[0:1],
+        "next_week": upcoming[1:2] if has_weekly else monthly[1:2],
+        "this_month": monthly[0:1],
+        "next_month": monthly[1:2],
+    }
+    out: dict[str, dt.date] = {}
+    notes: list[str] = []
+    if not has_weekly and any(k in ("this_week", "next_week") for k in kinds):
+        notes.append("no weekly expiries: this_week -> this_month, next_week -> next_month")
+    for kind in kinds:
+        if candidates[kind]:
+            out[kind] = candidates[kind][0]
+        else:
+            notes.append(f"no expiry listed for {kind}")
+    return out, tuple(notes)
+
+
+def strikes_around(spot: float, strikes: Iterable[float], n: int) -> tuple[float, ...]:
+    """The listed strikes within ATM +/- n steps, ATM being the listed strike nearest spot."""
+    import numpy as np
+
+    arr = np.unique(np.asarray(list(strikes), dtype=float))
+    if arr.size == 0:
+        return ()
+    atm = int(np.argmin(np.abs(arr - spot)))
+    return tuple(arr[max(0, atm - n): atm + n + 1].tolist())
