@@ -1,0 +1,155 @@
+"""The `optask` command: one verb per job; each verb parses, calls one library function, renders.
+
+Heavy imports live inside the verbs so `optask --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from optask import __version__
+from optask.config import SettingsError, get_settings
+
+app = typer.Typer(
+    name="optask", no_args_is_help=True, add_completion=False,
+    help="Collect, enrich, store and verify Indian index-option chains every market minute.",
+)
+redis_app = typer.Typer(no_args_is_help=True, help="The Redis server optask uses (configured, or the bundled one).")
+app.add_typer(redis_app, name="redis")
+
+console = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """One line for the operator, no traceback."""
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def parse_day(text: str, option: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        fail(f"{option} {text!r} is not a date; use YYYY-MM-DD")
+        raise  # unreachable: fail() exits
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"optask {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    # Every verb needs valid settings: read them first so a bad value stops any command with exit 2.
+    try:
+        get_settings()
+    except SettingsError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def config() -> None:
+    """Print the effective settings, grouped; secrets as ***."""
+    for group, rows in get_settings().display().items():
+        table = Table(title=group, title_justify="left", show_header=False, box=None, pad_edge=False)
+        table.add_column("variable", style="cyan")
+        table.add_column("value")
+        for name, value in rows.items():
+            table.add_row(name, value)
+        console.print(table)
+        console.print()
+
+
+@app.command()
+def calendar(
+    from_: str = typer.Option(..., "--from", help="First day, YYYY-MM-DD."),
+    to: str = typer.Option(..., "--to", help="Last day, YYYY-MM-DD."),
+) -> None:
+    """List market sessions between two days, with open and close in IST."""
+    from optask.calendar import CalendarError, get_calendar
+
+    start, end = parse_day(from_, "--from"), parse_day(to, "--to")
+    if end < start:
+        fail(f"--to {to} is before --from {from_}")
+    try:
+        sessions = get_calendar().sessions(start, end)
+    except CalendarError as exc:
+        fail(str(exc))
+    table = Table(title=f"Sessions {start} .. {end} (IST)")
+    for col in ("day", "weekday", "open", "close", "minutes", "kind"):
+        table.add_column(col)
+    for s in sessions:
+        table.add_row(
+            s.day.isoformat(), s.day.strftime("%a"), s.open.strftime("%H:%M"), s.close.strftime("%H:%M"),
+            str(s.minutes), "special" if s.special else "regular",
+        )
+    console.print(table)
+    console.print(f"{len(sessions)} sessions")
+
+
+@redis_app.command("status")
+def redis_status() -> None:
+    """Say which Redis optask uses and whether it answers."""
+    from optask.config import mask_url
+    from optask.services import bundled_redis_url, redis_ping
+
+    settings = get_settings()
+    url = settings.redis.effective_url()
+    if url:
+        ok = redis_ping(url)
+        console.print(f"configured Redis {mask_url(url)}: {'up' if ok else 'DOWN'}")
+        raise typer.Exit(0 if ok else 1)
+    url = bundled_redis_url(settings.data.root)
+    console.print(f"bundled Redis: {url + ' up' if url else 'not running'} (data in {settings.data.root / 'redis'})")
+    raise typer.Exit(0 if url else 1)
+
+
+@redis_app.command("start")
+def redis_start() -> None:
+    """Start the bundled Redis (or reuse the running one); a configured Redis is only checked."""
+    from optask.config import mask_url
+    from optask.services import RedisUnavailable, ensure_redis, start_bundled_redis
+
+    settings = get_settings()
+    try:
+        if settings.redis.configured:
+            console.print(f"using configured Redis {mask_url(ensure_redis(settings))}")
+            return
+        url, started = start_bundled_redis(settings.data.root)
+    except RedisUnavailable as exc:
+        fail(str(exc), 1)
+    console.print(f"bundled Redis {'started' if started else 'already running'} at {url}")
+
+
+@redis_app.command("stop")
+def redis_stop() -> None:
+    """Stop the bundled Redis cleanly (its AOF is flushed); a configured Redis is never touched."""
+    from optask.services import stop_bundled_redis
+
+    settings = get_settings()
+    if settings.redis.configured:
+        fail("Redis is configured (REDIS_URL/REDIS_HOST); optask stops only its bundled server", 1)
+    stopped = stop_bundled_redis(settings.data.root)
+    console.print("bundled Redis stopped" if stopped else "bundled Redis was not running")
+
+
+def main() -> None:
+    try:
+        app()
+    except SettingsError as exc:  # settings read lazily inside a verb
+        err.print(f"error: {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
