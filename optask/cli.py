@@ -58,8 +58,15 @@ def _root(
 
 
 @app.command()
-def config() -> None:
+def config(
+    example: bool = typer.Option(False, "--example", help="Print a documented .env.example with the defaults instead."),
+) -> None:
     """Print the effective settings, grouped; secrets as ***."""
+    if example:
+        from optask.config import env_example_text
+
+        typer.echo(env_example_text())
+        return
     for group, rows in get_settings().display().items():
         table = Table(title=group, title_justify="left", show_header=False, box=None, pad_edge=False)
         table.add_column("variable", style="cyan")

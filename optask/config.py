@@ -289,3 +289,22 @@ def load_settings(**overrides: Any) -> Settings:
 def get_settings() -> Settings:
     """The process's settings, read once. Tests call `get_settings.cache_clear()` after changing the env."""
     return load_settings()
+
+
+def env_example_text() -> str:
+    """The documented `.env.example`: every variable with its description and default, by group."""
+    lines = ["# optask settings: copy to .env and edit. Every variable is optional; shown with its default.", ""]
+    for group_name, cls in _GROUPS.items():
+        lines.append(f"# --- {group_name}: {(cls.__doc__ or '').strip().splitlines()[0]}")
+        for field_name, info in cls.model_fields.items():
+            default = info.default
+            if isinstance(default, SecretStr):
+                default = default.get_secret_value()
+            elif isinstance(default, tuple):
+                default = ",".join(default)
+            elif isinstance(default, Path):
+                default = str(default)
+            lines.append(f"# {info.description}")
+            lines.append(f"{env_name(cls, field_name)}={'' if default is None else default}")
+        lines.append("")
+    return "\n".join(lines)

@@ -88,7 +88,7 @@ def format_ts_series(values: pd.Series) -> pd.Series:
 
 _DMY = re.compile(r"^\d{2}-\d{2}-\d{4} \d{2}:\d{2}(:\d{2})?$")
 _DIGITS = re.compile(r"^[+-]?\d+(\.\d+)?$")
-_HAS_ZONE = re.compile(r"(Z|[+-]\d{2}:?\d{2})$")
+_HAS_ZONE = re.compile(r"(?:Z|[+-]\d{2}:?\d{2})$")
 
 
 def _epoch_to_utc(num: np.ndarray) -> pd.DatetimeIndex:
