@@ -8,6 +8,7 @@ and what is allowed, so the CLI can print it and exit 2 without a traceback.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import os
 from pathlib import Path
@@ -153,11 +154,19 @@ class MarketSettings(BaseSettings):
     sim_seed: int = Field(7, description="Seed of the simulated market.")
     risk_free_rate: float = Field(0.065, ge=-0.05, le=0.5, description="Annual risk-free rate for IV and greeks.")
     dividend_yield: float = Field(0.0, ge=0.0, le=0.5, description="Annual dividend yield of the indices.")
+    simulated_session_day: dt.date | None = Field(
+        None, description="Play this day's session from its open (demo outside market hours); empty = live clock."
+    )
 
     @field_validator("indices", "expiry_kinds", mode="before")
     @classmethod
     def _split(cls, v: Any) -> Any:
         return _split_csv(v)
+
+    @field_validator("simulated_session_day", mode="before")
+    @classmethod
+    def _empty_is_live(cls, v: Any) -> Any:
+        return None if v == "" else v
 
     @field_validator("indices")
     @classmethod
@@ -260,6 +269,8 @@ def mask_url(url: str) -> str:
 
 
 def _mask(value: Any) -> str:
+    if value is None:
+        return ""
     if isinstance(value, SecretStr):
         return "***" if value.get_secret_value() else ""
     if isinstance(value, tuple):

@@ -1,0 +1,34 @@
+"""The one beat schedule of optask, in Asia/Kolkata time.
+
+Minute collection fires every minute of every day, not `mon-fri`: a special session can
+fall on a weekend (a Sunday Muhurat), so `collect_minute` asks the calendar itself and
+returns at once outside a session. Each send is stamped with its minute (or day) by the
+clock when beat sends it, so the tasks never read "now".
+"""
+
+from __future__ import annotations
+
+from celery.beat import BeatLazyFunc
+from celery.schedules import crontab
+
+from optask.clock import current_day_iso, current_minute_iso
+
+TIMEZONE = "Asia/Kolkata"
+
+BEAT_SCHEDULE = {
+    "collect-minute": {
+        "task": "tasks.collect_minute",
+        "schedule": crontab(),  # every minute; the calendar decides, not the crontab
+        "args": (BeatLazyFunc(current_minute_iso),),
+        # A tick nobody picked up within the minute is useless: the next tick is already due.
+        "options": {"expires": 55},
+    },
+    # end_of_day is also enqueued by the last minute of each session; this late sweep catches a
+    # day whose last minute was lost. It is idempotent, so running twice is harmless.
+    "end-of-day-sweep": {
+        "task": "tasks.end_of_day",
+        "schedule": crontab(hour=23, minute=30),
+        "args": (BeatLazyFunc(current_day_iso),),
+        "options": {"expires": 3 * 3600},
+    },
+}

@@ -1,0 +1,9 @@
+"""Celery app and tasks of optask: thin wrappers that call the `optask` library.
+
+`celery -A tasks worker`, `celery -A tasks beat`, `celery -A tasks flower`.
+"""
+
+from tasks.app import app
+from tasks.minute import collect_minute, end_of_day, process_index
+
+__all__ = ["app", "collect_minute", "end_of_day", "process_index"]

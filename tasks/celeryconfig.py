@@ -1,0 +1,75 @@
+"""Every Celery setting of optask, in one place, each with why (DESIGN section 5)."""
+
+from __future__ import annotations
+
+from kombu import Queue
+
+from optask.config import Settings
+
+#: Longest a minute task may run. A minute that takes longer is late anyway; it is retried or backfilled.
+MINUTE_SOFT_LIMIT_S = 45
+MINUTE_HARD_LIMIT_S = 55
+#: End of day compacts and verifies whole days: minutes, not seconds.
+EOD_SOFT_LIMIT_S = 900
+EOD_HARD_LIMIT_S = 960
+#: A queued minute older than this is stale: fresh minutes go first, the stale one is recorded for backfill.
+MINUTE_EXPIRES_S = 120
+
+
+def process_queue(index: str) -> str:
+    """Each index has its own queue so it can have its own workers, on any machine."""
+    return f"process.{index}"
+
+
+def route_task(name, args, kwargs, options, task=None, **kw):
+    """process_index goes to its index's queue; everything else to the default queue."""
+    if name == "tasks.process_index":
+        index = args[0] if args else kwargs.get("index")
+        return {"queue": process_queue(index)}
+    return None
+
+
+def celery_config(settings: Settings, broker_url: str) -> dict:
+    # Longer than the longest task (EOD), so Redis never hands a running task to a second worker.
+    visibility_timeout = EOD_HARD_LIMIT_S + 300
+    return {
+        "broker_url": broker_url,
+        "result_backend": broker_url,
+        # JSON only: pickle would let anyone who can write to Redis run code in the workers.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # Ack after the task ran, and requeue when the worker process dies mid-task: every task is
+        # idempotent, so a redelivery is harmless and a kill loses nothing.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # One message at a time per process: a slow minute does not hold others hostage in its prefetch.
+        "worker_prefetch_multiplier": 1,
+        # Set identically for broker and result backend (Celery's Redis caveat).
+        "broker_transport_options": {"visibility_timeout": visibility_timeout},
+        "result_backend_transport_options": {"visibility_timeout": visibility_timeout},
+        "visibility_timeout": visibility_timeout,
+        # Defaults for minute tasks; end_of_day declares its own, longer limits.
+        "task_soft_time_limit": MINUTE_SOFT_LIMIT_S,
+        "task_time_limit": MINUTE_HARD_LIMIT_S,
+        # Replace a worker child that grew past the memory budget (kilobytes) after its current task.
+        "worker_max_memory_per_child": settings.service.max_memory_usage_mb * 1024,
+        # Keep retrying the broker at start instead of dying when Redis is a moment late.
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        # Beat's crontabs are in market time.
+        "timezone": "Asia/Kolkata",
+        "enable_utc": True,
+        # Per-index queues plus the default one; declared so `celery worker` without -Q consumes all of them.
+        "task_default_queue": "optask",
+        "task_queues": [Queue("optask")] + [Queue(process_queue(i)) for i in settings.market.indices],
+        "task_routes": (route_task,),
+        # Flower shows tasks live, including when they were sent and by whom.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_track_started": True,
+        # Results are small status dicts; keep them an hour for Flower and the CLI, then let Redis drop them.
+        "result_expires": 3600,
+        "worker_hijack_root_logger": False,
+    }
