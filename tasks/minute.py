@@ -1,0 +1,68 @@
+"""Minute and day tasks: a few lines each, calling `optask.collector` with primitive arguments."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from celery.signals import task_revoked
+
+from optask import collector
+from optask.providers.base import TemporaryProviderError
+from optask.storage.archive import StorageError
+from tasks.app import app
+from tasks.celeryconfig import (
+    EOD_HARD_LIMIT_S,
+    EOD_SOFT_LIMIT_S,
+    MINUTE_EXPIRES_S,
+    process_queue,
+)
+
+log = logging.getLogger(__name__)
+
+#: Faults worth retrying: the provider or a store is briefly unavailable. An expired token
+#: (PermanentProviderError) is not among them: retrying cannot fix it.
+RETRYABLE = (TemporaryProviderError, StorageError, redis.ConnectionError, redis.TimeoutError)
+
+
+@app.task(name="tasks.collect_minute", ignore_result=True)
+def collect_minute(ts: str) -> dict:
+    """Fan a session minute out to one process_index per index; claimed once even if beat runs twice."""
+    plan = collector.plan_minute(ts)
+    for index in plan.indices:
+        process_index.apply_async((index, ts), queue=process_queue(index), expires=MINUTE_EXPIRES_S)
+    if plan.last_of_session:
+        # Give the session's last minute time to land before the day is closed.
+        end_of_day.apply_async((plan.day,), countdown=90)
+    return plan.as_dict()
+
+
+class ProcessIndexTask(app.Task):
+    def on_failure(self, exc, task_id, args, kwargs, einfo):
+        """Retries exhausted or a permanent fault: the minute is recorded for backfill, never silently lost."""
+        index, ts = (list(args) + [kwargs.get("index"), kwargs.get("ts")])[:2]
+        collector.record_missed(index, ts, f"{type(exc).__name__}: {exc}")
+
+
+@app.task(
+    name="tasks.process_index", base=ProcessIndexTask, ignore_result=True,
+    autoretry_for=RETRYABLE, retry_backoff=2, retry_backoff_max=30, retry_jitter=True,
+    retry_kwargs={"max_retries": 6},
+)
+def process_index(index: str, ts: str) -> dict:
+    """Snapshot -> raw archive -> process -> Parquet, CSV, InfluxDB -> heartbeat; idempotent per (index, ts)."""
+    return collector.store_minute(index, ts).as_dict()
+
+
+@app.task(name="tasks.end_of_day", soft_time_limit=EOD_SOFT_LIMIT_S, time_limit=EOD_HARD_LIMIT_S)
+def end_of_day(day: str) -> dict:
+    """Compaction, then verification (completeness per index for now)."""
+    return collector.end_of_day(day)
+
+
+@task_revoked.connect
+def _record_expired(request=None, expired=False, **_):
+    """An expired minute (stale behind a backlog) is left for backfill: record it, don't lose it."""
+    if expired and request is not None and request.task == "tasks.process_index":
+        index, ts = request.args[:2]
+        collector.record_missed(index, ts, "expired in queue")
