@@ -82,6 +82,9 @@ class InfluxSettings(BaseSettings):
     bucket: str = Field("options", description="InfluxDB bucket.")
     token: SecretStr = Field(SecretStr(""), description="InfluxDB API token.")
     timeout_ms: int = Field(10_000, ge=100, description="Write timeout in milliseconds.")
+    admin_password: SecretStr = Field(
+        SecretStr(""), description="Password of the admin user docker-compose creates in InfluxDB (8+ characters)."
+    )
 
     @property
     def enabled(self) -> bool:
