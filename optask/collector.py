@@ -1,0 +1,136 @@
+"""One minute of one index, end to end, and the end of a day: what the Celery tasks call.
+
+    snapshot -> raw archive -> process_snapshot -> Parquet, CSV, InfluxDB -> ledger
+
+The raw payload is archived before anything else, so a later failure can be replayed.
+Every step is idempotent: a retried or duplicated minute replaces what it wrote. Minutes
+that cannot be stored (retries exhausted, expired in the queue) are recorded in the ledger
+for backfill, so none goes silently missing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import time
+from dataclasses import asdict, dataclass, field
+
+from optask.calendar import get_calendar
+from optask.config import Settings, get_settings
+from optask.ledger import Ledger
+from optask.timeutils import IST, parse_minute
+
+
+@dataclass
+class MinutePlan:
+    ts: str
+    day: str
+    indices: list[str]
+    reason: str = ""  # why nothing is dispatched (outside session, already claimed)
+    last_of_session: bool = False
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class MinuteResult:
+    index: str
+    ts: str
+    legs: int = 0
+    merged: int = 0
+    summary: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    skipped: str = ""
+    stages_ms: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def plan_minute(ts: str, settings: Settings | None = None, ledger: Ledger | None = None) -> MinutePlan:
+    """Which indices to collect for this minute: none outside a session, none if another beat claimed it."""
+    settings = settings or get_settings()
+    minute = parse_minute(ts)
+    calendar = get_calendar(settings.data.calendar_overrides)
+    day = minute.astimezone(IST).date()
+    session = calendar.session(day)
+    plan = MinutePlan(ts=minute.isoformat(), day=day.isoformat(), indices=[])
+    if session is None or not (session.open <= minute < session.close):
+        plan.reason = "outside session"
+        return plan
+    ledger = ledger or Ledger.from_settings(settings)
+    if not ledger.claim("collect_minute", plan.ts):
+        plan.reason = "already claimed (duplicate tick)"
+        return plan
+    plan.indices = list(settings.market.indices)
+    plan.last_of_session = minute + dt.timedelta(minutes=1) >= session.close
+    return plan
+
+
+@functools.lru_cache(maxsize=4)
+def _provider(name: str):
+    """One provider per worker process: instrument caches and HTTP sessions are reused across minutes."""
+    from optask.providers.base import get_provider
+
+    return get_provider(name)
+
+
+def store_minute(index: str, ts: str, settings: Settings | None = None, ledger: Ledger | None = None,
+                 provider=None) -> MinuteResult:
+    """Collect, archive, process and store one (index, minute). Safe to run any number of times."""
+    from optask.pipeline import process_snapshot
+    from optask.storage.archive import write_raw
+    from optask.storage.sinks import write_minute
+
+    settings = settings or get_settings()
+    ledger = ledger or Ledger.from_settings(settings)
+    minute = parse_minute(ts)
+    result = MinuteResult(index=index, ts=minute.isoformat())
+    if ledger.is_stored(index, result.ts):
+        result.skipped = "already stored"
+        return result
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        result.stages_ms[stage] = round((now - clock) * 1000, 2)
+        clock = now
+
+    provider = provider or _provider(settings.market.provider)
+    snapshot = provider.snapshot(index, minute)
+    lap("snapshot")
+    write_raw(settings.data.raw_root, index, minute, snapshot.provider, snapshot.raw)
+    lap("archive")
+    processed = process_snapshot(snapshot)
+    lap("process")
+    write_minute(processed, settings=settings, redis_client=ledger.redis)
+    lap("store")
+    result.legs, result.merged, result.summary = (
+        processed.legs.num_rows, processed.merged.num_rows, processed.summary.num_rows,
+    )
+    result.dropped = {**snapshot.issues, **processed.report.removed}
+    ledger.mark_stored(index, result.ts, legs=result.legs, stages_ms=result.stages_ms)
+    return result
+
+
+def record_missed(index: str, ts: str, reason: str, settings: Settings | None = None) -> None:
+    Ledger.from_settings(settings or get_settings()).mark_missed(index, ts, reason)
+
+
+def end_of_day(day: str, settings: Settings | None = None) -> dict:
+    """Compact each index's day, then verify completeness: expected minutes from the calendar vs stored."""
+    from optask.storage.sinks import compact_day
+    from optask.verify import completeness
+
+    settings = settings or get_settings()
+    d = dt.date.fromisoformat(day)
+    calendar = get_calendar(settings.data.calendar_overrides)
+    if not calendar.is_trading_day(d):
+        return {"day": day, "session": False}
+    report = {"day": day, "session": True, "indices": {}}
+    for index in settings.market.indices:
+        compact_day(index, d, settings=settings)
+        report["indices"][index] = completeness(index, d, settings=settings)
+    return report

@@ -1,0 +1,79 @@
+"""The pipeline's ledger in Redis: which minutes each index has stored, missed, or claimed.
+
+- claims: SET NX with expiry per (task, key), so a minute fanned out by two beats runs once;
+- stored: a hash per (index, day) of minute -> {legs, stage timings, stored_at}, written only
+  after every store is durable, so "stored" is never ahead of the files;
+- missed: a hash per (index, day) of minute -> reason (retries exhausted, expired in queue),
+  the backfill work list; a minute stored later leaves it;
+- events: a capped stream of stored minutes that `optask up` and `optask demo` follow.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from dataclasses import dataclass
+
+import redis
+
+from optask.timeutils import IST, parse_ts
+
+PREFIX = "optask"
+EVENTS = f"{PREFIX}:events"
+CLAIM_TTL_S = 2 * 24 * 3600
+
+
+def _day(ts: str) -> str:
+    return parse_ts(ts).astimezone(IST).date().isoformat()
+
+
+@dataclass
+class Ledger:
+    redis: redis.Redis
+
+    @classmethod
+    def from_settings(cls, settings) -> Ledger:
+        from optask.services import ensure_redis
+
+        return cls(redis.Redis.from_url(ensure_redis(settings), socket_timeout=10, socket_connect_timeout=5))
+
+    def claim(self, task: str, key: str, ttl_s: int = CLAIM_TTL_S) -> bool:
+        """True for the first caller only, across processes and machines."""
+        return bool(self.redis.set(f"{PREFIX}:claim:{task}:{key}", "1", nx=True, ex=ttl_s))
+
+    def is_stored(self, index: str, ts: str) -> bool:
+        return bool(self.redis.hexists(f"{PREFIX}:stored:{index}:{_day(ts)}", ts))
+
+    def mark_stored(self, index: str, ts: str, legs: int, stages_ms: dict[str, float]) -> None:
+        day = _day(ts)
+        now = time.time()
+        info = json.dumps({"legs": legs, "stages_ms": stages_ms, "stored_at": now})
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(f"{PREFIX}:stored:{index}:{day}", ts, info)
+        pipe.hdel(f"{PREFIX}:missed:{index}:{day}", ts)
+        pipe.set(f"{PREFIX}:last_stored:{index}", ts)
+        pipe.xadd(EVENTS, {"index": index, "ts": ts, "legs": legs, "stored_at": now}, maxlen=50_000, approximate=True)
+        pipe.execute()
+
+    def mark_missed(self, index: str, ts: str, reason: str) -> None:
+        if not self.is_stored(index, ts):
+            self.redis.hset(f"{PREFIX}:missed:{index}:{_day(ts)}", ts, reason)
+
+    def stored(self, index: str, day: dt.date) -> dict[str, dict]:
+        raw = self.redis.hgetall(f"{PREFIX}:stored:{index}:{day.isoformat()}")
+        return {k.decode(): json.loads(v) for k, v in raw.items()}
+
+    def missed(self, index: str, day: dt.date) -> dict[str, str]:
+        raw = self.redis.hgetall(f"{PREFIX}:missed:{index}:{day.isoformat()}")
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def last_stored(self, index: str) -> str | None:
+        v = self.redis.get(f"{PREFIX}:last_stored:{index}")
+        return v.decode() if v else None
+
+    def events(self, last_id: str = "$", block_ms: int = 1000, count: int = 1000) -> list[tuple[str, dict]]:
+        """Stored-minute events after `last_id` ("$" = only new ones), waiting up to block_ms."""
+        out = self.redis.xread({EVENTS: last_id}, block=block_ms, count=count) or []
+        return [(eid.decode(), {k.decode(): v.decode() for k, v in fields.items()}) for _, entries in out
+                for eid, fields in entries]

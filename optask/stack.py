@@ -1,0 +1,107 @@
+"""Run the whole stack on one machine: Redis, a Celery worker, beat and Flower, as child processes.
+
+Used by `optask up` (live or simulated session, until Ctrl-C) and `optask demo` (an
+accelerated simulated session through the real broker and worker). Children get the Redis
+URL and data root explicitly, so every process uses the same server and files.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from optask.config import Settings
+
+CELERY = [sys.executable, "-m", "celery", "-A", "tasks"]
+
+
+@dataclass
+class Stack:
+    """Child processes sharing one Redis and one data root; stopped in reverse order, gracefully."""
+
+    settings: Settings
+    redis_url: str
+    data_root: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    log_dir: Path | None = None
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def env(self, **more: str) -> dict[str, str]:
+        env = {**os.environ, "REDIS_URL": self.redis_url, "BASE_DATA_DIR": str(self.data_root), **self.extra_env}
+        env.pop("FLOWER_BASIC_AUTH", None)  # only Flower gets the credentials (via `more`)
+        env.update(more)
+        return env
+
+    def _spawn(self, name: str, args: list[str], **env: str) -> subprocess.Popen:
+        log_dir = self.log_dir or (self.data_root / "logs")
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        proc = subprocess.Popen(args, env=self.env(**env), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def start_worker(self, name: str = "worker", concurrency: int | None = None, queues: list[str] | None = None,
+                     **env: str) -> subprocess.Popen:
+        args = [*CELERY, "worker", "--loglevel=INFO", f"--concurrency={concurrency or self.settings.service.processing_max_workers}",
+                f"--hostname={name}-{os.getpid()}@%h", "--without-gossip", "--without-mingle"]
+        if queues:
+            args.append(f"--queues={','.join(queues)}")
+        return self._spawn(name, args, **env)
+
+    def start_beat(self, **env: str) -> subprocess.Popen:
+        schedule = self.data_root / "celerybeat-schedule"
+        return self._spawn("beat", [*CELERY, "beat", "--loglevel=INFO", f"--schedule={schedule}"], **env)
+
+    def start_flower(self, auth: str | None = None) -> tuple[subprocess.Popen, str]:
+        """Flower on 127.0.0.1 (or FLOWER_ADDRESS) behind basic auth; a password is generated when none is set."""
+        mon = self.settings.monitoring
+        auth = auth or mon.flower_basic_auth.get_secret_value() or f"optask:{secrets.token_urlsafe(12)}"
+        args = [*CELERY, "flower", f"--address={mon.flower_address}", f"--port={mon.flower_port}"]
+        # The credentials travel in the environment (Flower reads FLOWER_BASIC_AUTH), not on the command line.
+        return self._spawn("flower", args, FLOWER_BASIC_AUTH=auth), auth
+
+    def alive(self) -> dict[str, bool]:
+        return {name: p.poll() is None for name, p in self.procs.items()}
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """SIGTERM in reverse start order: beat stops ticking first; the worker finishes running tasks (warm shutdown)."""
+        for name in reversed(list(self.procs)):
+            proc = self.procs[name]
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        self.procs.clear()
+
+
+def celery_client(settings: Settings, redis_url: str):
+    """A Celery app that only sends tasks by name, with optask's serializer and routing."""
+    from celery import Celery
+
+    from tasks.celeryconfig import celery_config
+
+    client = Celery("optask-client")
+    client.conf.update(celery_config(settings, redis_url))
+    return client
+
+
+def wait_for_workers(client, count: int = 1, timeout: float = 60.0) -> list[str]:
+    """Block until `count` workers answer a ping."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        replies = client.control.ping(timeout=0.5) or []
+        if len(replies) >= count:
+            return [next(iter(r)) for r in replies]
+    raise TimeoutError(f"no Celery worker answered within {timeout:.0f}s; see the worker log under data/logs")
