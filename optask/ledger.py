@@ -39,8 +39,13 @@ class Ledger:
         return cls(redis.Redis.from_url(ensure_redis(settings), socket_timeout=10, socket_connect_timeout=5))
 
     def claim(self, task: str, key: str, ttl_s: int = CLAIM_TTL_S) -> bool:
-        """True for the first caller only, across processes and machines."""
-        return bool(self.redis.set(f"{PREFIX}:claim:{task}:{key}", "1", nx=True, ex=ttl_s))
+        """True for the first caller only, across processes and machines. The value is the claim time."""
+        return bool(self.redis.set(f"{PREFIX}:claim:{task}:{key}", repr(time.time()), nx=True, ex=ttl_s))
+
+    def claimed_at(self, task: str, key: str) -> float | None:
+        """When a claim was taken (for a minute: when its tick was dispatched), or None."""
+        v = self.redis.get(f"{PREFIX}:claim:{task}:{key}")
+        return float(v) if v else None
 
     def is_stored(self, index: str, ts: str) -> bool:
         return bool(self.redis.hexists(f"{PREFIX}:stored:{index}:{_day(ts)}", ts))

@@ -105,3 +105,78 @@ def wait_for_workers(client, count: int = 1, timeout: float = 60.0) -> list[str]
         if len(replies) >= count:
             return [next(iter(r)) for r in replies]
     raise TimeoutError(f"no Celery worker answered within {timeout:.0f}s; see the worker log under data/logs")
+
+
+def run_up(settings: Settings, console, stop_after_minutes: int | None = None) -> None:
+    """`optask up`: the whole stack in one command until Ctrl-C, with a live line per stored minute."""
+    import redis
+
+    from optask.calendar import get_calendar
+    from optask.clock import current_minute_iso
+    from optask.demo import latest_session_day
+    from optask.ledger import Ledger
+    from optask.services import bundled_redis_url, ensure_redis, stop_bundled_redis
+    from optask.timeutils import IST, now_utc, parse_ts
+
+    root = settings.data.root
+    had_bundled = settings.redis.configured or bundled_redis_url(root) is not None
+    url = ensure_redis(settings)
+    extra: dict[str, str] = {}
+    calendar = get_calendar(settings.data.calendar_overrides)
+    simulated_day = settings.market.simulated_session_day
+    if settings.market.provider == "simulated" and simulated_day is None and not calendar.in_session(now_utc()):
+        simulated_day = latest_session_day(settings)
+        extra["OPTASK_SIMULATED_SESSION_DAY"] = simulated_day.isoformat()
+        console.print(f"[yellow]Market closed now: simulating the session of {simulated_day} from its open, "
+                      "one minute per minute (simulated data, not live).[/yellow]")
+    stack = Stack(settings, url, root, extra_env=extra)
+    ledger = Ledger(redis.Redis.from_url(url))
+    try:
+        stack.start_worker()
+        stack.start_beat()
+        _, auth = stack.start_flower()
+        user, _, password = auth.partition(":")
+        mon = settings.monitoring
+        console.print(f"Flower:  http://{mon.flower_address}:{mon.flower_port}  user [bold]{user}[/bold]"
+                      + ("" if mon.flower_basic_auth.get_secret_value() else f"  password [bold]{password}[/bold] (generated)"))
+        console.print(f"Data:    {root}   Redis: {url}   logs: {root / 'logs'}")
+        client = celery_client(settings, url)
+        wait_for_workers(client)
+        # Don't make a newcomer wait for the next minute boundary: collect the current minute now
+        # (in a simulated session, beat's clock starts at the open as the stack starts).
+        first = calendar.session_minutes(simulated_day)[0].isoformat() if simulated_day else current_minute_iso()
+        client.send_task("tasks.collect_minute", args=(first,), queue="optask", expires=55)
+        console.print("Running. Ctrl-C stops everything cleanly.")
+        pending: dict[str, dict] = {}
+        last_id = "$"
+        printed = 0
+        n_indices = len(settings.market.indices)
+        while True:
+            for event_id, ev in ledger.events(last_id, block_ms=1000):
+                last_id = event_id
+                p = pending.setdefault(ev["ts"], {"indices": 0, "legs": 0, "last": 0.0})
+                p["indices"] += 1
+                p["legs"] += int(ev["legs"])
+                p["last"] = max(p["last"], float(ev["stored_at"]))
+            for ts in sorted(pending):
+                p = pending[ts]
+                dispatched = ledger.claimed_at("collect_minute", ts)
+                if p["indices"] >= n_indices or time.time() - p["last"] > 30:
+                    latency = f"{p['last'] - dispatched:.2f}s" if dispatched else "-"
+                    local = parse_ts(ts).astimezone(IST).strftime("%Y-%m-%d %H:%M IST")
+                    console.print(f"{local}  {p['indices']}/{n_indices} indices  {p['legs']:,} legs  tick->stored {latency}")
+                    del pending[ts]
+                    printed += 1
+            dead = [name for name, ok in stack.alive().items() if not ok]
+            if dead:
+                console.print(f"[red]{', '.join(dead)} exited; see {root / 'logs'}. Stopping.[/red]")
+                break
+            if stop_after_minutes and printed >= stop_after_minutes:
+                break
+    except KeyboardInterrupt:
+        console.print("Stopping: beat, Flower, then the worker after its running tasks ...")
+    finally:
+        stack.stop()
+        if not had_bundled:
+            stop_bundled_redis(root)
+        console.print("Stopped.")
