@@ -8,17 +8,29 @@ clock when beat sends it, so the tasks never read "now".
 
 from __future__ import annotations
 
+import datetime as dt
+
 from celery.beat import BeatLazyFunc
 from celery.schedules import crontab
 
 from optask.clock import current_day_iso, current_minute_iso
+from optask.config import get_settings
 
 TIMEZONE = "Asia/Kolkata"
+
+
+def _minute_schedule():
+    """Once per clock minute: a crontab live; every 60/speed seconds in an accelerated simulated session."""
+    market = get_settings().market
+    if market.simulated_session_day is not None and market.simulated_session_speed > 1:
+        return dt.timedelta(seconds=60.0 / market.simulated_session_speed)
+    return crontab()
+
 
 BEAT_SCHEDULE = {
     "collect-minute": {
         "task": "tasks.collect_minute",
-        "schedule": crontab(),  # every minute; the calendar decides, not the crontab
+        "schedule": _minute_schedule(),  # every minute; the calendar decides, not a mon-fri crontab
         "args": (BeatLazyFunc(current_minute_iso),),
         # A tick nobody picked up within the minute is useless: the next tick is already due.
         "options": {"expires": 55},

@@ -45,7 +45,7 @@ def get_clock(settings=None) -> WallClock | SessionReplayClock:
     day = settings.market.simulated_session_day
     if day is None:
         return WallClock()
-    return SessionReplayClock(day, get_calendar(settings.data.calendar_overrides))
+    return SessionReplayClock(day, get_calendar(settings.data.calendar_overrides), settings.market.simulated_session_speed)
 
 
 def current_minute_iso() -> str:

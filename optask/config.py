@@ -160,6 +160,9 @@ class MarketSettings(BaseSettings):
     simulated_session_day: dt.date | None = Field(
         None, description="Play this day's session from its open (demo outside market hours); empty = live clock."
     )
+    simulated_session_speed: float = Field(
+        1.0, ge=1.0, le=3600.0, description="Clock speed of the simulated session, x real time (1-3600)."
+    )
 
     @field_validator("indices", "expiry_kinds", mode="before")
     @classmethod
