@@ -3,7 +3,7 @@
 `celery -A tasks worker`, `celery -A tasks beat`, `celery -A tasks flower`.
 """
 
-from tasks.app import app
+from tasks.application import app
 from tasks.minute import collect_minute, end_of_day, process_index
 
 __all__ = ["app", "collect_minute", "end_of_day", "process_index"]

@@ -10,7 +10,7 @@ from celery.signals import task_revoked
 from optask import collector
 from optask.providers.base import TemporaryProviderError
 from optask.storage.archive import StorageError
-from tasks.app import app
+from tasks.application import app
 from tasks.celeryconfig import (
     EOD_HARD_LIMIT_S,
     EOD_SOFT_LIMIT_S,

@@ -24,7 +24,7 @@ def test_commands_are_real_invocations(redis_url):
     import typer.main
 
     from optask.cli import app as cli_app
-    from tasks.app import app as celery_app  # noqa: F401 - importing proves `-A tasks` resolves
+    from tasks.application import app as celery_app  # noqa: F401 - importing proves `-A tasks` resolves
 
     services = load()["services"]
     for name in ("worker", "beat", "flower"):
