@@ -1,4 +1,8 @@
-"""The Celery app: broker from settings (or the bundled Redis), config from one module, one beat schedule."""
+"""The Celery app: broker from settings (or the bundled Redis), config from one module, one beat schedule.
+
+The configuration is a promise: the broker is resolved (and the bundled Redis started when
+nothing is configured) only when Celery first needs it, not when `tasks` is imported.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +14,17 @@ from optask.services import ensure_redis
 from tasks.celeryconfig import celery_config
 
 
-def create_app() -> Celery:
+def _configuration() -> dict:
     settings = get_settings()
-    broker = ensure_redis(settings)
+    conf = celery_config(settings, ensure_redis(settings))
+    conf["beat_schedule"] = beat_schedule.BEAT_SCHEDULE
+    conf["timezone"] = beat_schedule.TIMEZONE
+    return conf
+
+
+def create_app() -> Celery:
     celery = Celery("optask")
-    celery.conf.update(celery_config(settings, broker))
-    celery.conf.beat_schedule = beat_schedule.BEAT_SCHEDULE
-    celery.conf.timezone = beat_schedule.TIMEZONE
+    celery.add_defaults(_configuration)
     return celery
 
 
