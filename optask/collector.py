@@ -121,14 +121,14 @@ def record_missed(index: str, ts: str, reason: str, settings: Settings | None = 
 
 def end_of_day(day: str, settings: Settings | None = None) -> dict:
     """Compact each index's day, then verify completeness: expected minutes from the calendar vs stored."""
-    from optask.storage.sinks import compact_day
-    from optask.verify import completeness
-
     settings = settings or get_settings()
     d = dt.date.fromisoformat(day)
     calendar = get_calendar(settings.data.calendar_overrides)
     if not calendar.is_trading_day(d):
         return {"day": day, "session": False}
+    from optask.storage.sinks import compact_day
+    from optask.verify import completeness
+
     report = {"day": day, "session": True, "indices": {}}
     for index in settings.market.indices:
         compact_day(index, d, settings=settings)
