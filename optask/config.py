@@ -200,6 +200,9 @@ class ServiceSettings(BaseSettings):
     processing_max_workers: int = Field(2, ge=1, le=256, description="Worker processes (1-256).")
     max_memory_usage_mb: int = Field(2048, ge=64, description="Memory per worker child before it is replaced, MB.")
     debug: bool = Field(False, description="Verbose logging.")
+    celery_visibility_timeout_s: int = Field(
+        1260, ge=5, description="Seconds before Redis redelivers an unacknowledged task; keep above the longest task."
+    )
 
 
 class MonitoringSettings(BaseSettings):

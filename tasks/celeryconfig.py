@@ -30,8 +30,17 @@ def route_task(name, args, kwargs, options, task=None, **kw):
 
 
 def celery_config(settings: Settings, broker_url: str) -> dict:
-    # Longer than the longest task (EOD), so Redis never hands a running task to a second worker.
-    visibility_timeout = EOD_HARD_LIMIT_S + 300
+    # Longer than the longest task (EOD), so Redis never hands a running task to a second worker;
+    # a task of a worker killed whole comes back after it (or at the next worker start past it).
+    visibility_timeout = settings.service.celery_visibility_timeout_s
+    transport = {
+        "visibility_timeout": visibility_timeout,
+        # Every network call has a timeout: a Redis that vanishes without closing TCP is noticed.
+        "socket_timeout": 30,
+        "socket_connect_timeout": 10,
+        "socket_keepalive": True,
+        "health_check_interval": 25,
+    }
     return {
         "broker_url": broker_url,
         "result_backend": broker_url,
@@ -47,8 +56,8 @@ def celery_config(settings: Settings, broker_url: str) -> dict:
         # One message at a time per process: a slow minute does not hold others hostage in its prefetch.
         "worker_prefetch_multiplier": 1,
         # Set identically for broker and result backend (Celery's Redis caveat).
-        "broker_transport_options": {"visibility_timeout": visibility_timeout},
-        "result_backend_transport_options": {"visibility_timeout": visibility_timeout},
+        "broker_transport_options": transport,
+        "result_backend_transport_options": transport,
         "visibility_timeout": visibility_timeout,
         # Defaults for minute tasks; end_of_day declares its own, longer limits.
         "task_soft_time_limit": MINUTE_SOFT_LIMIT_S,
