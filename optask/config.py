@@ -155,6 +155,8 @@ class MarketSettings(BaseSettings):
     )
     strikes_around_atm: int = Field(20, ge=1, le=200, description="Strikes collected each side of ATM (1-200).")
     sim_seed: int = Field(7, description="Seed of the simulated market.")
+    sim_slow_s: float = Field(0.0, ge=0.0, le=60.0, description="Simulated venue: seconds each snapshot takes (tests).")
+    sim_outage_file: str = Field("", description="Simulated venue: down while this file exists (outage drills).")
     risk_free_rate: float = Field(0.065, ge=-0.05, le=0.5, description="Annual risk-free rate for IV and greeks.")
     dividend_yield: float = Field(0.0, ge=0.0, le=0.5, description="Annual dividend yield of the indices.")
     simulated_session_day: dt.date | None = Field(

@@ -33,3 +33,19 @@ def bs_price(spot, strike, t, rate, vol, is_call, div=0.0) -> np.ndarray:
     intrinsic_put = df_r * np.maximum(strike - fwd, 0.0)
     price = np.where(is_call, np.where(live, call, intrinsic_call), np.where(live, put, intrinsic_put))
     return price
+
+
+EXPIRY_CLOSE_IST = (15, 30)
+
+
+def year_fraction(ts, expiry) -> np.ndarray:
+    """Years of 365 days from `ts` (aware datetime) to 15:30 IST on each expiry date.
+
+    The one time-to-expiry convention of optask: calendar time, continuous, to the close of
+    the expiry day; negative after expiry. `expiry` is an array of datetime64[D] or dates.
+    """
+    exp = np.asarray(expiry, dtype="datetime64[D]")
+    # 15:30 IST is 10:00 UTC.
+    close_utc = exp.astype("datetime64[m]") + np.timedelta64(10 * 60, "m")
+    now = np.datetime64(int(ts.timestamp() * 1_000_000), "us")
+    return (close_utc - now).astype("timedelta64[us]").astype(np.float64) / (365.0 * 86_400e6)
