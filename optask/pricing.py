@@ -8,7 +8,7 @@ Scalars broadcast against arrays.
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import ndtr
+from scipy.special import ndtr, ndtri
 
 MINUTES_PER_YEAR = 365.0 * 24 * 60
 
@@ -49,3 +49,149 @@ def year_fraction(ts, expiry) -> np.ndarray:
     close_utc = exp.astype("datetime64[m]") + np.timedelta64(10 * 60, "m")
     now = np.datetime64(int(ts.timestamp() * 1_000_000), "us")
     return (close_utc - now).astype("timedelta64[us]").astype(np.float64) / (365.0 * 86_400e6)
+
+
+# --- implied volatility -----------------------------------------------------------------------
+#
+# Solved in Black's normalised form (Jäckel's "Let's be rational" set-up): with forward F,
+# x = ln(F/K) and the undiscounted price normalised by sqrt(F K), every option becomes an
+# out-of-the-money call b(x, s) with x <= 0 and s = vol * sqrt(t):
+#     b(x, s) = e^{x/2} N(x/s + s/2) - e^{-x/2} N(x/s - s/2),   0 <= b < e^{x/2}.
+# b is convex in s below s_c = sqrt(2|x|) and concave above. Below s_c we iterate on ln b
+# (nearly linear there, so the deep wings converge); above it on ln(e^{x/2} - b) (the
+# upper asymptote). Each step is Halley's, kept inside a bracket that shrinks every step,
+# with bisection whenever a step leaves it, so every element converges.
+
+_SQRT_2PI = np.sqrt(2.0 * np.pi)
+_S_MAX = 40.0
+
+
+def _norm_call(x: np.ndarray, s: np.ndarray) -> np.ndarray:
+    h = x / s
+    return np.exp(0.5 * x) * ndtr(h + 0.5 * s) - np.exp(-0.5 * x) * ndtr(h - 0.5 * s)
+
+
+def _norm_vega(x: np.ndarray, s: np.ndarray) -> np.ndarray:
+    return np.exp(-0.5 * (x / s) ** 2 - 0.125 * s * s) / _SQRT_2PI
+
+
+def _solve_s(x: np.ndarray, beta: np.ndarray, tol: float = 1e-13, max_iter: int = 40) -> np.ndarray:
+    """s with b(x, s) = beta for x <= 0 and 0 < beta < e^{x/2}, vectorized and bracketed."""
+    s_c = np.sqrt(2.0 * np.abs(x))
+    b_c = np.where(s_c > 0, _norm_call(x, np.maximum(s_c, 1e-300)), 0.0)
+    low = beta < b_c
+    upper = np.exp(0.5 * x)
+    lo = np.where(low, 0.0, s_c)
+    hi = np.where(low, s_c, _S_MAX)
+    # Initial guesses. Below s_c, the deep-wing asymptotic b ~ s^3/(x^2 sqrt(2 pi)) exp(-x^2/(2 s^2) - s^2/8),
+    # solved by two fixed-point steps. Above it, the exact inverse at x = 0, b = 2 N(s/2) - 1, lifted to s_c.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ax = np.maximum(np.abs(x), 1e-300)
+        lb = np.log(beta)
+        s_low = ax / np.sqrt(np.maximum(-2.0 * lb, 1e-300))
+        for _ in range(2):
+            rhs = 3.0 * np.log(s_low) - 2.0 * np.log(ax) - np.log(_SQRT_2PI) - 0.125 * s_low**2 - lb
+            s_low = np.where(rhs > 0, ax / np.sqrt(2.0 * np.maximum(rhs, 1e-300)), s_low)
+        s_high = np.sqrt(s_c**2 + (2.0 * ndtri(np.minimum(0.5 * (1.0 + beta / upper), 1.0 - 1e-16))) ** 2)
+    s = np.where(low, np.clip(s_low, lo * 0 + 1e-8, hi), np.clip(s_high, lo, hi))
+    s = np.where(np.isfinite(s) & (s > lo) & (s < hi), s, 0.5 * (lo + hi))
+    s = np.where(s <= 0, 0.5 * hi, s)
+    active = np.ones(x.shape, dtype=bool)
+    idx = np.arange(x.size)
+    xf, bf, sf, lof, hif, lowf, upf = x.ravel(), beta.ravel(), s.ravel(), lo.ravel(), hi.ravel(), low.ravel(), upper.ravel()
+    for _ in range(max_iter):
+        i = idx[active.ravel()]
+        if i.size == 0:
+            break
+        xi, bi, si, ui, lw = xf[i], bf[i], sf[i], upf[i], lowf[i]
+        b = _norm_call(xi, si)
+        v = _norm_vega(xi, si)
+        d2 = v * (xi * xi / si**3 - 0.25 * si)  # d^2 b / ds^2
+        # keep the bracket: b increases with s
+        too_low = b < bi
+        lof[i] = np.where(too_low, np.maximum(lof[i], si), lof[i])
+        hif[i] = np.where(too_low, hif[i], np.minimum(hif[i], si))
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            # f = ln b - ln beta  (low region)   |   f = ln(beta_u) - ln(u - b) with u = e^{x/2} (high region)
+            g_low = np.log(b) - np.log(bi)
+            g1_low = v / b
+            g2_low = d2 / b - g1_low**2
+            rem, rem_t = ui - b, ui - bi
+            g_high = np.log(rem_t) - np.log(rem)
+            g1_high = v / rem
+            g2_high = d2 / rem + g1_high**2
+            g = np.where(lw, g_low, g_high)
+            g1 = np.where(lw, g1_low, g1_high)
+            g2 = np.where(lw, g2_low, g2_high)
+            newton = g / g1
+            step = newton / (1.0 - 0.5 * newton * g2 / g1)
+            step = np.where(np.isfinite(step), step, newton)
+            s_new = si - step
+        converged = (np.abs(step) <= tol * si) | (b == bi)
+        bad = ~converged & (~np.isfinite(s_new) | (s_new < lof[i]) | (s_new > hif[i]))
+        s_new = np.where(bad, 0.5 * (lof[i] + hif[i]), s_new)
+        s_new = np.where(b == bi, si, s_new)
+        done = converged | (hif[i] - lof[i] <= tol * si)
+        sf[i] = s_new
+        act = active.ravel()
+        act[i[done]] = False
+        active = act.reshape(active.shape)
+    return sf.reshape(x.shape)
+
+
+def implied_vol(price, spot, strike, t, rate, is_call, div=0.0) -> np.ndarray:
+    """Black-Scholes-Merton implied volatility; NaN exactly where no volatility gives the price.
+
+    That is: t <= 0, price below the discounted intrinsic value, or at or above the
+    no-arbitrage upper bound (S e^{-qt} for a call, K e^{-rt} for a put). A price equal to
+    intrinsic gives 0.
+    """
+    price, spot, strike, t, rate, is_call, div = np.broadcast_arrays(
+        *(np.asarray(a, dtype=float) for a in (price, spot, strike, t, rate, is_call, div))
+    )
+    is_call = is_call.astype(bool)
+    out = np.full(price.shape, np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df_r = np.exp(-rate * t)
+        fwd = spot * np.exp((rate - div) * t)
+        undisc = price / df_r
+        intrinsic = np.where(is_call, np.maximum(fwd - strike, 0.0), np.maximum(strike - fwd, 0.0))
+        bound = np.where(is_call, fwd, strike)
+        # out-of-the-money call equivalent, normalised
+        otm = undisc - intrinsic
+        x = -np.abs(np.log(fwd / strike))
+        beta = otm / np.sqrt(fwd * strike)
+    valid = (t > 0) & np.isfinite(price) & (spot > 0) & (strike > 0) & (undisc >= intrinsic) & (undisc < bound)
+    zero = valid & (otm <= 0)
+    out[zero] = 0.0
+    solve = valid & (otm > 0) & (beta < np.exp(0.5 * x))
+    if solve.any():
+        s = _solve_s(x[solve], beta[solve])
+        out[solve] = s / np.sqrt(t[solve])
+    return out
+
+
+def greeks(spot, strike, t, rate, vol, is_call, div=0.0) -> dict[str, np.ndarray]:
+    """delta, gamma, theta (per calendar day) and vega (per 1 vol point); NaN where vol or t is not positive."""
+    spot, strike, t, rate, vol, is_call, div = np.broadcast_arrays(
+        *(np.asarray(a, dtype=float) for a in (spot, strike, t, rate, vol, is_call, div))
+    )
+    is_call = is_call.astype(bool)
+    ok = (t > 0) & (vol > 0) & np.isfinite(vol)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sq = np.sqrt(t)
+        sd = vol * sq
+        d1 = (np.log(spot / strike) + (rate - div + 0.5 * vol * vol) * t) / sd
+        d2 = d1 - sd
+        dq, dr = np.exp(-div * t), np.exp(-rate * t)
+        pdf = np.exp(-0.5 * d1 * d1) / _SQRT_2PI
+        delta = np.where(is_call, dq * ndtr(d1), dq * (ndtr(d1) - 1.0))
+        gamma = dq * pdf / (spot * sd)
+        vega = spot * dq * pdf * sq / 100.0
+        common = -spot * dq * pdf * vol / (2.0 * sq)
+        theta_call = common - rate * strike * dr * ndtr(d2) + div * spot * dq * ndtr(d1)
+        theta_put = common + rate * strike * dr * ndtr(-d2) - div * spot * dq * ndtr(-d1)
+        theta = np.where(is_call, theta_call, theta_put) / 365.0
+    nan = np.nan
+    return {k: np.where(ok, v, nan) for k, v in
+            {"delta": delta, "gamma": gamma, "theta": theta, "vega": vega}.items()}
