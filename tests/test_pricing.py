@@ -83,7 +83,7 @@ def test_greeks_match_finite_differences():
     for call in (True, False):
         g = greeks(SPOT, k, t, r, v, call)
         h = 1.0
-        p = lambda s=SPOT, tt=t, vv=v: float(bs_price(s, k, tt, r, vv, call))  # noqa: E731
+        p = lambda s=SPOT, tt=t, vv=v, c=call: float(bs_price(s, k, tt, r, vv, c))  # noqa: E731
         assert g["delta"] == pytest.approx((p(SPOT + h) - p(SPOT - h)) / (2 * h), rel=1e-6)
         assert g["gamma"] == pytest.approx((p(SPOT + h) - 2 * p() + p(SPOT - h)) / h**2, rel=1e-4)
         assert g["vega"] == pytest.approx((p(vv=v + 1e-4) - p(vv=v - 1e-4)) / 2e-4 / 100, rel=1e-6)
