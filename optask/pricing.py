@@ -39,7 +39,7 @@ EXPIRY_CLOSE_IST = (15, 30)
 
 
 def year_fraction(ts, expiry) -> np.ndarray:
-    """Years of 365 days from `ts` (aware datetime) to 15:30 IST on each expiry date.
+    """Years of 365 days from `ts` (aware datetime, or datetime64 UTC array) to 15:30 IST on each expiry date.
 
     The one time-to-expiry convention of optask: calendar time, continuous, to the close of
     the expiry day; negative after expiry. `expiry` is an array of datetime64[D] or dates.
@@ -47,7 +47,10 @@ def year_fraction(ts, expiry) -> np.ndarray:
     exp = np.asarray(expiry, dtype="datetime64[D]")
     # 15:30 IST is 10:00 UTC.
     close_utc = exp.astype("datetime64[m]") + np.timedelta64(10 * 60, "m")
-    now = np.datetime64(int(ts.timestamp() * 1_000_000), "us")
+    if hasattr(ts, "timestamp"):
+        now = np.datetime64(int(ts.timestamp() * 1_000_000), "us")
+    else:  # an array of UTC instants (datetime64), one per option
+        now = np.asarray(ts).astype("datetime64[us]")
     return (close_utc - now).astype("timedelta64[us]").astype(np.float64) / (365.0 * 86_400e6)
 
 

@@ -49,6 +49,7 @@ COMPUTED_FIELDS: list[pa.Field] = [
     pa.field("gamma", pa.float64()),
     pa.field("theta", pa.float64()),
     pa.field("vega", pa.float64()),
+    pa.field("iv_source", pa.string()),  # "mid" (two-sided sane book) or "ltp": which price the iv came from
 ]
 SOURCE_FIELD = pa.field("source", pa.string())
 
@@ -58,5 +59,21 @@ LEG_SCHEMA = pa.schema([*RAW_LEG_FIELDS, *COMPUTED_FIELDS, SOURCE_FIELD])
 #: Per-side columns that the merged table carries twice, as ce_* and pe_*.
 PER_SIDE_COLUMNS: tuple[str, ...] = (
     "symbol", "token", "ltp", "bid", "ask", "bid_qty", "ask_qty", "volume", "oi",
-    "open", "high", "low", "close", "last_trade_time", "iv", "delta", "gamma", "theta", "vega",
+    "open", "high", "low", "close", "last_trade_time", "iv", "delta", "gamma", "theta", "vega", "iv_source",
 )
+
+SUMMARY_SCHEMA = pa.schema([
+    pa.field("ts", TS_TYPE),
+    pa.field("index", pa.string()),
+    pa.field("expiry", pa.date32()),
+    pa.field("expiry_kind", pa.string()),
+    pa.field("spot", pa.float64()),
+    pa.field("atm_strike", pa.float64()),
+    pa.field("atm_iv", pa.float64()),
+    pa.field("pcr_oi", pa.float64()),
+    pa.field("pcr_volume", pa.float64()),
+    pa.field("max_pain", pa.float64()),
+    pa.field("ce_oi_total", pa.int64()),
+    pa.field("pe_oi_total", pa.int64()),
+    pa.field("legs", pa.int64()),
+])

@@ -216,7 +216,9 @@ class SimulatedProvider:
         xs = 2.5 * np.tanh(x / 2.5)  # smooth, flat far wings keep the smile free of butterfly arbitrage
         iv = np.clip(atm * (1.0 - 0.12 * xs + 0.06 * xs * xs), 0.04, 2.5)
         theo = bs_price(spot, k, t, self.rate, iv, is_call, q)
-        mid = np.maximum(np.round(theo / TICK) * TICK, TICK)
+        # Quotes never sit below the discounted intrinsic value (no venue shows a free lunch).
+        intrinsic = np.exp(-self.rate * t) * np.maximum(np.where(is_call, fwd - k, k - fwd), 0.0)
+        mid = np.maximum(np.maximum(np.round(theo / TICK), np.ceil(intrinsic / TICK - 1e-9)) * TICK, TICK)
         days_left = t * 365.0
         half = np.maximum(TICK, mid * (0.0015 + 0.004 * np.abs(x)) * (1.0 + 1.5 / (days_left + 0.5)))
         half = np.round(half / TICK) * TICK
