@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import redis
 
+from optask.coordination import PREFIX, claim_once, heartbeat
 from optask.timeutils import IST, parse_ts
 
-PREFIX = "optask"
 EVENTS = f"{PREFIX}:events"
 CLAIM_TTL_S = 2 * 24 * 3600
 
@@ -40,7 +40,7 @@ class Ledger:
 
     def claim(self, task: str, key: str, ttl_s: int = CLAIM_TTL_S) -> bool:
         """True for the first caller only, across processes and machines. The value is the claim time."""
-        return bool(self.redis.set(f"{PREFIX}:claim:{task}:{key}", repr(time.time()), nx=True, ex=ttl_s))
+        return claim_once(self.redis, task, key, ttl_s)
 
     def claimed_at(self, task: str, key: str) -> float | None:
         """When a claim was taken (for a minute: when its tick was dispatched), or None."""
@@ -60,6 +60,7 @@ class Ledger:
         pipe.set(f"{PREFIX}:last_stored:{index}", ts)
         pipe.xadd(EVENTS, {"index": index, "ts": ts, "legs": legs, "stored_at": now}, maxlen=50_000, approximate=True)
         pipe.execute()
+        heartbeat(self.redis, f"process_index:{index}", last_stored=ts)
 
     def mark_missed(self, index: str, ts: str, reason: str) -> None:
         if not self.is_stored(index, ts):

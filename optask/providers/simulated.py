@@ -84,6 +84,11 @@ class SimFaults:
         return any((self.drop_legs, self.stale_quotes, self.bad_prices, self.duplicate_legs, self.crossed_book))
 
 
+def _tick(x: np.ndarray) -> np.ndarray:
+    """Round to the 0.05 tick, printed as the exchange prints it (no binary fraction residue)."""
+    return np.round(np.round(np.asarray(x) / TICK) * TICK, 2)
+
+
 def _rng(*parts: object) -> np.random.Generator:
     """A generator seeded by a stable hash of `parts`: same inputs, same draws, in any process."""
     digest = hashlib.blake2b(repr(parts).encode(), digest_size=16).digest()
@@ -218,16 +223,16 @@ class SimulatedProvider:
         theo = bs_price(spot, k, t, self.rate, iv, is_call, q)
         # Quotes never sit below the discounted intrinsic value (no venue shows a free lunch).
         intrinsic = np.exp(-self.rate * t) * np.maximum(np.where(is_call, fwd - k, k - fwd), 0.0)
-        mid = np.maximum(np.maximum(np.round(theo / TICK), np.ceil(intrinsic / TICK - 1e-9)) * TICK, TICK)
+        mid = np.maximum(np.round(np.maximum(np.round(theo / TICK), np.ceil(intrinsic / TICK - 1e-9)) * TICK, 2), TICK)
         days_left = t * 365.0
         half = np.maximum(TICK, mid * (0.0015 + 0.004 * np.abs(x)) * (1.0 + 1.5 / (days_left + 0.5)))
-        half = np.round(half / TICK) * TICK
-        bid = np.maximum(np.round((mid - half) / TICK) * TICK, 0.0)
-        ask = np.round((mid + half) / TICK) * TICK
+        half = _tick(half)
+        bid = np.maximum(_tick(mid - half), 0.0)
+        ask = _tick(mid + half)
         rng = _rng(self.seed, index, day.toordinal(), pos, "minute")
         n = len(k)
         ticks_off = rng.integers(-1, 2, n) * TICK
-        ltp = np.clip(np.round((mid + ticks_off) / TICK) * TICK, np.maximum(bid, TICK), np.maximum(ask, TICK))
+        ltp = np.clip(_tick(mid + ticks_off), np.maximum(bid, TICK), np.maximum(ask, TICK))
         # Volume: the day's total for the contract times the U-shaped share traded so far.
         contract_rng = _rng(self.seed, index, day.toordinal(), "contracts")
         base_rng = contract_rng.random(n)
@@ -240,10 +245,10 @@ class SimulatedProvider:
         oi_base = spec.lot_size * 20_000 * activity * (0.5 + base_rng[::-1])
         oi = (oi_base * (1.0 + 0.15 * frac * (base_rng - 0.4))).astype(np.int64) // spec.lot_size * spec.lot_size
         qty = spec.lot_size * rng.integers(1, 40, (2, n))
-        open_px = np.maximum(np.round(mid * np.exp(-move * np.where(is_call, 8, -8)) / TICK) * TICK, TICK)
-        close_px = np.maximum(np.round(open_px * (1 + 0.03 * (base_rng - 0.5)) / TICK) * TICK, TICK)
-        high = np.maximum.reduce([open_px, ltp, mid]) + np.round(mid * 0.02 * base_rng / TICK) * TICK
-        low = np.maximum(np.minimum.reduce([open_px, ltp, mid]) - np.round(mid * 0.02 * base_rng / TICK) * TICK, TICK)
+        open_px = np.maximum(_tick(mid * np.exp(-move * np.where(is_call, 8, -8))), TICK)
+        close_px = np.maximum(_tick(open_px * (1 + 0.03 * (base_rng - 0.5))), TICK)
+        high = _tick(np.maximum.reduce([open_px, ltp, mid]) + _tick(mid * 0.02 * base_rng))
+        low = np.maximum(_tick(np.minimum.reduce([open_px, ltp, mid]) - _tick(mid * 0.02 * base_rng)), TICK)
         ts_epoch = int(ts.timestamp())
         ltt = ts_epoch - rng.integers(0, 60, n)
         token = (_INDEX_ID[index] * 10**9 + (exp_dates.astype(np.int64) % 10_000) * 10**5

@@ -1,0 +1,116 @@
+"""Redis coordination: one writer per file, idempotency keys, heartbeats, incremental-read cursors.
+
+- `writer_lock`: a Redis lock per file (or day of a table) across processes and machines,
+  acquired with bounded retries and kept alive by a background extension while the holder
+  works; a holder that dies leaves a lock that expires after `timeout_s`.
+- `claim_once`: SET NX with expiry, so a task runs once per (task, index, minute).
+- `heartbeat` / `heartbeats`: per-component liveness with a timestamp.
+- cursors: where each consumer's last incremental read stopped (see storage.*.read_new).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import redis
+
+PREFIX = "optask"
+
+
+class LockTimeout(TimeoutError):
+    """Another writer held the lock for longer than we were willing to wait."""
+
+
+@contextlib.contextmanager
+def writer_lock(client: redis.Redis, name: str, timeout_s: float = 30.0, wait_s: float = 60.0) -> Iterator[None]:
+    """Hold the lock `name` while the block runs; extended every timeout/3 so long writes keep it."""
+    lock = client.lock(f"{PREFIX}:lock:{name}", timeout=timeout_s, blocking_timeout=wait_s, sleep=0.01,
+                       thread_local=False)
+    if not lock.acquire():
+        raise LockTimeout(f"could not lock {name} within {wait_s:.0f}s: another writer holds it; retry later")
+    stop = threading.Event()
+
+    def keep_alive() -> None:
+        while not stop.wait(timeout_s / 3):
+            with contextlib.suppress(redis.RedisError):
+                lock.reacquire()
+
+    keeper = threading.Thread(target=keep_alive, daemon=True)
+    keeper.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        keeper.join()
+        with contextlib.suppress(redis.exceptions.LockError, redis.RedisError):
+            lock.release()
+
+
+def claim_once(client: redis.Redis, task: str, key: str, ttl_s: int = 2 * 24 * 3600) -> bool:
+    """True for the first caller of (task, key) only, across processes and machines."""
+    return bool(client.set(f"{PREFIX}:claim:{task}:{key}", repr(time.time()), nx=True, ex=ttl_s))
+
+
+def heartbeat(client: redis.Redis, component: str, **info: object) -> None:
+    client.hset(f"{PREFIX}:heartbeats", component, json.dumps({"at": time.time(), **info}))
+
+
+def heartbeats(client: redis.Redis) -> dict[str, dict]:
+    return {k.decode(): json.loads(v) for k, v in client.hgetall(f"{PREFIX}:heartbeats").items()}
+
+
+@dataclass
+class Cursor:
+    """A consumer's position in one (store, table, index, day): opaque JSON kept in Redis."""
+
+    client: redis.Redis
+    key: str
+
+    @classmethod
+    def of(cls, client: redis.Redis, consumer: str, store: str, table: str, index: str, day: str) -> Cursor:
+        return cls(client, f"{PREFIX}:cursor:{consumer}:{store}:{table}:{index}:{day}")
+
+    def load(self) -> dict:
+        raw = self.client.get(self.key)
+        return json.loads(raw) if raw else {}
+
+    def save(self, state: dict) -> None:
+        self.client.set(self.key, json.dumps(state))
+
+
+@dataclass
+class RedisCoordinator:
+    """The seed platform's entry point, kept: `get_redis_coordinator().ping()`."""
+
+    client: redis.Redis
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.client.ping())
+        except redis.RedisError:
+            return False
+
+    def lock(self, name: str, timeout_s: float = 30.0, wait_s: float = 60.0):
+        return writer_lock(self.client, name, timeout_s, wait_s)
+
+    def claim(self, task: str, key: str, ttl_s: int = 2 * 24 * 3600) -> bool:
+        return claim_once(self.client, task, key, ttl_s)
+
+    def heartbeat(self, component: str, **info: object) -> None:
+        heartbeat(self.client, component, **info)
+
+
+def redis_client(settings=None) -> redis.Redis:
+    from optask.config import get_settings
+    from optask.services import ensure_redis
+
+    return redis.Redis.from_url(ensure_redis(settings or get_settings()), socket_timeout=10, socket_connect_timeout=5)
+
+
+def get_redis_coordinator(settings=None) -> RedisCoordinator:
+    return RedisCoordinator(redis_client(settings))

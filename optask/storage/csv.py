@@ -1,0 +1,265 @@
+"""Consolidated CSV writer: one daily file per index and table, appended once per minute.
+
+    csv_data/{INDEX}/{YYYY-MM-DD}/{table}.csv             header once, ts as 2026-11-24T09:15:00+05:30
+    csv_data/{INDEX}/{YYYY-MM-DD}/{table}.csv.meta.json   rows, minutes present, last ts, bytes, generation
+
+A minute is one append of whole rows, flushed and fsync'd, and only then recorded in the
+sidecar (replaced atomically). The sidecar is the truth: readers stop at its `bytes`, and a
+writer finding bytes past it (a crash between the append and the sidecar) truncates them
+before appending, so a minute is fully present or absent. A minute already in the sidecar
+is not written again. A late minute is appended and the day is rewritten sorted by
+`compact()`. One writer per file at a time (a Redis lock).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import redis
+
+from optask.coordination import Cursor, writer_lock
+from optask.schema import LEG_KEY, MERGED_KEY, SUMMARY_KEY
+from optask.storage.archive import StorageError, atomic_write_bytes
+from optask.timeutils import IST, format_ts_series
+
+TABLES = {"legs": LEG_KEY, "merged": MERGED_KEY, "summary": SUMMARY_KEY}
+TS_COLUMNS_SUFFIX = ("ts", "last_trade_time")
+
+
+def _text_times(table: pa.Table) -> pa.Table:
+    """Timestamp columns -> the unified IST text, formatting each distinct instant once."""
+    import pandas as pd
+
+    for i, f in enumerate(table.schema):
+        if pa.types.is_timestamp(f.type):
+            enc = table.column(i).combine_chunks().dictionary_encode()
+            values = enc.dictionary
+            if len(values):
+                text = format_ts_series(pd.Series(values.to_pandas()))
+                dict_text = pa.array(text.to_numpy(dtype=object), pa.string())
+            else:
+                dict_text = pa.array([], pa.string())
+            col = pa.DictionaryArray.from_arrays(enc.indices, dict_text).cast(pa.string())
+            table = table.set_column(i, f.name, col)
+    return table
+
+
+def to_csv_bytes(table: pa.Table, header: bool) -> bytes:
+    buf = io.BytesIO()
+    pacsv.write_csv(_text_times(table), buf, pacsv.WriteOptions(include_header=header, quoting_style="needed"))
+    return buf.getvalue()
+
+
+@dataclass
+class Sidecar:
+    rows: int = 0
+    minutes: list[str] | None = None
+    last_ts: str | None = None
+    bytes: int = 0
+    columns: list[str] | None = None
+    generation: int = 0
+    sorted: bool = True
+
+    @classmethod
+    def load(cls, path: Path) -> Sidecar:
+        meta = path.with_name(path.name + ".meta.json")
+        if not meta.exists():
+            return cls(minutes=[])
+        return cls(**json.loads(meta.read_text()))
+
+    def save(self, path: Path) -> None:
+        meta = path.with_name(path.name + ".meta.json")
+        atomic_write_bytes(meta, json.dumps(self.__dict__).encode())
+
+
+@dataclass
+class CsvStore:
+    root: Path
+    redis: redis.Redis | None = None
+
+    def path(self, table: str, index: str, day: dt.date) -> Path:
+        if table not in TABLES:
+            raise ValueError(f"unknown table {table!r}; allowed: {', '.join(TABLES)}")
+        return Path(self.root) / index / day.isoformat() / f"{table}.csv"
+
+    def _lock(self, path: Path):
+        if self.redis is None:
+            raise StorageError(0, "the CSV writer needs Redis for its single-writer lock")
+        return writer_lock(self.redis, f"csv:{path}")
+
+    def append_minute(self, table_name: str, index: str, ts: dt.datetime, table: pa.Table) -> int:
+        """Append one minute's rows; returns rows written (0 if the minute is already present)."""
+        path = self.path(table_name, index, ts.astimezone(IST).date())
+        minute = ts.isoformat()
+        with self._lock(path):
+            meta = Sidecar.load(path)
+            if minute in meta.minutes:
+                return 0
+            path.parent.mkdir(parents=True, exist_ok=True)
+            size = path.stat().st_size if path.exists() else 0
+            if size < meta.bytes:
+                raise StorageError(0, f"{path} is shorter ({size} B) than its sidecar says ({meta.bytes} B); "
+                                      "restore it or delete both files to rebuild the day from Parquet")
+            if meta.columns is not None:
+                table = _conform(table, meta.columns)
+            data = to_csv_bytes(table, header=meta.bytes == 0)
+            try:
+                with open(path, "r+b" if path.exists() else "wb") as fh:
+                    fh.truncate(meta.bytes)  # drop a torn append left by a crash
+                    fh.seek(meta.bytes)
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except OSError as exc:
+                raise StorageError(exc.errno, f"cannot append to {path}: {exc.strerror or exc}; "
+                                              "free space or fix permissions") from exc
+            meta.columns = meta.columns or table.column_names
+            meta.rows += table.num_rows
+            meta.bytes += len(data)
+            meta.sorted = meta.sorted and (meta.last_ts is None or minute > meta.last_ts)
+            meta.minutes.append(minute)
+            meta.last_ts = max(meta.last_ts or minute, minute)
+            meta.save(path)
+            return table.num_rows
+
+    def _read_range(self, path: Path, meta: Sidecar, start: int) -> pa.Table:
+        if meta.bytes <= start or meta.columns is None:
+            return pa.table({})
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            body = fh.read(meta.bytes - start)
+        if start > 0:
+            header = ",".join(f'"{c}"' for c in meta.columns).encode() + b"\n"
+            body = header + body
+        return pacsv.read_csv(io.BytesIO(body), convert_options=pacsv.ConvertOptions(
+            column_types={c: pa.string() for c in meta.columns if c in TS_COLUMNS_SUFFIX or c.endswith("last_trade_time")}))
+
+    def read_day(self, table: str, index: str, day: dt.date) -> pa.Table:
+        path = self.path(table, index, day)
+        return self._read_range(path, Sidecar.load(path), 0)
+
+    def meta(self, table: str, index: str, day: dt.date) -> Sidecar:
+        return Sidecar.load(self.path(table, index, day))
+
+    def read_new(self, consumer: str, table: str, index: str, day: dt.date, incremental: bool = True) -> pa.Table:
+        """Rows written since this consumer's last call (cursor in Redis); everything when not incremental."""
+        path = self.path(table, index, day)
+        meta = Sidecar.load(path)
+        if not incremental or self.redis is None:
+            return self._read_range(path, meta, 0)
+        cursor = Cursor.of(self.redis, consumer, "csv", table, index, day.isoformat())
+        state = cursor.load()
+        if state.get("generation", meta.generation) != meta.generation:
+            # the day was rewritten sorted: same rows, new offsets; deliver only minutes not seen yet
+            full = self._read_range(path, meta, 0)
+            seen = pa.array(state.get("minutes", []), pa.string())
+            fresh = full.filter(pc.invert(pc.is_in(_minute_text_to_iso(full["ts"]), value_set=seen))) if full.num_rows else full
+            out = fresh
+        else:
+            out = self._read_range(path, meta, state.get("offset", 0))
+        cursor.save({"generation": meta.generation, "offset": meta.bytes, "minutes": list(meta.minutes)})
+        return out
+
+    def compact(self, table: str, index: str, day: dt.date) -> bool:
+        """Rewrite a day that received late minutes, sorted by key; atomic. False when already sorted."""
+        path = self.path(table, index, day)
+        with self._lock(path):
+            meta = Sidecar.load(path)
+            if meta.sorted or meta.bytes == 0:
+                return False
+            data = self._read_range(path, meta, 0)
+            keys = [k for k in ("ts", *TABLES[table]) if k in data.column_names]
+            data = data.sort_by([(k, "ascending") for k in dict.fromkeys(keys)])
+            buf = io.BytesIO()
+            pacsv.write_csv(data, buf, pacsv.WriteOptions(include_header=True, quoting_style="needed"))
+            blob = buf.getvalue()
+            atomic_write_bytes(path, blob)
+            meta.bytes, meta.sorted, meta.generation = len(blob), True, meta.generation + 1
+            meta.save(path)
+            return True
+
+
+def _conform(table: pa.Table, columns: list[str]) -> pa.Table:
+    """The file's column order; a column the file lacks is an error, one the table lacks is empty."""
+    extra = [c for c in table.column_names if c not in columns]
+    if extra:
+        raise StorageError(0, f"columns {extra} are not in this day's CSV header; compact or start a new day")
+    arrays = [table[c] if c in table.column_names else pa.nulls(table.num_rows) for c in columns]
+    return pa.Table.from_arrays(arrays, names=columns)
+
+
+def _minute_text_to_iso(ts_text: pa.ChunkedArray) -> pa.Array:
+    """Unified IST text -> UTC ISO minute strings (the sidecar's minute format)."""
+    import pandas as pd
+
+    from optask.timeutils import standardize_to_datetime
+
+    uniq = pc.unique(ts_text)
+    iso = standardize_to_datetime(pd.Series(uniq.to_pylist(), dtype=object)).map(lambda t: t.isoformat())
+    mapping = dict(zip(uniq.to_pylist(), iso, strict=True))
+    return pa.array([mapping[v] for v in ts_text.to_pylist()], pa.string())
+
+
+# --- the seed platform's entry point ---------------------------------------------------------
+
+@dataclass
+class ConsolidatedWriter:
+    """`get_consolidated_writer().process_and_write(legs, ...)`: the seed's single writer, kept."""
+
+    store: CsvStore
+    json_root: Path | None = None
+
+    def process_and_write(self, legs: pa.Table, write_legs: bool = True, write_merged: bool = True,
+                          write_json: bool = False, write_summary: bool = True) -> dict:
+        from optask.pipeline import enrich, merge, summarize, validate
+
+        start = time.perf_counter()
+        if "iv" not in legs.column_names:
+            legs = enrich(validate(legs)[0])
+        merged = merge(legs) if (write_merged or write_summary) else None
+        summary = summarize(legs, merged=merged) if write_summary else None
+        out = {"legs_written": 0, "merged_written": 0, "summary_written": 0, "json_written": 0}
+        for (index, ts), part in _by_minute(legs):
+            if write_legs:
+                out["legs_written"] += self.store.append_minute("legs", index, ts, part)
+            if write_merged:
+                out["merged_written"] += self.store.append_minute("merged", index, ts, _same_minute(merged, index, ts))
+            if write_summary:
+                out["summary_written"] += self.store.append_minute("summary", index, ts, _same_minute(summary, index, ts))
+            if write_json:
+                target = self.store.path("legs", index, ts.astimezone(IST).date()).with_name(
+                    f"legs-{ts.astimezone(IST):%H%M}.json")
+                atomic_write_bytes(target, json.dumps(_text_times(part).to_pylist(), default=str).encode())
+                out["json_written"] += part.num_rows
+        out["processing_time_ms"] = round((time.perf_counter() - start) * 1000, 3)
+        return out
+
+
+def _by_minute(table: pa.Table):
+    if table.num_rows == 0:
+        return
+    keys = table.select(["index", "ts"]).group_by(["index", "ts"]).aggregate([]).to_pylist()
+    for k in keys:
+        yield (k["index"], k["ts"]), _same_minute(table, k["index"], k["ts"])
+
+
+def _same_minute(table: pa.Table, index: str, ts: dt.datetime) -> pa.Table:
+    mask = pc.and_(pc.equal(table["index"], index), pc.equal(table["ts"], pa.scalar(ts, table["ts"].type)))
+    return table.filter(mask)
+
+
+def get_consolidated_writer(settings=None) -> ConsolidatedWriter:
+    from optask.config import get_settings
+    from optask.coordination import redis_client
+
+    settings = settings or get_settings()
+    return ConsolidatedWriter(CsvStore(settings.data.csv_root, redis_client(settings)))

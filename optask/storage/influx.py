@@ -1,0 +1,149 @@
+"""InfluxDB sink: measurements `option_leg` and `chain_summary`, second precision, gzip.
+
+Line protocol is built column-wise with pyarrow compute (no Point object per leg). If InfluxDB
+cannot be reached or refuses a write, the lines go to an on-disk spool, and the spool is
+replayed in order before the next write once InfluxDB answers: nothing is dropped. Disabled
+when `INFLUXDB_URL` is empty.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from optask.storage.archive import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+LEG_TAGS = ("index", "expiry", "strike", "side")
+LEG_FIELDS = ("spot", "ltp", "bid", "ask", "bid_qty", "ask_qty", "volume", "oi", "iv", "delta", "gamma", "theta", "vega")
+SUMMARY_TAGS = ("index", "expiry")
+SUMMARY_FIELDS = ("spot", "atm_strike", "atm_iv", "pcr_oi", "pcr_volume", "max_pain", "ce_oi_total", "pe_oi_total", "legs")
+
+
+def _escape_tag(values: pa.Array) -> pa.Array:
+    for ch in ("\\", ",", "=", " "):
+        values = pc.replace_substring(values, ch, "\\" + ch)
+    return values
+
+
+def _tag_text(col: pa.ChunkedArray) -> pa.Array:
+    col = col.combine_chunks()
+    if pa.types.is_floating(col.type):
+        # strikes: 24500.0 -> "24500", 12.5 stays "12.5"
+        whole = pc.equal(col, pc.round(col))
+        text = pc.if_else(whole, pc.cast(pc.cast(col, pa.int64()), pa.string()), pc.cast(col, pa.string()))
+    else:
+        text = pc.cast(col, pa.string())
+    return _escape_tag(text)
+
+
+def to_line_protocol(table: pa.Table, measurement: str, tags: tuple[str, ...], fields: tuple[str, ...]) -> bytes:
+    """Rows -> line protocol, one line per row, ts in seconds; NaN and null fields are left out."""
+    if table.num_rows == 0:
+        return b""
+    series = [pa.array([measurement] * table.num_rows, pa.string())]
+    for t in tags:
+        series.append(pc.binary_join_element_wise(pa.scalar(f"{t}="), _tag_text(table[t]), ""))
+    head = pc.binary_join_element_wise(*series, ",")
+    parts = []
+    for f in fields:
+        if f not in table.column_names:
+            continue
+        col = table[f].combine_chunks()
+        if pa.types.is_integer(col.type):
+            val = pc.binary_join_element_wise(pc.cast(col, pa.string()), pa.scalar("i"), "")
+        else:
+            col = pc.cast(col, pa.float64())
+            ok = pc.and_kleene(pc.is_finite(col), pc.is_valid(col))
+            val = pc.if_else(ok, pc.cast(col, pa.string()), pa.scalar(None, pa.string()))
+        parts.append(pc.binary_join_element_wise(pa.scalar(f"{f}="), val, ""))
+    body = pc.binary_join_element_wise(*parts, ",", null_handling="skip")
+    secs = pc.cast(pc.divide(pc.cast(table["ts"], pa.int64()), 1_000_000_000), pa.string())
+    lines = pc.binary_join_element_wise(head, body, secs, " ")
+    lines = lines.filter(pc.greater(pc.utf8_length(body), 0))  # a row with no finite field is no point
+    return "\n".join(lines.to_pylist()).encode() + b"\n"
+
+
+@dataclass
+class InfluxSink:
+    url: str
+    org: str
+    bucket: str
+    token: str
+    spool_dir: Path
+    timeout_ms: int = 10_000
+    _client: object | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_settings(cls, settings) -> InfluxSink | None:
+        s = settings.influx
+        if not s.enabled:
+            return None
+        return cls(s.url, s.org, s.bucket, s.token.get_secret_value(), settings.data.root / "influx_spool", s.timeout_ms)
+
+    def __repr__(self) -> str:  # the token never appears in logs
+        return f"InfluxSink(url={self.url!r}, org={self.org!r}, bucket={self.bucket!r}, token='***')"
+
+    def _write_api(self):
+        from influxdb_client import InfluxDBClient
+        from influxdb_client.client.write_api import SYNCHRONOUS
+
+        if self._client is None:
+            self._client = InfluxDBClient(url=self.url, token=self.token, org=self.org, timeout=self.timeout_ms,
+                                          enable_gzip=True)
+        return self._client.write_api(write_options=SYNCHRONOUS)
+
+    def _send(self, lines: bytes) -> None:
+        from influxdb_client import WritePrecision
+
+        self._write_api().write(bucket=self.bucket, org=self.org, record=lines, write_precision=WritePrecision.S)
+
+    def spooled(self) -> list[Path]:
+        return sorted(self.spool_dir.glob("*.lp.gz")) if self.spool_dir.is_dir() else []
+
+    def spool_size(self) -> dict[str, int]:
+        """What waits for InfluxDB: files and bytes (for the health checks)."""
+        files = self.spooled()
+        return {"files": len(files), "bytes": sum(p.stat().st_size for p in files)}
+
+    def _spool(self, lines: bytes) -> Path:
+        name = f"{time.time_ns():020d}-{os.getpid()}.lp.gz"
+        path = self.spool_dir / name
+        atomic_write_bytes(path, gzip.compress(lines, mtime=0))
+        return path
+
+    def flush_spool(self) -> int:
+        """Replay spooled batches in order; stop at the first failure. Returns batches sent."""
+        sent = 0
+        for path in self.spooled():
+            self._send(gzip.decompress(path.read_bytes()))
+            path.unlink(missing_ok=True)
+            sent += 1
+        return sent
+
+    def write(self, lines: bytes) -> bool:
+        """Send lines (after any spooled ones); on failure spool them. True if InfluxDB has them now."""
+        if not lines:
+            return True
+        try:
+            self.flush_spool()
+            self._send(lines)
+            return True
+        except Exception as exc:  # noqa: BLE001 - any refusal or network fault: keep the data, say so
+            path = self._spool(lines)
+            log.warning("InfluxDB %s did not take %d bytes (%s); spooled to %s", self.url, len(lines),
+                        type(exc).__name__, path)
+            return False
+
+    def write_minute(self, legs: pa.Table, summary: pa.Table) -> bool:
+        lines = to_line_protocol(legs, "option_leg", LEG_TAGS, LEG_FIELDS)
+        lines += to_line_protocol(summary, "chain_summary", SUMMARY_TAGS, SUMMARY_FIELDS)
+        return self.write(lines)
