@@ -132,7 +132,7 @@ def test_sigkill_worker_mid_minute(redis_url, pipeline_env, isolated_settings):
 
 def test_worker_process_killed_whole(redis_url, pipeline_env, isolated_settings):
     """The whole worker is SIGKILLed mid-minute: after a restart the unacked minute is redelivered."""
-    slow_env = {**pipeline_env, "OPTASK_SIM_SLOW_S": "3", "OPTASK_VISIBILITY_TIMEOUT_S": "5"}
+    slow_env = {**pipeline_env, "OPTASK_SIM_SLOW_S": "3", "CELERY_VISIBILITY_TIMEOUT_S": "5"}
     stack, client = start_stack(redis_url, isolated_settings, slow_env, workers=1)
     ledger = Ledger(redis.Redis.from_url(redis_url))
     ts = MINUTES[21]
