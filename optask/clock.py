@@ -38,14 +38,22 @@ class SessionReplayClock:
         return minutes[elapsed_min % len(minutes)].to_pydatetime()
 
 
+_REPLAY_CLOCKS: dict[tuple, SessionReplayClock] = {}
+
+
 def get_clock(settings=None) -> WallClock | SessionReplayClock:
+    """The process's clock. A simulated session is anchored at its first use, so it advances from there."""
     from optask.config import get_settings
 
     settings = settings or get_settings()
     day = settings.market.simulated_session_day
     if day is None:
         return WallClock()
-    return SessionReplayClock(day, get_calendar(settings.data.calendar_overrides), settings.market.simulated_session_speed)
+    key = (day, settings.market.simulated_session_speed, str(settings.data.calendar_overrides))
+    if key not in _REPLAY_CLOCKS:
+        _REPLAY_CLOCKS[key] = SessionReplayClock(
+            day, get_calendar(settings.data.calendar_overrides), settings.market.simulated_session_speed)
+    return _REPLAY_CLOCKS[key]
 
 
 def current_minute_iso() -> str:

@@ -55,9 +55,9 @@ class Stack:
             args.append(f"--queues={','.join(queues)}")
         return self._spawn(name, args, **env)
 
-    def start_beat(self, **env: str) -> subprocess.Popen:
-        schedule = self.data_root / "celerybeat-schedule"
-        return self._spawn("beat", [*CELERY, "beat", "--loglevel=INFO", f"--schedule={schedule}"], **env)
+    def start_beat(self, name: str = "beat", **env: str) -> subprocess.Popen:
+        schedule = self.data_root / f"celery{name}-schedule"
+        return self._spawn(name, [*CELERY, "beat", "--loglevel=INFO", f"--schedule={schedule}"], **env)
 
     def start_flower(self, auth: str | None = None) -> tuple[subprocess.Popen, str]:
         """Flower on 127.0.0.1 (or FLOWER_ADDRESS) behind basic auth; a password is generated when none is set."""

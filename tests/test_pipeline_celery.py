@@ -149,3 +149,110 @@ def test_worker_process_killed_whole(redis_url, pipeline_env, isolated_settings)
         stack.stop()
     settings = load_settings()
     assert store_rows(settings, "NIFTY")["parquet.legs"] == expected_legs(settings, "NIFTY", ts)
+
+
+def events_per_key(ledger: Ledger) -> dict[tuple[str, str], int]:
+    counts: dict[tuple[str, str], int] = {}
+    for _, ev in ledger.events("0", block_ms=10, count=100_000):
+        key = (ev["index"], ev["ts"])
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def test_two_beats_produce_each_minute_once(redis_url, pipeline_env, isolated_settings):
+    env = {**pipeline_env, "OPTASK_SIMULATED_SESSION_DAY": DAY.isoformat(), "OPTASK_SIMULATED_SESSION_SPEED": "30"}
+    stack, client = start_stack(redis_url, isolated_settings, env, workers=2)
+    ledger = Ledger(redis.Redis.from_url(redis_url))
+    try:
+        stack.start_beat("beat1")
+        stack.start_beat("beat2")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(events_per_key(ledger)) < 4 * len(INDICES):
+            time.sleep(0.5)
+        stack.procs.pop("beat1").terminate()
+        stack.procs.pop("beat2").terminate()
+        time.sleep(3)  # let the last fan-out finish
+    finally:
+        stack.stop()
+    counts = events_per_key(ledger)
+    assert len(counts) >= 4 * len(INDICES), counts
+    assert set(counts.values()) == {1}, {k: v for k, v in counts.items() if v != 1}
+    ticks = sum((isolated_settings / "logs" / f"{b}.log").read_text().count("collect-minute") for b in ("beat1", "beat2"))
+    assert ticks >= 2 * (len(counts) // len(INDICES)) - 2  # both beats really ticked the same minutes
+    settings = load_settings()
+    for index in INDICES:
+        store_rows(settings, index)  # raises on any duplicate key
+
+
+def test_redis_restart_mid_session(pipeline_env, isolated_settings, tmp_path_factory, monkeypatch):
+    """The bundled Redis (AOF) restarts mid-session: the worker reconnects by itself and nothing stored is lost."""
+    from optask.services import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis-restart")).start()
+    monkeypatch.setenv("REDIS_URL", server.url)
+    get_settings.cache_clear()
+    stack, client = start_stack(server.url, isolated_settings, pipeline_env, workers=1)
+    try:
+        ledger = Ledger(redis.Redis.from_url(server.url))
+        for ts in MINUTES[30:32]:
+            client.send_task("tasks.collect_minute", args=(ts,), queue="optask")
+        wait_stored(ledger, [(i, ts) for i in INDICES for ts in MINUTES[30:32]])
+        server.stop()  # SIGTERM: Redis flushes its AOF
+        time.sleep(2)
+        server.start()  # same port, same AOF
+        for ts in MINUTES[32:34]:
+            for attempt in range(50):
+                try:
+                    client.send_task("tasks.collect_minute", args=(ts,), queue="optask")
+                    break
+                except Exception:  # noqa: BLE001 - the client reconnects too
+                    time.sleep(0.2)
+        ledger = Ledger(redis.Redis.from_url(server.url))
+        wait_stored(ledger, [(i, ts) for i in INDICES for ts in MINUTES[30:34]], timeout=90)
+        assert stack.alive()["worker"]
+    finally:
+        stack.stop()
+        server.stop()
+    settings = load_settings()
+    minutes = {t.isoformat() for t in __import__("optask.storage.sinks", fromlist=["x"]).stored_minutes(
+        "NIFTY", DAY, settings)}
+    assert set(MINUTES[30:34]) <= minutes
+
+
+def test_provider_outage_then_recovery(redis_url, pipeline_env, isolated_settings):
+    """The venue is down for a while: minutes are retried with backoff and complete when it is back."""
+    flag = isolated_settings / "venue-down"
+    flag.parent.mkdir(parents=True, exist_ok=True)
+    flag.touch()
+    env = {**pipeline_env, "OPTASK_SIM_OUTAGE_FILE": str(flag)}
+    stack, client = start_stack(redis_url, isolated_settings, env, workers=2)
+    ledger = Ledger(redis.Redis.from_url(redis_url))
+    try:
+        for ts in MINUTES[40:42]:
+            client.send_task("tasks.collect_minute", args=(ts,), queue="optask")
+        time.sleep(4)
+        assert not any(ledger.is_stored(i, ts) for i in INDICES for ts in MINUTES[40:42])
+        flag.unlink()
+        wait_stored(ledger, [(i, ts) for i in INDICES for ts in MINUTES[40:42]], timeout=90)
+    finally:
+        stack.stop()
+    assert ledger.missed("NIFTY", DAY) == {}
+
+
+def test_unrecoverable_and_expired_minutes_are_recorded_for_backfill(redis_url, pipeline_env, isolated_settings):
+    stack, client = start_stack(redis_url, isolated_settings, pipeline_env, workers=1)
+    ledger = Ledger(redis.Redis.from_url(redis_url))
+    closed = "2026-11-23T11:00:00+00:00"  # 16:30 IST: after the close, the provider refuses (permanent)
+    stale = MINUTES[50]
+    try:
+        client.send_task("tasks.process_index", args=("NIFTY", closed), queue="process.NIFTY")
+        client.send_task("tasks.process_index", args=("NIFTY", stale), queue="process.NIFTY",
+                         expires=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(ledger.missed("NIFTY", DAY)) < 2:
+            time.sleep(0.2)
+    finally:
+        stack.stop()
+    missed = ledger.missed("NIFTY", DAY)
+    assert "outside a market session" in missed.get(closed, "")
+    assert missed.get(stale) == "expired in queue"
