@@ -151,6 +151,80 @@ def redis_stop() -> None:
 
 
 @app.command()
+def collect(
+    index: str = typer.Option(..., "--index", help="Index to fetch, e.g. NIFTY."),
+    at: str = typer.Option("", "--at", help="Minute to fetch (ISO 8601, IST if no offset); default: now or the last session minute."),
+    provider: str = typer.Option("", "--provider", help="simulated | kite | replay; default OPTASK_PROVIDER."),
+    out: str = typer.Option("", "--out", help="Also write the normalized legs to FILE (.csv or .parquet)."),
+) -> None:
+    """Fetch one minute of one index in-process (no broker) and print a short table."""
+    import time as _time
+    from pathlib import Path
+
+    from optask.calendar import get_calendar
+    from optask.providers.base import ProviderError, get_provider
+    from optask.schema import INDICES
+    from optask.timeutils import IST, TimestampParseError, floor_minute, now_utc, parse_minute
+
+    index = index.strip().upper()
+    if index not in INDICES:
+        fail(f"--index: unknown index {index!r}; allowed: {', '.join(INDICES)}")
+    if provider and provider not in ("simulated", "kite", "replay"):
+        fail(f"--provider: unknown provider {provider!r}; allowed: simulated, kite, replay")
+    if out and Path(out).suffix not in (".csv", ".parquet"):
+        fail(f"--out: {out!r} must end in .csv or .parquet")
+    settings = get_settings()
+    calendar = get_calendar(settings.data.calendar_overrides)
+    if at:
+        try:
+            ts = parse_minute(at)
+        except TimestampParseError as exc:
+            fail(f"--at: {exc}")
+        if not calendar.in_session(ts):
+            fail(f"--at: {ts.astimezone(IST):%Y-%m-%d %H:%M} IST is outside a market session")
+    else:
+        now = floor_minute(now_utc())
+        if calendar.in_session(now):
+            ts = now
+        else:
+            day = now.astimezone(IST).date()
+            s = calendar.session(day)
+            if s is None or now < s.open:
+                s = calendar.session(calendar.previous_trading_day(day))
+            ts = calendar.session_minutes(s.day)[-1].to_pydatetime()
+    try:
+        source = get_provider(provider or None, settings)
+        start = _time.perf_counter()
+        snap = source.snapshot(index, ts)
+        took = _time.perf_counter() - start
+    except ProviderError as exc:
+        fail(str(exc), 1)
+    t = snap.table
+    table = Table(title=f"{index} at {ts.astimezone(IST):%Y-%m-%d %H:%M} IST from {snap.provider}")
+    for col in ("expiry", "kind", "strikes", "legs", "spot"):
+        table.add_column(col)
+    rows = t.select(["expiry", "expiry_kind", "strike", "spot"]).to_pandas()
+    for (expiry, kind), g in rows.groupby(["expiry", "expiry_kind"]):
+        table.add_row(str(expiry), kind, f"{g.strike.min():g}..{g.strike.max():g} ({g.strike.nunique()})",
+                      str(len(g)), f"{g.spot.iloc[0]:,.2f}")
+    console.print(table)
+    dropped = ", ".join(f"{k}: {v}" for k, v in snap.issues.items()) or "none"
+    console.print(f"{t.num_rows} legs in {took * 1000:.0f} ms; dropped or flagged: {dropped}")
+    if out:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            pq.write_table(t, path)
+        else:
+            from optask.storage.csv import to_csv_bytes
+
+            path.write_bytes(to_csv_bytes(t, header=True))
+        console.print(f"wrote {path}")
+
+
+@app.command()
 def up() -> None:
     """Run the whole stack here: Redis, a worker, beat and Flower, until Ctrl-C."""
     from optask.services import RedisUnavailable
