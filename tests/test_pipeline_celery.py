@@ -201,7 +201,7 @@ def test_redis_restart_mid_session(pipeline_env, isolated_settings, tmp_path_fac
         time.sleep(2)
         server.start()  # same port, same AOF
         for ts in MINUTES[32:34]:
-            for attempt in range(50):
+            for _attempt in range(50):
                 try:
                     client.send_task("tasks.collect_minute", args=(ts,), queue="optask")
                     break
