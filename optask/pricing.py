@@ -88,57 +88,58 @@ def _solve_s(x: np.ndarray, beta: np.ndarray, tol: float = 1e-13, max_iter: int 
     hi = np.where(low, s_c, _S_MAX)
     # Initial guesses. Below s_c, the deep-wing asymptotic b ~ s^3/(x^2 sqrt(2 pi)) exp(-x^2/(2 s^2) - s^2/8),
     # solved by two fixed-point steps. Above it, the exact inverse at x = 0, b = 2 N(s/2) - 1, lifted to s_c.
+    s = np.empty_like(x)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ax = np.maximum(np.abs(x), 1e-300)
-        lb = np.log(beta)
+        xl, bl = x[low], beta[low]
+        ax = np.maximum(np.abs(xl), 1e-300)
+        lb = np.log(bl)
         s_low = ax / np.sqrt(np.maximum(-2.0 * lb, 1e-300))
+        const = -2.0 * np.log(ax) - np.log(_SQRT_2PI) - lb
         for _ in range(2):
-            rhs = 3.0 * np.log(s_low) - 2.0 * np.log(ax) - np.log(_SQRT_2PI) - 0.125 * s_low**2 - lb
+            rhs = 3.0 * np.log(s_low) - 0.125 * s_low**2 + const
             s_low = np.where(rhs > 0, ax / np.sqrt(2.0 * np.maximum(rhs, 1e-300)), s_low)
-        s_high = np.sqrt(s_c**2 + (2.0 * ndtri(np.minimum(0.5 * (1.0 + beta / upper), 1.0 - 1e-16))) ** 2)
-    s = np.where(low, np.clip(s_low, lo * 0 + 1e-8, hi), np.clip(s_high, lo, hi))
+        s[low] = np.clip(s_low, 1e-8, hi[low])
+        high = ~low
+        s_high = np.sqrt(s_c[high] ** 2 + (2.0 * ndtri(np.minimum(0.5 * (1.0 + beta[high] / upper[high]),
+                                                                   1.0 - 1e-16))) ** 2)
+        s[high] = np.clip(s_high, lo[high], hi[high])
     s = np.where(np.isfinite(s) & (s > lo) & (s < hi), s, 0.5 * (lo + hi))
     s = np.where(s <= 0, 0.5 * hi, s)
-    active = np.ones(x.shape, dtype=bool)
-    idx = np.arange(x.size)
-    xf, bf, sf, lof, hif, lowf, upf = x.ravel(), beta.ravel(), s.ravel(), lo.ravel(), hi.ravel(), low.ravel(), upper.ravel()
+    # Per element, once: the region's sign, the target of its log objective, and e^{+-x/2}.
+    sgn = np.where(low, 1.0, -1.0).ravel()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_target = np.log(np.where(low, beta, upper - beta)).ravel()
+    xf, bf, sf, lof, hif, upf = x.ravel(), beta.ravel(), s.ravel(), lo.ravel(), hi.ravel(), upper.ravel()
+    emf = np.exp(-0.5 * xf)
+    i = np.arange(x.size)
     for _ in range(max_iter):
-        i = idx[active.ravel()]
         if i.size == 0:
             break
-        xi, bi, si, ui, lw = xf[i], bf[i], sf[i], upf[i], lowf[i]
-        b = _norm_call(xi, si)
-        v = _norm_vega(xi, si)
-        d2 = v * (xi * xi / si**3 - 0.25 * si)  # d^2 b / ds^2
+        xi, bi, si, ui, sg = xf[i], bf[i], sf[i], upf[i], sgn[i]
+        h = xi / si
+        b = ui * ndtr(h + 0.5 * si) - emf[i] * ndtr(h - 0.5 * si)
+        v = np.exp(-0.5 * h * h - 0.125 * si * si) / _SQRT_2PI
         # keep the bracket: b increases with s
         too_low = b < bi
-        lof[i] = np.where(too_low, np.maximum(lof[i], si), lof[i])
-        hif[i] = np.where(too_low, hif[i], np.minimum(hif[i], si))
+        lo_i = np.where(too_low, si, lof[i])
+        hi_i = np.where(too_low, hif[i], si)
+        lof[i], hif[i] = lo_i, hi_i
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            # f = ln b - ln beta  (low region)   |   f = ln(beta_u) - ln(u - b) with u = e^{x/2} (high region)
-            g_low = np.log(b) - np.log(bi)
-            g1_low = v / b
-            g2_low = d2 / b - g1_low**2
-            rem, rem_t = ui - b, ui - bi
-            g_high = np.log(rem_t) - np.log(rem)
-            g1_high = v / rem
-            g2_high = d2 / rem + g1_high**2
-            g = np.where(lw, g_low, g_high)
-            g1 = np.where(lw, g1_low, g1_high)
-            g2 = np.where(lw, g2_low, g2_high)
+            # g = ln b - ln beta below s_c, ln(u - beta) - ln(u - b) above: g = sgn (ln denom - ln target)
+            denom = np.where(sg > 0, b, ui - b)
+            g = sg * (np.log(denom) - log_target[i])
+            g1 = v / denom
+            g2 = v * (xi * xi / si**3 - 0.25 * si) / denom - sg * g1 * g1
             newton = g / g1
             step = newton / (1.0 - 0.5 * newton * g2 / g1)
             step = np.where(np.isfinite(step), step, newton)
             s_new = si - step
         converged = (np.abs(step) <= tol * si) | (b == bi)
-        bad = ~converged & (~np.isfinite(s_new) | (s_new < lof[i]) | (s_new > hif[i]))
-        s_new = np.where(bad, 0.5 * (lof[i] + hif[i]), s_new)
+        bad = ~converged & (~np.isfinite(s_new) | (s_new < lo_i) | (s_new > hi_i))
+        s_new = np.where(bad, 0.5 * (lo_i + hi_i), s_new)
         s_new = np.where(b == bi, si, s_new)
-        done = converged | (hif[i] - lof[i] <= tol * si)
         sf[i] = s_new
-        act = active.ravel()
-        act[i[done]] = False
-        active = act.reshape(active.shape)
+        i = i[~(converged | (hi_i - lo_i <= tol * si))]
     return sf.reshape(x.shape)
 
 

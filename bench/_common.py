@@ -1,0 +1,42 @@
+"""Shared bits of the benchmark scripts: a full-universe day from the simulated market, and memory."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import resource
+
+from optask.calendar import MarketCalendar
+from optask.schema import INDICES
+
+DAY = dt.date(2026, 11, 23)
+FULL_ATM = 50
+
+
+def minutes(n: int | None = None) -> list[dt.datetime]:
+    mins = [m.to_pydatetime() for m in MarketCalendar().session_minutes(DAY)]
+    return mins[:n] if n else mins
+
+
+def full_universe_provider(strikes: int = FULL_ATM):
+    from optask.providers.simulated import SimulatedProvider
+
+    return SimulatedProvider(strikes_around_atm=strikes)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def one_core() -> None:
+    """Pin this process to one core, so figures compare with single-threaded baselines."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+
+
+__all__ = ["DAY", "FULL_ATM", "INDICES", "full_universe_provider", "machine", "minutes", "one_core", "peak_rss_mb"]
