@@ -105,6 +105,32 @@ class ParquetStore:
         t = self.read_table(table, index, day, columns=["ts"])
         return pc.unique(t["ts"]) if t.num_columns else pa.array([], pa.timestamp("ns", tz="UTC"))
 
+    def read_new(self, client, consumer: str, table: str, index: str, day: dt.date,
+                 incremental: bool = True) -> pa.Table:
+        """Rows of files this consumer has not read yet (by name and mtime, kept in Redis); all when not incremental.
+
+        A minute file rewritten by a repair has a new mtime and is delivered again; files folded into
+        day.parquet by compaction were delivered as minute files already (a consumer that skipped
+        minutes across a compaction does not get them: it should re-read the day).
+        """
+        from optask.coordination import Cursor
+
+        day_file, minutes = self.files(table, index, day)
+        if not incremental or client is None:
+            out = self.read_files(day_file, minutes)
+            return out if out is not None else pa.table({})
+        cursor = Cursor.of(client, consumer, "parquet", table, index, day.isoformat())
+        seen = set(cursor.load().get("files", []))
+        stamps = {p: f"{p.name}@{p.stat().st_mtime_ns}" for p in minutes}
+        fresh = [p for p in minutes if stamps[p] not in seen]
+        day_stamp = f"{DAY_FILE}@{day_file.stat().st_mtime_ns}" if day_file is not None else None
+        parts = [pq.read_table(p) for p in fresh]
+        if day_file is not None and not seen and day_stamp not in seen:
+            parts.insert(0, pq.read_table(day_file))  # a consumer arriving after compaction
+        current = set(stamps.values()) | ({day_stamp} if day_stamp else set())
+        cursor.save({"files": sorted(current)})
+        return pa.concat_tables(parts, promote_options="default") if parts else pa.table({})
+
     def compact(self, table: str, index: str, day: dt.date) -> Path | None:
         """Rewrite the day into one sorted file atomically; then remove the minute files folded in."""
         day_file, minutes = self.files(table, index, day)

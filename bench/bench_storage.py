@@ -1,0 +1,197 @@
+"""Storage: CSV writer against the seed's naive writer, incremental reads, Parquet throughput and memory.
+
+Goals: CSV <= 0.4x the write syscalls of the naive writer and >= 4x faster; read_new at minute 375
+costs <= 1.5x minute 1 (a full re-read costs ~375x); Parquet peak memory < 300 MB for a full day.
+Write syscalls are counted with `strace -f -c` on a child process running each writer.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow.csv as pacsv
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import DAY, INDICES, full_universe_provider, machine, minutes, peak_rss_mb  # noqa: E402
+
+COMPARE_INDICES = ("NIFTY", "BANKNIFTY")
+COMPARE_MINUTES = 60
+
+
+def legs_for(index_list, mins):
+    provider = full_universe_provider()
+    return [(i, ts, provider.snapshot(i, ts).table) for ts in mins for i in index_list]
+
+
+def naive_write(root: Path, data) -> None:
+    """The seed's pattern: open, append, close once per leg, and re-read the whole file each minute."""
+    for index, ts, table in data:
+        path = root / index / DAY.isoformat() / "legs.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            with open(path) as fh:
+                seen = fh.read()  # duplicate check by re-reading the day
+            _ = len(seen)
+        else:
+            with open(path, "w") as fh:
+                fh.write(",".join(table.column_names) + "\n")
+        buf = io.BytesIO()
+        pacsv.write_csv(table, buf, pacsv.WriteOptions(include_header=False))
+        for line in buf.getvalue().decode().splitlines():
+            with open(path, "a") as fh:
+                fh.write(line + "\n")
+
+
+def optask_write(root: Path, data, redis_url: str) -> None:
+    import redis
+
+    from optask.storage.csv import CsvStore
+
+    store = CsvStore(root, redis.Redis.from_url(redis_url))
+    for index, ts, table in data:
+        store.append_minute("legs", index, ts, table)
+
+
+def child(variant: str, root: str, redis_url: str) -> None:
+    data = legs_for(COMPARE_INDICES, minutes(COMPARE_MINUTES))
+    start = time.perf_counter()
+    if variant == "naive":
+        naive_write(Path(root), data)
+    else:
+        optask_write(Path(root), data, redis_url)
+    print(json.dumps({"seconds": time.perf_counter() - start}))
+
+
+def run_child(variant: str, redis_url: str) -> tuple[float, int | None]:
+    root = tempfile.mkdtemp(prefix=f"bench-{variant}-")
+    cmd = [sys.executable, __file__, "--child", variant, root, redis_url]
+    counts = None
+    if shutil.which("strace"):
+        trace = Path(root) / "strace.txt"
+        proc = subprocess.run(["strace", "-f", "-c", "-e", "trace=write,pwrite64,writev", "-o", str(trace), *cmd],
+                              capture_output=True, text=True, check=True)
+        m = re.findall(r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(write|pwrite64|writev)\s*$",
+                       trace.read_text(), re.M)
+        counts = sum(int(c) for c, _ in m)
+    else:
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    seconds = json.loads(proc.stdout.strip().splitlines()[-1])["seconds"]
+    shutil.rmtree(root, ignore_errors=True)
+    return seconds, counts
+
+
+def bench_csv(redis_url: str) -> None:
+    naive_s, naive_w = run_child("naive", redis_url)
+    ours_s, ours_w = run_child("optask", redis_url)
+    n_legs = sum(t.num_rows for _, _, t in legs_for(COMPARE_INDICES, minutes(COMPARE_MINUTES)[:1])) * COMPARE_MINUTES
+    print(f"CSV, {COMPARE_MINUTES} minutes x {'+'.join(COMPARE_INDICES)} (~{n_legs:,} legs), minute by minute:")
+    if naive_w is not None:
+        print(f"  write syscalls: optask {ours_w:,} vs naive {naive_w:,} = {ours_w / naive_w:.3f}x (goal <= 0.4x)")
+    else:
+        print("  write syscalls: strace not installed (apt-get install strace); not counted")
+    print(f"  time (incl. fsync per minute): optask {ours_s:.2f} s vs naive {naive_s:.2f} s = "
+          f"{naive_s / ours_s:.1f}x faster (goal >= 4x)")
+
+
+def bench_full_day_csv_and_reads(redis_url: str, root: Path) -> None:
+    import redis
+
+    from optask.storage.csv import CsvStore
+
+    store = CsvStore(root / "csv", redis.Redis.from_url(redis_url))
+    provider = full_universe_provider()
+    mins = minutes()
+    write_s = 0.0
+    first = last = full = None
+    rows = 0
+    for n, ts in enumerate(mins, 1):
+        for index in INDICES:
+            table = provider.snapshot(index, ts).table
+            t0 = time.perf_counter()
+            rows += store.append_minute("legs", index, ts, table)
+            write_s += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        got = store.read_new("bench", "legs", "NIFTY", DAY)
+        took = time.perf_counter() - t0
+        if n == 1:
+            first = took
+        if n == len(mins):
+            last = took
+            t0 = time.perf_counter()
+            whole = store.read_day("legs", "NIFTY", DAY)
+            full = time.perf_counter() - t0
+        assert got.num_rows > 0
+    print(f"CSV, full-universe day ({len(INDICES)} indices x {len(mins)} minutes, {rows:,} legs): "
+          f"{write_s:.1f} s writing, {rows / write_s:,.0f} rows/s")
+    print(f"  read_new (NIFTY legs): minute 1 {first * 1000:.2f} ms, minute 375 {last * 1000:.2f} ms = "
+          f"{last / first:.2f}x (goal <= 1.5); full re-read at 375 ({whole.num_rows:,} rows) {full * 1000:.1f} ms = "
+          f"{full / first:.0f}x")
+
+
+def bench_parquet(root: Path) -> None:
+    from optask.storage.parquet import ParquetStore
+
+    store = ParquetStore(root / "parquet")
+    provider = full_universe_provider()
+    rss0 = peak_rss_mb()
+    write_s = 0.0
+    rows = 0
+    for ts in minutes():
+        for index in INDICES:
+            table = provider.snapshot(index, ts).table
+            t0 = time.perf_counter()
+            store.write_minute("legs", index, ts, table)
+            write_s += time.perf_counter() - t0
+            rows += table.num_rows
+    rss_write = peak_rss_mb()
+    t0 = time.perf_counter()
+    read_rows = sum(store.read_table("legs", i, DAY).num_rows for i in INDICES)
+    read_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for i in INDICES:
+        store.compact("legs", i, DAY)
+    compact_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    read2 = sum(store.read_table("legs", i, DAY).num_rows for i in INDICES)
+    read2_s = time.perf_counter() - t0
+    assert read_rows == read2 == rows
+    print(f"Parquet, full-universe day ({rows:,} legs in {len(INDICES) * len(minutes())} minute files): "
+          f"write {rows / write_s:,.0f} rows/s; read {read_rows / read_s:,.0f} rows/s; "
+          f"compact {compact_s:.1f} s; read compacted {read2 / read2_s:,.0f} rows/s")
+    print(f"  peak RSS writing the day {rss_write:.0f} MB (goal < 300 MB; {rss0:.0f} MB before it); "
+          f"peak after reading and compacting {peak_rss_mb():.0f} MB")
+
+
+def main() -> None:
+    from optask.services import RedisServer
+
+    print(f"machine: {machine()}")
+    work = Path(tempfile.mkdtemp(prefix="optask-bench-"))
+    server = RedisServer(work / "redis").start()
+    try:
+        bench_csv(server.url)
+        bench_full_day_csv_and_reads(server.url, work)
+        # a fresh process, so its peak memory is the Parquet day's alone
+        subprocess.run([sys.executable, __file__, "--parquet-only"], check=True)
+    finally:
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child(sys.argv[2], sys.argv[3], sys.argv[4])
+    elif len(sys.argv) > 1 and sys.argv[1] == "--parquet-only":
+        d = Path(tempfile.mkdtemp(prefix="optask-bench-pq-"))
+        bench_parquet(d)
+        shutil.rmtree(d, ignore_errors=True)
+    else:
+        main()
