@@ -33,7 +33,7 @@ def legs_for(index_list, mins):
 
 def naive_write(root: Path, data) -> None:
     """The seed's pattern: open, append, close once per leg, and re-read the whole file each minute."""
-    for index, ts, table in data:
+    for index, _ts, table in data:
         path = root / index / DAY.isoformat() / "legs.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
