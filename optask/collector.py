@@ -133,4 +133,29 @@ def end_of_day(day: str, settings: Settings | None = None) -> dict:
     for index in settings.market.indices:
         compact_day(index, d, settings=settings)
         report["indices"][index] = completeness(index, d, settings=settings)
+    save_eod_report(report, settings)
     return report
+
+
+def save_eod_report(report: dict, settings: Settings) -> None:
+    """reports/eod/{day}/completeness.json: what retention reads to know a day passed verification."""
+    import json
+
+    from optask.storage.archive import atomic_write_bytes
+
+    for c in report["indices"].values():
+        c["passed"] = c["completeness"] >= 1.0
+    path = settings.data.reports_root / "eod" / report["day"] / "completeness.json"
+    atomic_write_bytes(path, json.dumps(report, indent=2).encode())
+
+
+def day_verified(index: str, day: dt.date, settings: Settings | None = None) -> bool:
+    """Whether the end-of-day report says this index's day passed verification."""
+    import json
+
+    settings = settings or get_settings()
+    path = settings.data.reports_root / "eod" / day.isoformat() / "completeness.json"
+    try:
+        return bool(json.loads(path.read_text())["indices"][index]["passed"])
+    except (OSError, KeyError, ValueError):
+        return False

@@ -91,3 +91,42 @@ def iter_raw(root: Path, index: str, day: dt.date, start: dt.datetime | None = N
     for ts in archived_minutes(root, index, day):
         if (start is None or ts >= start) and (end is None or ts < end):
             yield read_raw(raw_path(root, index, ts))
+
+
+def maintain(root: Path, today: dt.date, retention_days: int, compress: bool, verified) -> dict[str, list[str]]:
+    """Retire raw days older than `retention_days` that passed verification; never touch one that did not.
+
+    With `compress`, a retired day becomes one `{INDEX}/{YYYY-MM-DD}.tar` of its gzip files (kept);
+    without, the day is deleted. `verified(index, day) -> bool` says whether a day passed.
+    Returns what was packed, deleted and kept back (unverified).
+    """
+    import shutil
+    import tarfile
+
+    out: dict[str, list[str]] = {"packed": [], "deleted": [], "kept_unverified": []}
+    cutoff = today - dt.timedelta(days=retention_days)
+    for index_dir in sorted(p for p in Path(root).iterdir() if p.is_dir()) if Path(root).is_dir() else []:
+        for day_dir in sorted(p for p in index_dir.iterdir() if p.is_dir()):
+            try:
+                day = dt.date.fromisoformat(day_dir.name)
+            except ValueError:
+                continue
+            if day >= cutoff:
+                continue
+            label = f"{index_dir.name}/{day_dir.name}"
+            if not verified(index_dir.name, day):
+                out["kept_unverified"].append(label)
+                continue
+            if compress:
+                target = index_dir / f"{day_dir.name}.tar"
+                tmp = target.with_suffix(".tar.tmp")
+                with tarfile.open(tmp, "w") as tar:
+                    tar.add(day_dir, arcname=day_dir.name)
+                with open(tmp, "rb") as fh:
+                    os.fsync(fh.fileno())
+                os.replace(tmp, target)
+                out["packed"].append(label)
+            else:
+                out["deleted"].append(label)
+            shutil.rmtree(day_dir)
+    return out

@@ -39,7 +39,7 @@ def _tag_text(col: pa.ChunkedArray) -> pa.Array:
     if pa.types.is_floating(col.type):
         # strikes: 24500.0 -> "24500", 12.5 stays "12.5"
         whole = pc.equal(col, pc.round(col))
-        text = pc.if_else(whole, pc.cast(pc.cast(col, pa.int64()), pa.string()), pc.cast(col, pa.string()))
+        text = pc.if_else(whole, pc.cast(pc.cast(col, pa.int64(), safe=False), pa.string()), pc.cast(col, pa.string()))
     else:
         text = pc.cast(col, pa.string())
     return _escape_tag(text)

@@ -1,0 +1,318 @@
+"""Stores: idempotent, atomic, single-writer, incremental; crash and full-disk faults with real processes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import multiprocessing as mp
+import os
+import resource
+import signal
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+import redis
+
+from optask.calendar import MarketCalendar
+from optask.pipeline import process_snapshot
+from optask.providers.simulated import SimulatedProvider
+from optask.schema import LEG_KEY
+from optask.storage.archive import StorageError, maintain, read_raw, write_raw
+from optask.storage.csv import CsvStore, Sidecar, get_consolidated_writer
+from optask.storage.parquet import ParquetStore
+
+DAY = dt.date(2026, 11, 23)
+MINUTES = [m.to_pydatetime() for m in MarketCalendar().session_minutes(DAY)]
+SIM = SimulatedProvider(strikes_around_atm=3)
+
+
+def minute(i: int, index: str = "NIFTY"):
+    return process_snapshot(SIM.snapshot(index, MINUTES[i]), 0.065, 0.0)
+
+
+def unique_keys(table: pa.Table, keys=LEG_KEY) -> int:
+    return table.group_by(list(keys)).aggregate([]).num_rows
+
+
+# --- Parquet -------------------------------------------------------------------------------------
+
+def test_parquet_minute_rewrite_replaces(tmp_path):
+    store = ParquetStore(tmp_path)
+    a = minute(0)
+    store.write_minute("legs", "NIFTY", MINUTES[0], a.legs)
+    store.write_minute("legs", "NIFTY", MINUTES[0], a.legs)
+    store.write_minute("legs", "NIFTY", MINUTES[1], minute(1).legs)
+    t = store.read_table("legs", "NIFTY", DAY)
+    assert t.num_rows == unique_keys(t) == a.legs.num_rows + minute(1).legs.num_rows
+    assert str(t["ts"].type) == "timestamp[ns, tz=UTC]"
+    since = store.read_table("legs", "NIFTY", DAY, columns=["strike", "ltp"], since=MINUTES[1])
+    assert since.column_names == ["strike", "ltp"] and since.num_rows == minute(1).legs.num_rows
+
+
+def test_parquet_compact_then_repair_never_duplicates(tmp_path):
+    store = ParquetStore(tmp_path)
+    for i in range(3):
+        store.write_minute("legs", "NIFTY", MINUTES[2 - i], minute(2 - i).legs)  # out of order
+    before = store.read_table("legs", "NIFTY", DAY)
+    store.compact("legs", "NIFTY", DAY)
+    files = sorted(p.name for p in store.day_dir("legs", "NIFTY", DAY).iterdir())
+    assert files == ["day.parquet"]
+    after = store.read_table("legs", "NIFTY", DAY)
+    assert after.num_rows == before.num_rows
+    ts = after["ts"].to_pylist()
+    assert ts == sorted(ts)
+    fixed = minute(1).legs
+    fixed = fixed.set_column(fixed.column_names.index("ltp"), "ltp", pc.add(fixed["ltp"], 1.0))
+    store.write_minute("legs", "NIFTY", MINUTES[1], fixed)  # a repair after compaction
+    repaired = store.read_table("legs", "NIFTY", DAY)
+    assert repaired.num_rows == before.num_rows == unique_keys(repaired)
+    store.compact("legs", "NIFTY", DAY)
+    final = store.read_table("legs", "NIFTY", DAY)
+    assert final.num_rows == before.num_rows
+    got = final.filter(pc.equal(final["ts"], pa.scalar(MINUTES[1], final["ts"].type)))["ltp"].to_pylist()
+    assert sorted(got) == sorted(fixed["ltp"].to_pylist())
+
+
+def test_parquet_opens_in_duckdb_and_pandas(tmp_path):
+    duckdb = pytest.importorskip("duckdb")
+    import pandas as pd
+
+    store = ParquetStore(tmp_path)
+    path = store.write_minute("legs", "NIFTY", MINUTES[0], minute(0).legs)
+    store.write_minute("legs", "SENSEX", MINUTES[0], minute(0, "SENSEX").legs)
+    n = duckdb.sql(f"select count(*), count(distinct index) from read_parquet('{tmp_path}/legs/*/*/*.parquet', "
+                   "hive_partitioning=true)").fetchall()[0]
+    assert n[0] == minute(0).legs.num_rows + minute(0, "SENSEX").legs.num_rows and n[1] == 2
+    assert len(pd.read_parquet(path)) == minute(0).legs.num_rows
+
+
+def test_parquet_read_new_incremental(tmp_path, redis_url):
+    client = redis.Redis.from_url(redis_url)
+    store = ParquetStore(tmp_path)
+    store.write_minute("legs", "NIFTY", MINUTES[0], minute(0).legs)
+    assert store.read_new(client, "c", "legs", "NIFTY", DAY).num_rows == minute(0).legs.num_rows
+    assert store.read_new(client, "c", "legs", "NIFTY", DAY).num_rows == 0
+    store.write_minute("legs", "NIFTY", MINUTES[1], minute(1).legs)
+    assert store.read_new(client, "c", "legs", "NIFTY", DAY).num_rows == minute(1).legs.num_rows
+    store.compact("legs", "NIFTY", DAY)
+    assert store.read_new(client, "c", "legs", "NIFTY", DAY).num_rows == 0  # same rows, folded
+    assert store.read_new(client, "late", "legs", "NIFTY", DAY).num_rows == 2 * minute(0).legs.num_rows
+    everything = store.read_new(client, "c", "legs", "NIFTY", DAY, incremental=False)
+    assert everything.num_rows == minute(0).legs.num_rows + minute(1).legs.num_rows
+
+
+# --- CSV ----------------------------------------------------------------------------------------
+
+def test_csv_append_once_with_sidecar(tmp_path, redis_url):
+    store = CsvStore(tmp_path, redis.Redis.from_url(redis_url))
+    legs = minute(0).legs
+    assert store.append_minute("legs", "NIFTY", MINUTES[0], legs) == legs.num_rows
+    assert store.append_minute("legs", "NIFTY", MINUTES[0], legs) == 0  # retried minute: nothing
+    path = store.path("legs", "NIFTY", DAY)
+    meta = json.loads(path.with_name("legs.csv.meta.json").read_text())
+    assert meta["rows"] == legs.num_rows and meta["bytes"] == path.stat().st_size
+    assert meta["minutes"] == [MINUTES[0].isoformat()] and meta["last_ts"] == MINUTES[0].isoformat()
+    lines = path.read_text().splitlines()
+    assert lines[0].startswith('"ts","index"') and sum(1 for ln in lines if ln.startswith('"ts"')) == 1
+    assert lines[1].startswith('"2026-11-23T09:15:00+05:30","NIFTY"')
+
+
+def test_csv_late_minute_then_compact_sorted(tmp_path, redis_url):
+    store = CsvStore(tmp_path, redis.Redis.from_url(redis_url))
+    for i in (0, 2, 1):
+        store.append_minute("legs", "NIFTY", MINUTES[i], minute(i).legs)
+    assert not store.meta("legs", "NIFTY", DAY).sorted
+    assert store.compact("legs", "NIFTY", DAY)
+    day = store.read_day("legs", "NIFTY", DAY)
+    ts = day["ts"].to_pylist()
+    assert ts == sorted(ts) and day.num_rows == sum(minute(i).legs.num_rows for i in range(3))
+    meta = store.meta("legs", "NIFTY", DAY)
+    assert meta.sorted and meta.generation == 1 and meta.bytes == store.path("legs", "NIFTY", DAY).stat().st_size
+
+
+def test_csv_read_new_costs_only_new_rows(tmp_path, redis_url, monkeypatch):
+    client = redis.Redis.from_url(redis_url)
+    store = CsvStore(tmp_path, client)
+    store.append_minute("legs", "NIFTY", MINUTES[0], minute(0).legs)
+    assert store.read_new("c", "legs", "NIFTY", DAY).num_rows == minute(0).legs.num_rows
+    store.append_minute("legs", "NIFTY", MINUTES[2], minute(2).legs)
+    store.append_minute("legs", "NIFTY", MINUTES[1], minute(1).legs)
+    new = store.read_new("c", "legs", "NIFTY", DAY)
+    assert new.num_rows == minute(1).legs.num_rows + minute(2).legs.num_rows
+    assert store.read_new("c", "legs", "NIFTY", DAY).num_rows == 0
+    store.compact("legs", "NIFTY", DAY)
+    assert store.read_new("c", "legs", "NIFTY", DAY).num_rows == 0  # rewritten sorted: nothing new
+    store.append_minute("legs", "NIFTY", MINUTES[3], minute(3).legs)
+    assert store.read_new("c", "legs", "NIFTY", DAY).num_rows == minute(3).legs.num_rows
+    # the cursor lives in Redis: a new store object (a restarted process) resumes from it
+    assert CsvStore(tmp_path, client).read_new("c", "legs", "NIFTY", DAY).num_rows == 0
+    assert store.read_new("c", "legs", "NIFTY", DAY, incremental=False).num_rows == sum(
+        minute(i).legs.num_rows for i in range(4))
+
+
+def test_seed_entry_point(redis_url, isolated_settings):
+    from optask.config import get_settings
+
+    writer = get_consolidated_writer(get_settings())
+    snap = SIM.snapshot("NIFTY", MINUTES[5])
+    out = writer.process_and_write(snap.table, write_legs=True, write_merged=True, write_json=True)
+    assert out["legs_written"] == snap.table.num_rows and out["merged_written"] == snap.table.num_rows // 2
+    assert out["processing_time_ms"] > 0 and out["json_written"] == snap.table.num_rows
+    again = writer.process_and_write(snap.table)
+    assert again["legs_written"] == 0 and again["merged_written"] == 0
+
+
+# --- crashes, with real process kills -----------------------------------------------------------
+
+def _csv_writer_killed_before_sidecar(root: str, url: str) -> None:
+    store = CsvStore(Path(root), redis.Redis.from_url(url))
+    Sidecar.save = lambda self, path: os.kill(os.getpid(), signal.SIGKILL)  # die after the data, before the sidecar
+    store.append_minute("legs", "NIFTY", MINUTES[1], minute(1).legs)
+
+
+def _parquet_compaction_killed(root: str, at: str) -> None:
+    store = ParquetStore(Path(root))
+    if at == "before-rename":
+        os.replace = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+    else:  # after day.parquet landed, before the minute files are removed
+        Path.unlink = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+    store.compact("legs", "NIFTY", DAY)
+
+
+def run_child(target, *args) -> int:
+    proc = mp.get_context("fork").Process(target=target, args=args)
+    proc.start()
+    proc.join(60)
+    return proc.exitcode
+
+
+def test_csv_crash_between_data_and_sidecar(tmp_path, redis_url):
+    client = redis.Redis.from_url(redis_url)
+    store = CsvStore(tmp_path, client)
+    store.append_minute("legs", "NIFTY", MINUTES[0], minute(0).legs)
+    good = store.path("legs", "NIFTY", DAY).read_bytes()
+    assert run_child(_csv_writer_killed_before_sidecar, str(tmp_path), redis_url) == -signal.SIGKILL
+    client.delete(*client.keys("optask:lock:*") or ["none"])  # the dead writer's lock would expire; don't wait
+    path = store.path("legs", "NIFTY", DAY)
+    assert path.stat().st_size > len(good)  # torn tail on disk ...
+    assert store.read_day("legs", "NIFTY", DAY).num_rows == minute(0).legs.num_rows  # ... invisible to readers
+    assert store.append_minute("legs", "NIFTY", MINUTES[1], minute(1).legs) == minute(1).legs.num_rows
+    day = store.read_day("legs", "NIFTY", DAY)
+    assert day.num_rows == unique_keys(day) == minute(0).legs.num_rows + minute(1).legs.num_rows
+    assert path.read_bytes().startswith(good)
+
+
+@pytest.mark.parametrize("at", ["before-rename", "before-cleanup"])
+def test_parquet_crash_during_compaction(tmp_path, at):
+    store = ParquetStore(tmp_path)
+    for i in range(3):
+        store.write_minute("legs", "NIFTY", MINUTES[i], minute(i).legs)
+    before = store.read_table("legs", "NIFTY", DAY)
+    assert run_child(_parquet_compaction_killed, str(tmp_path), at) == -signal.SIGKILL
+    mid = store.read_table("legs", "NIFTY", DAY)
+    assert mid.num_rows == before.num_rows == unique_keys(mid)
+    store.compact("legs", "NIFTY", DAY)  # the next run completes it
+    done = store.read_table("legs", "NIFTY", DAY)
+    assert done.num_rows == before.num_rows
+    assert [p.name for p in store.day_dir("legs", "NIFTY", DAY).iterdir() if not p.name.startswith(".")] == ["day.parquet"]
+
+
+def _overlapping_writer(root: str, url: str, worker: int) -> None:
+    from optask.storage.sinks import write_minute
+
+    class S:  # the settings the sinks read, pointing at the test's folders
+        class data:
+            parquet_root = Path(root) / "parquet"
+            csv_root = Path(root) / "csv"
+            root_ = Path(root)
+
+        class influx:
+            enabled = False
+
+    client = redis.Redis.from_url(url)
+    for i in range(6):
+        write_minute(minute((i + worker) % 6), S, client)
+
+
+def test_eight_processes_one_row_per_key(tmp_path, redis_url, monkeypatch):
+    import optask.storage.sinks as sinks
+
+    monkeypatch.setattr(sinks.InfluxSink, "from_settings", classmethod(lambda cls, s: None))
+    procs = [mp.get_context("fork").Process(target=_overlapping_writer, args=(str(tmp_path), redis_url, w))
+             for w in range(8)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    expected = sum(minute(i).legs.num_rows for i in range(6))
+    pq_legs = ParquetStore(tmp_path / "parquet").read_table("legs", "NIFTY", DAY)
+    assert pq_legs.num_rows == unique_keys(pq_legs) == expected
+    store = CsvStore(tmp_path / "csv")
+    csv_legs = store.read_day("legs", "NIFTY", DAY)
+    assert csv_legs.num_rows == expected == unique_keys(csv_legs)
+    width = len(csv_legs.column_names)
+    text = store.path("legs", "NIFTY", DAY).read_text().splitlines()
+    assert all(line.count(",") >= width - 1 for line in text)  # no torn line
+    assert len(text) == expected + 1
+
+
+# --- full disk ----------------------------------------------------------------------------------
+
+def _write_with_tiny_file_limit(root: str, url: str, queue) -> None:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of dying
+    size = Path(root, "NIFTY", DAY.isoformat(), "legs.csv").stat().st_size
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size + 1000, size + 1000))
+    store = CsvStore(Path(root), redis.Redis.from_url(url))
+    try:
+        store.append_minute("legs", "NIFTY", MINUTES[1], minute(1).legs)
+        queue.put("stored")
+    except StorageError as exc:
+        queue.put(f"error: {exc}")
+    try:
+        write_raw(Path(root) / "raw", "NIFTY", MINUTES[1], "simulated", os.urandom(100_000).hex().encode())
+        queue.put("archived")
+    except StorageError as exc:
+        queue.put(f"error: {exc}")
+
+
+def test_full_disk_is_a_clear_error_and_damages_nothing(tmp_path, redis_url):
+    store = CsvStore(tmp_path, redis.Redis.from_url(redis_url))
+    store.append_minute("legs", "NIFTY", MINUTES[0], minute(0).legs)
+    before = store.path("legs", "NIFTY", DAY).read_bytes()
+    queue = mp.get_context("fork").Queue()
+    assert run_child(_write_with_tiny_file_limit, str(tmp_path), redis_url, queue) == 0
+    csv_result, raw_result = queue.get(timeout=5), queue.get(timeout=5)
+    assert csv_result.startswith("error:") and "legs.csv" in csv_result and "free space" in csv_result
+    assert raw_result.startswith("error:") and "cannot write" in raw_result
+    redis.Redis.from_url(redis_url).delete(*redis.Redis.from_url(redis_url).keys("optask:lock:*") or ["none"])
+    assert store.read_day("legs", "NIFTY", DAY).num_rows == minute(0).legs.num_rows
+    assert store.path("legs", "NIFTY", DAY).read_bytes()[: len(before)] == before
+    assert not list((tmp_path / "raw").rglob("*.json.gz"))  # the minute is not reported as archived
+    assert store.append_minute("legs", "NIFTY", MINUTES[1], minute(1).legs) == minute(1).legs.num_rows
+
+
+# --- raw archive --------------------------------------------------------------------------------
+
+def test_archive_round_trip_keeps_bytes(tmp_path):
+    payload = b'{"exact": "bytes", "\xff": 1}'
+    path = write_raw(tmp_path, "NIFTY", MINUTES[0], "simulated", payload)
+    assert path.relative_to(tmp_path).as_posix() == "NIFTY/2026-11-23/0915.json.gz"
+    rec = read_raw(path)
+    assert rec.payload == payload and rec.ts == MINUTES[0] and rec.provider == "simulated"
+
+
+def test_archive_retention_never_drops_unverified(tmp_path):
+    old = [dt.date(2026, 10, 1), dt.date(2026, 10, 2)]
+    for d in old + [DAY]:
+        ts = dt.datetime.combine(d, dt.time(4, 0), dt.UTC)
+        write_raw(tmp_path, "NIFTY", ts, "simulated", b"{}")
+    report = maintain(tmp_path, DAY, retention_days=30, compress=True,
+                      verified=lambda index, day: day == old[0])
+    assert report == {"packed": ["NIFTY/2026-10-01"], "deleted": [], "kept_unverified": ["NIFTY/2026-10-02"]}
+    assert (tmp_path / "NIFTY" / "2026-10-01.tar").exists() and (tmp_path / "NIFTY" / "2026-10-02").is_dir()
+    assert (tmp_path / "NIFTY" / DAY.isoformat()).is_dir()
+    report = maintain(tmp_path, DAY, retention_days=30, compress=False, verified=lambda index, day: True)
+    assert report["deleted"] == ["NIFTY/2026-10-02"]
