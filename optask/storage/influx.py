@@ -64,8 +64,9 @@ def to_line_protocol(table: pa.Table, measurement: str, tags: tuple[str, ...], f
             col = pc.cast(col, pa.float64())
             ok = pc.and_kleene(pc.is_finite(col), pc.is_valid(col))
             val = pc.if_else(ok, pc.cast(col, pa.string()), pa.scalar(None, pa.string()))
-        parts.append(pc.binary_join_element_wise(pa.scalar(f"{f}="), val, ""))
-    body = pc.binary_join_element_wise(*parts, ",", null_handling="skip")
+        parts.append(pc.fill_null(pc.binary_join_element_wise(pa.scalar(f"{f}="), val, ""), ""))
+    # join, then drop the separators of left-out fields (null_handling="skip" drops whole rows in some pyarrow)
+    body = pc.utf8_trim(pc.replace_substring_regex(pc.binary_join_element_wise(*parts, ","), ",{2,}", ","), ",")
     secs = pc.cast(pc.divide(pc.cast(table["ts"], pa.int64()), 1_000_000_000), pa.string())
     lines = pc.binary_join_element_wise(head, body, secs, " ")
     lines = lines.filter(pc.greater(pc.utf8_length(body), 0))  # a row with no finite field is no point
