@@ -101,7 +101,8 @@ def store_minute(index: str, ts: str, settings: Settings | None = None, ledger: 
     provider = provider or _provider(settings.market.provider)
     snapshot = provider.snapshot(index, minute)
     lap("snapshot")
-    write_raw(settings.data.raw_root, index, minute, snapshot.provider, snapshot.raw)
+    if settings.market.provider != "replay":  # a replayed payload is already in the archive
+        write_raw(settings.data.raw_root, index, minute, snapshot.provider, snapshot.raw)
     lap("archive")
     processed = process_snapshot(snapshot)
     lap("process")

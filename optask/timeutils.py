@@ -73,6 +73,19 @@ def now_csv_format() -> str:
     return format_ts(now_utc().replace(microsecond=0))
 
 
+def format_ts_values(values: list) -> list[str]:
+    """A few instants (e.g. the distinct minutes of a table) -> unified text, without pandas overhead."""
+    out = []
+    for v in values:
+        if v is None:
+            out.append(None)
+        elif getattr(v, "nanosecond", 0) or v.microsecond:
+            out.append(format_ts(v))
+        else:
+            out.append(v.astimezone(IST).replace(tzinfo=None).isoformat(timespec="seconds") + "+05:30")
+    return out
+
+
 def format_ts_series(values: pd.Series) -> pd.Series:
     """tz-aware datetime Series -> unified text, vectorized."""
     ist = values.dt.tz_convert(IST_NAME)

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
+
 from optask.timeutils import IST, UTC, format_ts, parse_ts
 
 
@@ -59,12 +61,20 @@ def write_raw(root: Path, index: str, ts: dt.datetime, provider: str, payload: b
         "payload": payload.decode("utf-8", errors="surrogateescape"),
     }
     path = raw_path(root, index, ts)
-    atomic_write_bytes(path, gzip.compress(json.dumps(envelope).encode("utf-8", "surrogateescape"), 6, mtime=0))
+    try:
+        body = orjson.dumps(envelope)
+    except TypeError:  # a payload that is not valid UTF-8 keeps its bytes via surrogate escapes
+        body = json.dumps(envelope).encode("utf-8", "surrogateescape")
+    atomic_write_bytes(path, gzip.compress(body, 3, mtime=0))
     return path
 
 
 def read_raw(path: Path) -> RawRecord:
-    doc = json.loads(gzip.decompress(Path(path).read_bytes()))
+    raw = gzip.decompress(Path(path).read_bytes())
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        doc = json.loads(raw.decode("utf-8", "surrogateescape"))
     return RawRecord(
         index=doc["index"], ts=parse_ts(doc["ts"]), provider=doc["provider"],
         payload=doc["payload"].encode("utf-8", "surrogateescape"), received_at=doc["received_at"],

@@ -29,7 +29,7 @@ import redis
 from optask.coordination import Cursor, writer_lock
 from optask.schema import LEG_KEY, MERGED_KEY, SUMMARY_KEY
 from optask.storage.archive import StorageError, atomic_write_bytes
-from optask.timeutils import IST, format_ts_series
+from optask.timeutils import IST, format_ts_values
 
 TABLES = {"legs": LEG_KEY, "merged": MERGED_KEY, "summary": SUMMARY_KEY}
 TS_COLUMNS_SUFFIX = ("ts", "last_trade_time")
@@ -37,17 +37,10 @@ TS_COLUMNS_SUFFIX = ("ts", "last_trade_time")
 
 def _text_times(table: pa.Table) -> pa.Table:
     """Timestamp columns -> the unified IST text, formatting each distinct instant once."""
-    import pandas as pd
-
     for i, f in enumerate(table.schema):
         if pa.types.is_timestamp(f.type):
             enc = table.column(i).combine_chunks().dictionary_encode()
-            values = enc.dictionary
-            if len(values):
-                text = format_ts_series(pd.Series(values.to_pandas()))
-                dict_text = pa.array(text.to_numpy(dtype=object), pa.string())
-            else:
-                dict_text = pa.array([], pa.string())
+            dict_text = pa.array(format_ts_values(enc.dictionary.to_pylist()), pa.string())
             col = pa.DictionaryArray.from_arrays(enc.indices, dict_text).cast(pa.string())
             table = table.set_column(i, f.name, col)
     return table
