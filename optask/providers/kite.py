@@ -1,0 +1,386 @@
+"""Zerodha Kite Connect, through the official `kiteconnect` client.
+
+- Instruments: the daily `/instruments` dump (CSV), cached on disk per day; options are the
+  NFO-OPT/BFO-OPT rows of the index (an empty `name` falls back to the trading symbol).
+- Quotes: `/quote` in batches of at most 500, paced account-wide through Redis (1 request/s).
+- Raw payload: the response bodies exactly as received, in an envelope with the instrument
+  metadata needed to read them, so `parse_quote_payload` is a pure function replay reuses.
+- Faults: 429 / "Too many requests" back off and retry; 5xx and timeouts retry with backoff
+  and jitter; an expired token (TokenException) is permanent: an operator must act.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import logging
+import random
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pyarrow as pa
+
+from optask.providers.base import (
+    PermanentProviderError,
+    Snapshot,
+    TemporaryProviderError,
+    Universe,
+    classify_expiries,
+    strikes_around,
+)
+from optask.schema import EXPIRY_KINDS, INDICES, RAW_LEG_SCHEMA
+from optask.storage.archive import atomic_write_bytes
+from optask.timeutils import IST, UTC
+
+log = logging.getLogger(__name__)
+
+SPOT_KEYS = {
+    "NIFTY": "NSE:NIFTY 50", "BANKNIFTY": "NSE:NIFTY BANK", "FINNIFTY": "NSE:NIFTY FIN SERVICE",
+    "MIDCPNIFTY": "NSE:NIFTY MID SELECT", "SENSEX": "BSE:SENSEX", "BANKEX": "BSE:BANKEX",
+}
+OPTION_SEGMENTS = ("NFO-OPT", "BFO-OPT")
+BATCH = 500
+ATTEMPTS = 5
+TOKEN_EXPIRED = "KITE_ACCESS_TOKEN expired or invalid; generate a new access token (Kite login flow) and set KITE_ACCESS_TOKEN"
+
+
+def _retryable(exc: Exception) -> bool:
+    """429, "Too many requests", 5xx and network faults are worth another try; the rest are not."""
+    import requests
+    from kiteconnect import exceptions as kex
+
+    if isinstance(exc, requests.RequestException):
+        return True
+    code = getattr(exc, "code", 0) or 0
+    if code == 429 or "too many requests" in str(exc).lower():
+        return True
+    return isinstance(exc, kex.NetworkException | kex.GeneralException | kex.DataException) and code >= 500
+
+
+@dataclass
+class KiteProvider:
+    api_key: str
+    access_token: str
+    root_url: str
+    cache_dir: Path
+    redis_client: object | None = None
+    strikes_around_atm: int = 20
+    expiry_kinds: tuple[str, ...] = EXPIRY_KINDS
+    timeout_s: float = 7.0
+    quote_rate_per_s: float = 1.0
+    historical_rate_per_s: float = 3.0
+    backoff_s: float = 1.0
+    name: str = "kite"
+    _kite: object | None = field(default=None, repr=False)
+    _bodies: list[bytes] = field(default_factory=list, repr=False)
+    _opening_spot: dict[tuple[str, dt.date], float] = field(default_factory=dict, repr=False)
+    _instruments: dict[dt.date, pa.Table] = field(default_factory=dict, repr=False)
+
+    def __repr__(self) -> str:
+        return f"KiteProvider(root_url={self.root_url!r}, api_key={self.api_key!r}, access_token='***')"
+
+    @classmethod
+    def from_settings(cls, settings) -> KiteProvider:
+        from optask.coordination import redis_client
+
+        k = settings.kite
+        if not k.api_key or not k.access_token.get_secret_value():
+            raise PermanentProviderError("OPTASK_PROVIDER=kite needs KITE_API_KEY and KITE_ACCESS_TOKEN")
+        return cls(k.api_key, k.access_token.get_secret_value(), k.root_url, settings.data.root / "kite_cache",
+                   redis_client(settings), settings.market.strikes_around_atm, settings.market.expiry_kinds,
+                   k.timeout_s, k.quote_rate_per_s, k.historical_rate_per_s)
+
+    # --- transport ------------------------------------------------------------------------------
+
+    def kite(self):
+        if self._kite is None:
+            from kiteconnect import KiteConnect
+
+            kite = KiteConnect(self.api_key, access_token=self.access_token, root=self.root_url,
+                               timeout=self.timeout_s)
+            # keep every response body exactly as received, for the raw archive
+            kite.reqsession.hooks["response"].append(lambda r, *a, **k: self._bodies.append(r.content))
+            self._kite = kite
+        return self._kite
+
+    def _pace(self, kind: str) -> None:
+        if self.redis_client is None:
+            return
+        from optask.ratelimit import RedisPacer
+
+        rate = self.quote_rate_per_s if kind == "quote" else self.historical_rate_per_s
+        RedisPacer(self.redis_client, f"kite:{kind}:{self.api_key}", rate).wait()
+
+    def _call(self, kind: str, fn, *args, **kwargs):
+        """One paced API call with the retry policy; returns (result, raw body)."""
+        from kiteconnect import exceptions as kex
+
+        for attempt in range(1, ATTEMPTS + 1):
+            self._pace(kind)
+            self._bodies.clear()
+            try:
+                result = fn(*args, **kwargs)
+                return result, (self._bodies[-1] if self._bodies else b"")
+            except kex.TokenException as exc:
+                raise PermanentProviderError(f"{TOKEN_EXPIRED} (Kite said: {exc})") from None
+            except Exception as exc:  # noqa: BLE001 - sorted into retryable or not right here
+                if isinstance(exc, kex.DataException) and self._bodies and b"<html" not in self._bodies[-1][:200].lower():
+                    return None, self._bodies[-1]  # an unparseable body: keep it raw, the parser counts it
+                if not _retryable(exc) or attempt == ATTEMPTS:
+                    if _retryable(exc):
+                        raise TemporaryProviderError(f"Kite {kind} failed {ATTEMPTS} times: {exc}") from None
+                    raise PermanentProviderError(f"Kite {kind} refused: {type(exc).__name__}: {exc}") from None
+                delay = self.backoff_s * 2 ** (attempt - 1)
+                time.sleep(delay / 2 + random.random() * delay / 2)  # exponential backoff with jitter
+        raise AssertionError("unreachable")
+
+    # --- instruments and universe ---------------------------------------------------------------
+
+    def instruments(self, day: dt.date) -> pa.Table:
+        """The day's instrument dump, from the disk cache or Kite (then cached)."""
+        if day in self._instruments:
+            return self._instruments[day]
+        import pyarrow.csv as pacsv
+
+        path = self.cache_dir / f"instruments-{day.isoformat()}.csv"
+        if path.exists():
+            raw = path.read_bytes()
+        else:
+            _, raw = self._call("instruments", self.kite().instruments)
+            atomic_write_bytes(path, raw)
+        table = pacsv.read_csv(io.BytesIO(raw), convert_options=pacsv.ConvertOptions(
+            column_types={"expiry": pa.string(), "name": pa.string(), "tradingsymbol": pa.string()}))
+        self._instruments[day] = table
+        return table
+
+    def options(self, index: str, day: dt.date) -> dict[str, np.ndarray]:
+        """The index's option rows of the dump, as columns."""
+        if index not in INDICES:
+            raise PermanentProviderError(f"unknown index {index!r}; allowed: {', '.join(INDICES)}")
+        t = self.instruments(day).to_pandas()
+        t = t[t["segment"].isin(OPTION_SEGMENTS)]
+        name = t["name"].fillna("").str.strip()
+        symbol_root = t["tradingsymbol"].str.extract(r"^([A-Z]+?)\d", expand=False).fillna("")
+        t = t[(name == index) | ((name == "") & (symbol_root == index))]
+        t = t[t["expiry"].fillna("") >= day.isoformat()]
+        return {
+            "token": t["instrument_token"].to_numpy(np.int64), "symbol": t["tradingsymbol"].to_numpy(str),
+            "exchange": t["exchange"].to_numpy(str), "expiry": t["expiry"].to_numpy(str),
+            "strike": t["strike"].to_numpy(float), "side": t["instrument_type"].to_numpy(str),
+            "lot": t["lot_size"].to_numpy(np.int64),
+        }
+
+    def spot(self, index: str) -> tuple[float, bytes]:
+        data, raw = self._call("quote", self.kite().quote, [SPOT_KEYS[index]])
+        try:
+            return float(data[SPOT_KEYS[index]]["last_price"]), raw
+        except (TypeError, KeyError, ValueError):
+            raise TemporaryProviderError(f"Kite returned no usable spot for {SPOT_KEYS[index]}") from None
+
+    def universe(self, index: str, day: dt.date, spot_now: float | None = None) -> Universe:
+        opts = self.options(index, day)
+        if len(opts["token"]) == 0:
+            raise PermanentProviderError(f"the instrument dump of {day} lists no {index} options")
+        listed = sorted({dt.date.fromisoformat(e) for e in opts["expiry"]})
+        expiries, notes = classify_expiries(listed, day, self.expiry_kinds)
+        key = (index, day)
+        if key not in self._opening_spot:
+            self._opening_spot[key] = spot_now if spot_now is not None else self.spot(index)[0]
+        strikes: dict[dt.date, tuple[float, ...]] = {}
+        for e in set(expiries.values()):
+            listed_k = opts["strike"][opts["expiry"] == e.isoformat()]
+            window = set(strikes_around(self._opening_spot[key], listed_k, self.strikes_around_atm))
+            if spot_now is not None:  # widened when spot moves, so ATM +/- N stays covered
+                window |= set(strikes_around(spot_now, listed_k, self.strikes_around_atm))
+            strikes[e] = tuple(sorted(window))
+        ks = np.unique(opts["strike"])
+        gaps = np.diff(ks)
+        step = float(np.bincount(np.round(gaps * 100).astype(int)).argmax() / 100) if gaps.size else 0.0
+        lot = int(np.bincount(opts["lot"]).argmax())
+        return Universe(index, day, expiries, strikes, step, lot, notes)
+
+    # --- one minute -----------------------------------------------------------------------------
+
+    def snapshot(self, index: str, ts: dt.datetime) -> Snapshot:
+        start = time.perf_counter()
+        day = ts.astimezone(IST).date()
+        spot, spot_raw = self.spot(index)
+        uni = self.universe(index, day, spot)
+        opts = self.options(index, day)
+        kind_of: dict[str, str] = {}
+        for kind in self.expiry_kinds:
+            if kind in uni.expiries:
+                kind_of.setdefault(uni.expiries[kind].isoformat(), kind)
+        meta: dict[str, list] = {}
+        for i in range(len(opts["token"])):  # selecting from the dump (metadata, not quotes)
+            e = opts["expiry"][i]
+            if e in kind_of and opts["strike"][i] in set(uni.strikes[dt.date.fromisoformat(e)]):
+                meta[f"{opts['exchange'][i]}:{opts['symbol'][i]}"] = [
+                    int(opts["token"][i]), e, float(opts["strike"][i]), opts["side"][i], kind_of[e]]
+        keys = sorted(meta)
+        bodies = []
+        for b in range(0, len(keys), BATCH):
+            _, raw = self._call("quote", self.kite().quote, keys[b:b + BATCH])
+            bodies.append(raw.decode("utf-8", "replace"))
+        envelope = {"venue": "kite", "index": index, "ts": int(ts.timestamp()), "instruments": meta,
+                    "spot_key": SPOT_KEYS[index], "spot_body": spot_raw.decode("utf-8", "replace"),
+                    "quote_bodies": bodies}
+        raw = orjson.dumps(envelope)
+        table, issues = parse_quote_payload(raw, index, ts)
+        if issues:
+            log.warning("Kite %s %s: %s", index, ts.isoformat(), issues)
+        return Snapshot(index, ts, "kite", raw, table, issues, time.perf_counter() - start)
+
+    def history(self, index: str, day: dt.date, minutes: Iterable[dt.datetime]) -> Iterator[Snapshot]:
+        """Minute candles with OI per contract (<= 3 requests/s), rebuilt into one snapshot per minute."""
+        wanted = sorted(set(minutes))
+        if not wanted:
+            return
+        uni = self.universe(index, day)
+        opts = self.options(index, day)
+        kind_of = {e.isoformat(): k for k, e in reversed(list(uni.expiries.items()))}
+        rows: dict[dt.datetime, list[dict]] = {ts: [] for ts in wanted}
+        for i in range(len(opts["token"])):
+            e = opts["expiry"][i]
+            if e not in kind_of or opts["strike"][i] not in set(uni.strikes[dt.date.fromisoformat(e)]):
+                continue
+            candles, _ = self._call("historical", self.kite().historical_data, int(opts["token"][i]),
+                                    wanted[0].astimezone(IST).replace(tzinfo=None),
+                                    (wanted[-1] + dt.timedelta(minutes=1)).astimezone(IST).replace(tzinfo=None),
+                                    "minute", oi=True)
+            for c in candles or []:
+                cts = c["date"].astimezone(UTC) if c["date"].tzinfo else c["date"].replace(tzinfo=IST).astimezone(UTC)
+                if cts in rows:
+                    rows[cts].append({"token": int(opts["token"][i]), "symbol": opts["symbol"][i], "expiry": e,
+                                      "kind": kind_of[e], "strike": float(opts["strike"][i]), "side": opts["side"][i],
+                                      "open": c["open"], "high": c["high"], "low": c["low"], "close": c["close"],
+                                      "volume": c["volume"], "oi": c.get("oi", 0)})
+        for ts in wanted:
+            raw = orjson.dumps({"venue": "kite-historical", "index": index, "ts": int(ts.timestamp()),
+                                "candles": rows[ts]})
+            yield Snapshot(index, ts, "kite", raw, _candles_table(index, ts, rows[ts]), {})
+
+
+def _candles_table(index: str, ts: dt.datetime, rows: list[dict]) -> pa.Table:
+    n = len(rows)
+    col = {k: [r[k] for r in rows] for k in ("token", "symbol", "expiry", "kind", "strike", "side", "open", "high",
+                                              "low", "close", "volume", "oi")}
+    nan = pa.array([None] * n, pa.float64())
+    return pa.table({
+        "ts": pa.array([ts] * n, pa.timestamp("ns", tz="UTC")), "index": [index] * n,
+        "expiry": pa.array([dt.date.fromisoformat(e) for e in col["expiry"]], pa.date32()),
+        "expiry_kind": col["kind"], "strike": pa.array(col["strike"], pa.float64()), "side": col["side"],
+        "symbol": col["symbol"], "token": pa.array(col["token"], pa.int64()), "spot": nan,
+        "ltp": pa.array(col["close"], pa.float64()), "bid": nan, "ask": nan,
+        "bid_qty": pa.array([None] * n, pa.int64()), "ask_qty": pa.array([None] * n, pa.int64()),
+        "volume": pa.array(col["volume"], pa.int64()), "oi": pa.array(col["oi"], pa.int64()),
+        "open": pa.array(col["open"], pa.float64()), "high": pa.array(col["high"], pa.float64()),
+        "low": pa.array(col["low"], pa.float64()), "close": pa.array(col["close"], pa.float64()),
+        "last_trade_time": pa.array([ts] * n, pa.timestamp("ns", tz="UTC")), "source": ["backfill"] * n,
+    }, schema=RAW_LEG_SCHEMA)
+
+
+# --- parsing: a pure function of the archived payload ------------------------------------------
+
+def _num(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return float("nan")
+    return float(value)
+
+
+def parse_quote_payload(raw: bytes, index: str, ts: dt.datetime, source: str = "live") -> tuple[pa.Table, dict[str, int]]:
+    """Kite envelope -> normalized legs and counted issues. Never raises on bad input.
+
+    Instruments a response omits are counted as missing, never invented; an empty book (zero
+    bid and ask, as on a holiday) is not data: bid/ask become null and the leg is flagged.
+    """
+    issues: dict[str, int] = {}
+
+    def count(reason: str, n: int = 1) -> None:
+        issues[reason] = issues.get(reason, 0) + n
+
+    try:
+        env = orjson.loads(raw)
+        meta: dict[str, list] = env["instruments"]
+        bodies: list[str] = env["quote_bodies"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return RAW_LEG_SCHEMA.empty_table(), {"malformed_payload": 1}
+    try:
+        spot = _num(orjson.loads(env.get("spot_body", ""))["data"][env["spot_key"]]["last_price"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        spot = float("nan")
+        count("missing_spot")
+    quotes: dict[str, dict] = {}
+    for body in bodies:
+        try:
+            data = orjson.loads(body)["data"]
+            if not isinstance(data, dict):
+                raise TypeError
+            for key, q in data.items():
+                if key in quotes:
+                    count("duplicate_instrument")
+                quotes[key] = q
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            count("malformed_body")
+    rows = []
+    for key, (token, expiry, strike, side, kind) in meta.items():  # per instrument: Kite's nested JSON
+        q = quotes.get(key)
+        if not isinstance(q, dict):
+            count("missing_instrument")
+            continue
+        if q.get("instrument_token") not in (None, token):
+            count("unknown_token")
+            continue
+        depth = q.get("depth") or {}
+        buy = (depth.get("buy") or [{}])[0] or {}
+        sell = (depth.get("sell") or [{}])[0] or {}
+        ohlc = q.get("ohlc") or {}
+        bid, ask = _num(buy.get("price")), _num(sell.get("price"))
+        if bid == 0 and ask == 0:
+            bid = ask = float("nan")
+            count("empty_book")
+        ltt = q.get("last_trade_time")
+        rows.append((token, key.split(":", 1)[1], expiry, strike, side, kind, _num(q.get("last_price")), bid, ask,
+                     _num(buy.get("quantity")), _num(sell.get("quantity")), _num(q.get("volume")), _num(q.get("oi")),
+                     _num(ohlc.get("open")), _num(ohlc.get("high")), _num(ohlc.get("low")), _num(ohlc.get("close")),
+                     ltt if isinstance(ltt, str) else None))
+        if not np.isfinite(rows[-1][6]):
+            count("non_numeric_price")
+    unknown = set(quotes) - set(meta)
+    if unknown:
+        count("unrequested_instrument", len(unknown))
+    n = len(rows)
+    cols = list(zip(*rows, strict=True)) if rows else [[] for _ in range(18)]
+
+    def ints(values) -> pa.Array:
+        arr = np.asarray(values, dtype=float)
+        mask = ~np.isfinite(arr)
+        return pa.array(np.where(mask, 0, arr).astype(np.int64), mask=mask, type=pa.int64())
+
+    def ltt_array(values) -> pa.Array:
+        out = []
+        for v in values:
+            try:
+                out.append(dt.datetime.fromisoformat(v).replace(tzinfo=IST) if v else None)
+            except ValueError:
+                out.append(None)
+        return pa.array(out, pa.timestamp("ns", tz="UTC"))
+
+    table = pa.table({
+        "ts": pa.array([ts] * n, pa.timestamp("ns", tz="UTC")), "index": pa.array([index] * n, pa.string()),
+        "expiry": pa.array([dt.date.fromisoformat(e) for e in cols[2]], pa.date32()),
+        "expiry_kind": pa.array(cols[5], pa.string()), "strike": pa.array(cols[3], pa.float64()),
+        "side": pa.array(cols[4], pa.string()), "symbol": pa.array(cols[1], pa.string()),
+        "token": pa.array(cols[0], pa.int64()), "spot": pa.array([spot] * n, pa.float64()),
+        "ltp": pa.array(cols[6], pa.float64()), "bid": pa.array(cols[7], pa.float64()),
+        "ask": pa.array(cols[8], pa.float64()), "bid_qty": ints(cols[9]), "ask_qty": ints(cols[10]),
+        "volume": ints(cols[11]), "oi": ints(cols[12]), "open": pa.array(cols[13], pa.float64()),
+        "high": pa.array(cols[14], pa.float64()), "low": pa.array(cols[15], pa.float64()),
+        "close": pa.array(cols[16], pa.float64()), "last_trade_time": ltt_array(cols[17]),
+        "source": pa.array([source] * n, pa.string()),
+    }, schema=RAW_LEG_SCHEMA)
+    return table, issues

@@ -1,0 +1,184 @@
+"""Kite Connect provider: the real `kiteconnect` client against a local server speaking Kite's REST API."""
+
+from __future__ import annotations
+
+import datetime as dt
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import orjson
+import pytest
+import redis
+
+from optask.calendar import MarketCalendar
+from optask.kite_testserver import KiteTestServer
+from optask.providers.base import PermanentProviderError, TemporaryProviderError
+from optask.providers.kite import KiteProvider, parse_quote_payload
+from optask.ratelimit import RedisPacer
+
+DAY = dt.date(2026, 11, 23)
+TS = MarketCalendar().session_minutes(DAY)[15].to_pydatetime()
+
+
+@pytest.fixture
+def kite_server():
+    server = KiteTestServer(TS, strikes_around_atm=60).start()
+    yield server
+    server.stop()
+
+
+def provider(server, tmp_path, client=None, strikes=5, rate=50.0):
+    return KiteProvider("api-key", "access-token", server.url, tmp_path / "kite", client, strikes_around_atm=strikes,
+                        quote_rate_per_s=rate, backoff_s=0.05)
+
+
+def test_snapshot_is_the_servers_chain(kite_server, tmp_path):
+    snap = provider(kite_server, tmp_path).snapshot("NIFTY", TS)
+    t = snap.table.to_pandas()
+    assert snap.provider == "kite" and snap.issues == {} and set(t["source"]) == {"live"}
+    sim = kite_server.sim.snapshot("NIFTY", TS).table.to_pandas().set_index("symbol")
+    assert len(t) == 3 * 11 * 2  # three distinct expiries, ATM +/- 5
+    assert np.allclose(t["ltp"].to_numpy(), sim.loc[t["symbol"], "ltp"].to_numpy())
+    assert np.allclose(t["bid"].to_numpy(), sim.loc[t["symbol"], "bid"].to_numpy())
+    assert t["spot"].iloc[0] == pytest.approx(sim["spot"].iloc[0])
+    env = orjson.loads(snap.raw)
+    assert env["quote_bodies"] and '"status":"success"' in env["quote_bodies"][0].replace(" ", "")
+
+
+def test_universe_from_the_dump(kite_server, tmp_path):
+    uni = provider(kite_server, tmp_path).universe("BANKNIFTY", DAY)
+    assert uni.strike_step == 100 and uni.lot_size == 35 and uni.notes
+    assert (tmp_path / "kite" / f"instruments-{DAY}.csv").exists()  # cached per day
+
+
+def test_batches_of_at_most_500(kite_server, tmp_path):
+    snap = provider(kite_server, tmp_path, strikes=60).snapshot("NIFTY", TS)  # ~700 instruments
+    assert snap.table.num_rows > 500 and snap.issues == {}
+    sizes = [n for _, path, n in kite_server.requests if path == "/quote" and n > 1]
+    assert sizes[0] == 500 and len(sizes) == 2 and sum(sizes) == snap.table.num_rows
+
+
+def test_pacing_is_account_wide(kite_server, tmp_path, redis_url):
+    client = redis.Redis.from_url(redis_url)
+    p1 = provider(kite_server, tmp_path / "a", client, rate=1.0)
+    p2 = provider(kite_server, tmp_path / "b", client, rate=1.0)  # a second worker, same account
+    p1.snapshot("SENSEX", TS)
+    p2.snapshot("SENSEX", TS)
+    times = kite_server.quote_times()
+    assert len(times) == 4
+    assert min(np.diff(times)) >= 0.98  # no two quote requests within 1 s
+
+
+def _pace(url, out):
+    pacer = RedisPacer(redis.Redis.from_url(url), "test", 5.0)
+    for _ in range(2):
+        pacer.wait()
+        out.put(time.time())
+
+
+def test_pacer_across_processes(redis_url):
+    q = mp.get_context("fork").Queue()
+    procs = [mp.get_context("fork").Process(target=_pace, args=(redis_url, q)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    stamps = sorted(q.get(timeout=5) for _ in range(6))
+    assert min(np.diff(stamps)) >= 0.19
+
+
+def test_429_and_too_many_requests_back_off(kite_server, tmp_path):
+    kite_server.faults.too_many_requests = 2
+    snap = provider(kite_server, tmp_path).snapshot("NIFTY", TS)
+    assert snap.table.num_rows == 66
+    assert kite_server.faults.too_many_requests == 0
+
+
+def test_5xx_retried_then_temporary(kite_server, tmp_path):
+    kite_server.faults.server_errors = 2
+    assert provider(kite_server, tmp_path).snapshot("NIFTY", TS).table.num_rows == 66
+    kite_server.faults.server_errors = 100
+    with pytest.raises(TemporaryProviderError, match="failed 5 times"):
+        provider(kite_server, tmp_path).snapshot("NIFTY", TS)
+
+
+def test_token_expiry_is_permanent_and_clear(kite_server, tmp_path):
+    kite_server.faults.token_expired = True
+    before = len(kite_server.requests)
+    with pytest.raises(PermanentProviderError, match="KITE_ACCESS_TOKEN expired"):
+        provider(kite_server, tmp_path).snapshot("NIFTY", TS)
+    assert len(kite_server.requests) - before == 1  # not retried
+
+
+def test_missing_instruments_are_recorded_not_invented(kite_server, tmp_path):
+    p = provider(kite_server, tmp_path)
+    first = p.snapshot("NIFTY", TS).table
+    gone = f"NFO:{first['symbol'][0].as_py()}"
+    kite_server.faults.missing = {gone}
+    snap = p.snapshot("NIFTY", TS)
+    assert snap.issues == {"missing_instrument": 1}
+    assert snap.table.num_rows == first.num_rows - 1 and gone.split(":")[1] not in snap.table["symbol"].to_pylist()
+
+
+def test_malformed_body_is_kept_and_counted(kite_server, tmp_path):
+    kite_server.faults.malformed_quotes = 1  # the chain's quote response arrives cut in half
+    snap = provider(kite_server, tmp_path).snapshot("NIFTY", TS)  # never raises into the worker
+    assert snap.table.num_rows == 0
+    assert snap.issues == {"malformed_body": 1, "missing_instrument": 66}
+    body = orjson.loads(snap.raw)["quote_bodies"][0]
+    assert body.startswith('{"status": "success"') and len(body) > 1000  # kept exactly as received
+
+
+def good_envelope(kite_server, tmp_path):
+    return orjson.loads(provider(kite_server, tmp_path).snapshot("NIFTY", TS).raw)
+
+
+def test_parser_on_bad_payloads(kite_server, tmp_path):
+    env = good_envelope(kite_server, tmp_path)
+    body = orjson.loads(env["quote_bodies"][0])
+    keys = list(body["data"])
+    body["data"][keys[0]]["last_price"] = "12.5abc"  # string in a numeric field
+    body["data"][keys[1]]["last_price"] = float("nan")
+    body["data"][keys[2]]["instrument_token"] = 999  # unknown token
+    body["data"][keys[3]]["depth"] = {"buy": [{"price": 0, "quantity": 0}], "sell": [{"price": 0, "quantity": 0}]}
+    body["data"]["NFO:NOT-ASKED"] = body["data"][keys[4]]
+    env["quote_bodies"] = [orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY).decode().replace("NaN", "NaN"),
+                           orjson.dumps({"status": "success", "data": {keys[5]: body["data"][keys[5]]}}).decode()]
+    table, issues = parse_quote_payload(orjson.dumps(env), "NIFTY", TS)
+    assert issues["unknown_token"] == 1 and issues["empty_book"] == 1 and issues["duplicate_instrument"] == 1
+    assert issues["non_numeric_price"] == 2 and issues["unrequested_instrument"] == 1
+    assert table.num_rows == len(keys) - 1
+    truncated, issues = parse_quote_payload(orjson.dumps(env)[:100], "NIFTY", TS)
+    assert truncated.num_rows == 0 and issues == {"malformed_payload": 1}
+    env["quote_bodies"] = ['{"status": "success", "data": {']
+    table, issues = parse_quote_payload(orjson.dumps(env), "NIFTY", TS)
+    assert table.num_rows == 0 and issues["malformed_body"] == 1 and issues["missing_instrument"] == len(keys)
+
+
+def test_history_from_minute_candles(kite_server, tmp_path):
+    p = provider(kite_server, tmp_path, strikes=1)
+    minutes = [m.to_pydatetime() for m in MarketCalendar().session_minutes(DAY)[10:12]]
+    snaps = list(p.history("NIFTY", DAY, minutes))
+    assert [s.ts for s in snaps] == minutes
+    t = snaps[1].table.to_pandas()
+    assert len(t) == 3 * 3 * 2 and set(t["source"]) == {"backfill"}
+    sim = kite_server.sim.snapshot("NIFTY", minutes[1]).table.to_pandas().set_index("token")
+    assert np.allclose(t["ltp"].to_numpy(), sim.loc[t["token"], "ltp"].to_numpy())
+    assert (t["oi"].to_numpy() == sim.loc[t["token"], "oi"].to_numpy()).all()
+
+
+def test_collect_cli_with_kite(kite_server, redis_url, tmp_path):
+    env = {**os.environ, "OPTASK_PROVIDER": "kite", "KITE_ROOT_URL": kite_server.url, "KITE_API_KEY": "k",
+           "KITE_ACCESS_TOKEN": "t", "KITE_QUOTE_RATE_PER_S": "50", "OPTASK_STRIKES_AROUND_ATM": "3"}
+    proc = subprocess.run([sys.executable, "-m", "optask.cli", "collect", "--index", "SENSEX", "--at", TS.isoformat()],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "SENSEX" in proc.stdout and "from kite" in proc.stdout and "42 legs" in proc.stdout
+    env["KITE_ACCESS_TOKEN"] = ""
+    proc = subprocess.run([sys.executable, "-m", "optask.cli", "collect", "--index", "SENSEX", "--at", TS.isoformat()],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 1 and "KITE_ACCESS_TOKEN" in proc.stderr
