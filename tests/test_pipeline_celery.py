@@ -88,16 +88,27 @@ def test_five_minutes_through_the_worker(redis_url, pipeline_env, isolated_setti
         assert ltp_points == want
 
 
-def test_retried_minute_changes_nothing(redis_url, pipeline_env, isolated_settings):
+def snapshot_files(root) -> dict[str, tuple[str, int]]:
+    import hashlib
+
+    return {str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file() and "redis" not in p.parts and "influx_spool" not in p.parts}
+
+
+def test_retried_minute_changes_no_file(redis_url, pipeline_env, isolated_settings, monkeypatch):
     from optask.collector import store_minute
 
+    monkeypatch.delenv("INFLUXDB_URL")
+    get_settings.cache_clear()
     settings = load_settings()
     ts = MINUTES[10]
     store_minute("NIFTY", ts, settings=settings)
-    before = store_rows(settings, "NIFTY")
+    before = snapshot_files(isolated_settings)
+    rows = store_rows(settings, "NIFTY")
     redis.Redis.from_url(redis_url).delete(f"optask:stored:NIFTY:{DAY}")  # forget it was stored: a redelivery
     store_minute("NIFTY", ts, settings=settings)
-    assert store_rows(settings, "NIFTY") == before
+    assert store_rows(settings, "NIFTY") == rows
+    assert snapshot_files(isolated_settings) == before  # not a byte, not even an mtime
 
 
 def _busy_child(worker: psutil.Process, timeout=30.0) -> psutil.Process:

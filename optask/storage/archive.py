@@ -54,13 +54,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def write_raw(root: Path, index: str, ts: dt.datetime, provider: str, payload: bytes) -> Path:
-    """Archive one payload; rewriting the same minute replaces it (idempotent)."""
+    """Archive one payload. The same payload again leaves the file untouched; a different one replaces it."""
+    path = raw_path(root, index, ts)
+    if path.exists():
+        try:
+            if read_raw(path).payload == payload:
+                return path
+        except (OSError, ValueError, KeyError, EOFError):
+            pass  # unreadable: replace it
     envelope = {
         "index": index, "ts": format_ts(ts), "provider": provider,
         "received_at": format_ts(dt.datetime.now(UTC).replace(microsecond=0)),
         "payload": payload.decode("utf-8", errors="surrogateescape"),
     }
-    path = raw_path(root, index, ts)
     try:
         body = orjson.dumps(envelope)
     except TypeError:  # a payload that is not valid UTF-8 keeps its bytes via surrogate escapes

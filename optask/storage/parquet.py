@@ -57,8 +57,14 @@ class ParquetStore:
             raise StorageError(exc.errno, f"cannot write {path}: {exc.strerror or exc}; free space or fix permissions") from exc
 
     def write_minute(self, table_name: str, index: str, ts: dt.datetime, table: pa.Table) -> Path:
-        """Store one minute of one table; rewriting the minute replaces it."""
+        """Store one minute of one table; the same rows again change nothing, different rows replace them."""
         path = self.day_dir(table_name, index, ts.astimezone(IST).date()) / _minute_name(ts)
+        if path.exists():
+            try:
+                if pq.read_table(path).equals(table):
+                    return path
+            except (OSError, pa.ArrowInvalid):
+                pass  # unreadable: replace it
         self._write_atomic(table, path)
         return path
 
