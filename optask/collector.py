@@ -59,7 +59,7 @@ def plan_minute(ts: str, settings: Settings | None = None, ledger: Ledger | None
     if session is None or not (session.open <= minute < session.close):
         plan.reason = "outside session"
         return plan
-    ledger = ledger or Ledger.from_settings(settings)
+    ledger = ledger or ledger_for(settings)
     if not ledger.claim("collect_minute", plan.ts):
         plan.reason = "already claimed (duplicate tick)"
         return plan
@@ -76,6 +76,21 @@ def _provider(name: str):
     return get_provider(name)
 
 
+@functools.lru_cache(maxsize=4)
+def _ledger(redis_url: str) -> Ledger:
+    """One Redis connection pool per worker process, not one per minute."""
+    import redis
+
+    return Ledger(redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5))
+
+
+def ledger_for(settings: Settings) -> Ledger:
+    from optask.services import ensure_redis
+
+    url = settings.redis.effective_url()
+    return _ledger(url) if url else _ledger(ensure_redis(settings))
+
+
 def store_minute(index: str, ts: str, settings: Settings | None = None, ledger: Ledger | None = None,
                  provider=None) -> MinuteResult:
     """Collect, archive, process and store one (index, minute). Safe to run any number of times."""
@@ -84,7 +99,7 @@ def store_minute(index: str, ts: str, settings: Settings | None = None, ledger: 
     from optask.storage.sinks import write_minute
 
     settings = settings or get_settings()
-    ledger = ledger or Ledger.from_settings(settings)
+    ledger = ledger or ledger_for(settings)
     minute = parse_minute(ts)
     result = MinuteResult(index=index, ts=minute.isoformat())
     if ledger.is_stored(index, result.ts):
@@ -117,7 +132,7 @@ def store_minute(index: str, ts: str, settings: Settings | None = None, ledger: 
 
 
 def record_missed(index: str, ts: str, reason: str, settings: Settings | None = None) -> None:
-    Ledger.from_settings(settings or get_settings()).mark_missed(index, ts, reason)
+    ledger_for(settings or get_settings()).mark_missed(index, ts, reason)
 
 
 def end_of_day(day: str, settings: Settings | None = None) -> dict:

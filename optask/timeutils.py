@@ -57,6 +57,11 @@ def format_ts(t: dt.datetime | pd.Timestamp) -> str:
 
 def parse_ts(text: str) -> dt.datetime:
     """Any accepted single timestamp (e.g. a CLI `--at` or a task argument) -> aware UTC datetime."""
+    if isinstance(text, str) and _HAS_ZONE.search(text.strip()):
+        try:  # the common case, an ISO string with its offset: no pandas on the hot path
+            return dt.datetime.fromisoformat(text.strip()).astimezone(UTC)
+        except ValueError:
+            pass
     return standardize_to_datetime(pd.Series([text])).iloc[0].to_pydatetime()
 
 
