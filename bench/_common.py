@@ -26,6 +26,13 @@ def full_universe_provider(strikes: int = FULL_ATM):
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM, unlike ru_maxrss, is not inherited across exec."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
