@@ -131,6 +131,45 @@ def store_minute(index: str, ts: str, settings: Settings | None = None, ledger: 
     return result
 
 
+def store_minutes(index: str, minutes: list[str], provider_name: str | None = None,
+                  settings: Settings | None = None) -> dict:
+    """Backfill or replay a batch of one index's minutes of one day: one processing pass, one write per store.
+
+    Minutes already stored are skipped; the source's `history()` rebuilds the rest (the archive for
+    replay, minute candles for Kite, the deterministic market for the simulator).
+    """
+    import pyarrow as pa
+
+    from optask.pipeline import process_snapshot
+    from optask.storage.archive import write_raw
+    from optask.storage.sinks import write_minute
+
+    settings = settings or get_settings()
+    ledger = ledger_for(settings)
+    todo = sorted({parse_minute(ts) for ts in minutes})
+    todo = [ts for ts in todo if not ledger.is_stored(index, ts.isoformat())]
+    if not todo:
+        return {"index": index, "stored": 0, "skipped": len(minutes)}
+    days = {ts.astimezone(IST).date() for ts in todo}
+    if len(days) != 1:
+        raise ValueError(f"a batch covers one day; got {sorted(days)}")
+    name = provider_name or settings.market.provider
+    provider = _provider(name)
+    snaps = list(provider.history(index, days.pop(), todo))
+    if name != "replay":
+        for snap in snaps:
+            write_raw(settings.data.raw_root, index, snap.ts, snap.provider, snap.raw)
+    if not snaps:
+        return {"index": index, "stored": 0, "skipped": len(minutes)}
+    processed = process_snapshot(pa.concat_tables([s.table for s in snaps]))
+    write_minute(processed, settings=settings, redis_client=ledger.redis)
+    counts = processed.legs.group_by("ts").aggregate([("ts", "count")]).to_pydict()
+    legs_by_minute = dict(zip(counts["ts"], counts["ts_count"], strict=True))
+    for snap in snaps:
+        ledger.mark_stored(index, snap.ts.isoformat(), legs=int(legs_by_minute.get(snap.ts, 0)), stages_ms={})
+    return {"index": index, "stored": len(snaps), "skipped": len(minutes) - len(snaps)}
+
+
 def record_missed(index: str, ts: str, reason: str, settings: Settings | None = None) -> None:
     ledger_for(settings or get_settings()).mark_missed(index, ts, reason)
 

@@ -4,6 +4,6 @@
 """
 
 from tasks.application import app
-from tasks.minute import collect_minute, end_of_day, process_index
+from tasks.minute import backfill_minutes, collect_minute, end_of_day, process_index
 
-__all__ = ["app", "collect_minute", "end_of_day", "process_index"]
+__all__ = ["app", "backfill_minutes", "collect_minute", "end_of_day", "process_index"]

@@ -23,7 +23,7 @@ def process_queue(index: str) -> str:
 
 def route_task(name, args, kwargs, options, task=None, **kw):
     """process_index goes to its index's queue; everything else to the default queue."""
-    if name == "tasks.process_index":
+    if name in ("tasks.process_index", "tasks.backfill_minutes"):
         index = args[0] if args else kwargs.get("index")
         return {"queue": process_queue(index)}
     return None

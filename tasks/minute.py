@@ -40,8 +40,9 @@ def collect_minute(ts: str) -> dict:
 class ProcessIndexTask(app.Task):
     def on_failure(self, exc, task_id, args, kwargs, einfo):
         """Retries exhausted or a permanent fault: the minute is recorded for backfill, never silently lost."""
-        index, ts = (list(args) + [kwargs.get("index"), kwargs.get("ts")])[:2]
-        collector.record_missed(index, ts, f"{type(exc).__name__}: {exc}")
+        index, ts = (list(args) + [kwargs.get("index"), kwargs.get("ts") or kwargs.get("minutes")])[:2]
+        for minute in ts if isinstance(ts, list) else [ts]:
+            collector.record_missed(index, minute, f"{type(exc).__name__}: {exc}")
 
 
 @app.task(
@@ -52,6 +53,16 @@ class ProcessIndexTask(app.Task):
 def process_index(index: str, ts: str) -> dict:
     """Snapshot -> raw archive -> process -> Parquet, CSV, InfluxDB -> heartbeat; idempotent per (index, ts)."""
     return collector.store_minute(index, ts).as_dict()
+
+
+@app.task(
+    name="tasks.backfill_minutes", base=ProcessIndexTask, ignore_result=True,
+    autoretry_for=RETRYABLE, retry_backoff=2, retry_backoff_max=30, retry_jitter=True,
+    retry_kwargs={"max_retries": 6}, soft_time_limit=EOD_SOFT_LIMIT_S, time_limit=EOD_HARD_LIMIT_S,
+)
+def backfill_minutes(index: str, minutes: list[str], provider: str | None = None) -> dict:
+    """A batch of one index's minutes of one day from the source's history (backfill, replay)."""
+    return collector.store_minutes(index, minutes, provider)
 
 
 @app.task(name="tasks.end_of_day", soft_time_limit=EOD_SOFT_LIMIT_S, time_limit=EOD_HARD_LIMIT_S)

@@ -267,3 +267,24 @@ def test_unrecoverable_and_expired_minutes_are_recorded_for_backfill(redis_url, 
     missed = ledger.missed("NIFTY", DAY)
     assert "outside a market session" in missed.get(closed, "")
     assert missed.get(stale) == "expired in queue"
+
+
+def test_backfill_batch_through_the_worker_matches_live(redis_url, pipeline_env, isolated_settings):
+    """A batch of minutes rebuilt by history() lands exactly like the same minutes collected live."""
+    stack, client = start_stack(redis_url, isolated_settings, pipeline_env, workers=1)
+    ledger = Ledger(redis.Redis.from_url(redis_url))
+    batch = MINUTES[60:70]
+    try:
+        client.send_task("tasks.process_index", args=("NIFTY", batch[0]), queue="process.NIFTY")
+        wait_stored(ledger, [("NIFTY", batch[0])])
+        client.send_task("tasks.backfill_minutes", args=("NIFTY", batch), queue="process.NIFTY")
+        wait_stored(ledger, [("NIFTY", ts) for ts in batch])
+    finally:
+        stack.stop()
+    settings = load_settings()
+    rows = store_rows(settings, "NIFTY")  # raises on a duplicate key
+    assert rows["parquet.legs"] == rows["csv.legs"] == sum(expected_legs(settings, "NIFTY", ts) for ts in batch)
+    from optask.storage.parquet import ParquetStore
+
+    legs = ParquetStore(settings.data.parquet_root).read_table("legs", "NIFTY", DAY)
+    assert set(legs["source"].to_pylist()) == {"simulated", "backfill"}

@@ -91,17 +91,32 @@ class CsvStore:
 
     def append_minute(self, table_name: str, index: str, ts: dt.datetime, table: pa.Table) -> int:
         """Append one minute's rows; returns rows written (0 if the minute is already present)."""
-        path = self.path(table_name, index, ts.astimezone(IST).date())
-        minute = ts.isoformat()
+        return self.append_minutes(table_name, index, [(ts, table)])
+
+    def append_minutes(self, table_name: str, index: str, parts: list[tuple[dt.datetime, pa.Table]]) -> int:
+        """Append several minutes of one day in one write, one fsync and one sidecar update (backfill, replay).
+
+        Minutes already present are skipped; returns rows written.
+        """
+        if not parts:
+            return 0
+        path = self.path(table_name, index, parts[0][0].astimezone(IST).date())
         with self._lock(path):
             meta = Sidecar.load(path)
-            if minute in meta.minutes:
+            present = set(meta.minutes)
+            fresh = []
+            for ts, table in parts:
+                if ts.isoformat() not in present:
+                    present.add(ts.isoformat())
+                    fresh.append((ts, table))
+            if not fresh:
                 return 0
             path.parent.mkdir(parents=True, exist_ok=True)
             size = path.stat().st_size if path.exists() else 0
             if size < meta.bytes:
                 raise StorageError(0, f"{path} is shorter ({size} B) than its sidecar says ({meta.bytes} B); "
                                       "restore it or delete both files to rebuild the day from Parquet")
+            table = pa.concat_tables([t for _, t in fresh], promote_options="default")
             if meta.columns is not None:
                 table = _conform(table, meta.columns)
             data = to_csv_bytes(table, header=meta.bytes == 0)
@@ -118,9 +133,11 @@ class CsvStore:
             meta.columns = meta.columns or table.column_names
             meta.rows += table.num_rows
             meta.bytes += len(data)
-            meta.sorted = meta.sorted and (meta.last_ts is None or minute > meta.last_ts)
-            meta.minutes.append(minute)
-            meta.last_ts = max(meta.last_ts or minute, minute)
+            for ts, _ in fresh:
+                minute = ts.isoformat()
+                meta.sorted = meta.sorted and (meta.last_ts is None or minute > meta.last_ts)
+                meta.minutes.append(minute)
+                meta.last_ts = max(meta.last_ts or minute, minute)
             meta.save(path)
             return table.num_rows
 

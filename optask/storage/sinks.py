@@ -21,30 +21,41 @@ from optask.timeutils import IST
 TABLES = ("legs", "merged", "summary")
 
 
-def _minute_of(processed) -> tuple[str, dt.datetime] | None:
-    t = processed.summary if processed.summary.num_rows else processed.legs
-    if t.num_rows == 0:
-        return None
-    return t["index"][0].as_py(), t["ts"][0].as_py()
+def _split_by_minute(table) -> list[tuple[dt.datetime, object]]:
+    """(ts, rows of that minute) in minute order."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if table.num_rows == 0:
+        return []
+    minutes = sorted(pc.unique(table["ts"]).to_pylist())
+    if len(minutes) == 1:
+        return [(minutes[0], table)]
+    return [(m, table.filter(pc.equal(table["ts"], pa.scalar(m, table["ts"].type)))) for m in minutes]
 
 
 def write_minute(processed, settings, redis_client: redis.Redis) -> dict[str, int]:
-    """Store one (index, minute) in Parquet, CSV and InfluxDB; returns rows written per store."""
-    which = _minute_of(processed)
-    if which is None:
+    """Store processed minutes of one index and day in Parquet, CSV and InfluxDB; rows written per store.
+
+    Usually one minute; a backfill or replay batch passes many, written with one lock and one CSV
+    append per table.
+    """
+    head = processed.summary if processed.summary.num_rows else processed.legs
+    if head.num_rows == 0:
         return {}
-    index, ts = which
-    day = ts.astimezone(IST).date()
+    index = head["index"][0].as_py()
+    day = head["ts"][0].as_py().astimezone(IST).date()
     parquet = ParquetStore(settings.data.parquet_root)
     csv = CsvStore(settings.data.csv_root, redis_client)
     written: dict[str, int] = {}
     for name in TABLES:
-        table = getattr(processed, name)
+        parts = _split_by_minute(getattr(processed, name))
         # the same lock as compaction: a minute is never half folded into day.parquet
         with writer_lock(redis_client, f"parquet:{name}:{index}:{day}"):
-            parquet.write_minute(name, index, ts, table)
-        written[f"parquet.{name}"] = table.num_rows
-        written[f"csv.{name}"] = csv.append_minute(name, index, ts, table)
+            for ts, part in parts:
+                parquet.write_minute(name, index, ts, part)
+        written[f"parquet.{name}"] = sum(p.num_rows for _, p in parts)
+        written[f"csv.{name}"] = csv.append_minutes(name, index, parts)
     sink = InfluxSink.from_settings(settings)
     if sink is not None:
         written["influx.sent"] = int(sink.write_minute(processed.legs, processed.summary))
