@@ -189,6 +189,11 @@ def end_of_day(day: str, settings: Settings | None = None) -> dict:
         compact_day(index, d, settings=settings)
         report["indices"][index] = completeness(index, d, settings=settings)
     save_eod_report(report, settings)
+    from optask.storage.archive import maintain
+
+    report["raw_retention"] = maintain(
+        settings.data.raw_root, d, settings.data.raw_retention_days, settings.data.compression_enabled,
+        verified=lambda index, day: day_verified(index, day, settings))
     return report
 
 
