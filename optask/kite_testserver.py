@@ -23,7 +23,7 @@ import pyarrow as pa
 from optask.calendar import MarketCalendar
 from optask.providers.kite import SPOT_KEYS
 from optask.providers.simulated import SPECS, SimulatedProvider
-from optask.timeutils import IST, UTC
+from optask.timeutils import IST
 
 
 @dataclass
@@ -224,6 +224,3 @@ class KiteTestServer:
     def quote_times(self) -> list[float]:
         return [t for t, path, _ in self.requests if path == "/quote"]
 
-
-def first_session_minute(day: dt.date) -> dt.datetime:
-    return MarketCalendar().session_minutes(day)[0].to_pydatetime().astimezone(UTC)

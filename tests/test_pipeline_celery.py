@@ -111,15 +111,6 @@ def test_retried_minute_changes_no_file(redis_url, pipeline_env, isolated_settin
     assert snapshot_files(isolated_settings) == before  # not a byte, not even an mtime
 
 
-def _busy_child(worker: psutil.Process, timeout=30.0) -> psutil.Process:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for child in worker.children():
-            if child.cpu_percent(0.05) > 0 or child.status() == psutil.STATUS_SLEEPING:
-                return child
-    raise AssertionError("no busy worker child")
-
-
 def test_sigkill_worker_mid_minute(redis_url, pipeline_env, isolated_settings):
     """The pool child dies mid-minute: the task is requeued (reject_on_worker_lost) and completes once."""
     slow_env = {**pipeline_env, "OPTASK_SIM_SLOW_S": "3"}
