@@ -113,6 +113,7 @@ def run_up(settings: Settings, console, stop_after_minutes: int | None = None) -
 
     from optask.calendar import get_calendar
     from optask.clock import current_minute_iso
+    from optask.config import mask_url
     from optask.demo import latest_session_day
     from optask.ledger import Ledger
     from optask.services import bundled_redis_url, ensure_redis, stop_bundled_redis
@@ -139,7 +140,7 @@ def run_up(settings: Settings, console, stop_after_minutes: int | None = None) -
         mon = settings.monitoring
         console.print(f"Flower:  http://{mon.flower_address}:{mon.flower_port}  user [bold]{user}[/bold]"
                       + ("" if mon.flower_basic_auth.get_secret_value() else f"  password [bold]{password}[/bold] (generated)"))
-        console.print(f"Data:    {root}   Redis: {url}   logs: {root / 'logs'}")
+        console.print(f"Data:    {root}   Redis: {mask_url(url)}   logs: {root / 'logs'}")
         client = celery_client(settings, url)
         wait_for_workers(client)
         # Don't make a newcomer wait for the next minute boundary: collect the current minute now
