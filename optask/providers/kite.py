@@ -215,12 +215,15 @@ class KiteProvider:
         for kind in self.expiry_kinds:
             if kind in uni.expiries:
                 kind_of.setdefault(uni.expiries[kind].isoformat(), kind)
-        meta: dict[str, list] = {}
-        for i in range(len(opts["token"])):  # selecting from the dump (metadata, not quotes)
-            e = opts["expiry"][i]
-            if e in kind_of and opts["strike"][i] in set(uni.strikes[dt.date.fromisoformat(e)]):
-                meta[f"{opts['exchange'][i]}:{opts['symbol'][i]}"] = [
-                    int(opts["token"][i]), e, float(opts["strike"][i]), opts["side"][i], kind_of[e]]
+        chosen = np.zeros(len(opts["token"]), dtype=bool)
+        for e, strikes in uni.strikes.items():  # a few expiries; the legs themselves are selected vectorized
+            if e.isoformat() in kind_of:
+                chosen |= (opts["expiry"] == e.isoformat()) & np.isin(opts["strike"], strikes)
+        idx = np.flatnonzero(chosen)
+        keys_arr = np.char.add(np.char.add(opts["exchange"][idx], ":"), opts["symbol"][idx])
+        meta: dict[str, list] = dict(zip(keys_arr.tolist(), zip(
+            opts["token"][idx].tolist(), opts["expiry"][idx].tolist(), opts["strike"][idx].tolist(),
+            opts["side"][idx].tolist(), [kind_of[e] for e in opts["expiry"][idx].tolist()], strict=True), strict=True))
         keys = sorted(meta)
         bodies = []
         for b in range(0, len(keys), BATCH):
