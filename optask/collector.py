@@ -79,9 +79,9 @@ def _provider(name: str):
 @functools.lru_cache(maxsize=4)
 def _ledger(redis_url: str) -> Ledger:
     """One Redis connection pool per worker process, not one per minute."""
-    import redis
+    from optask.coordination import connect
 
-    return Ledger(redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5))
+    return Ledger(connect(redis_url))
 
 
 def ledger_for(settings: Settings) -> Ledger:

@@ -105,11 +105,16 @@ class RedisCoordinator:
         heartbeat(self.client, component, **info)
 
 
+def connect(url: str) -> redis.Redis:
+    """A client whose every call has a timeout: a Redis that vanishes is noticed, not waited on forever."""
+    return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+
+
 def redis_client(settings=None) -> redis.Redis:
     from optask.config import get_settings
     from optask.services import ensure_redis
 
-    return redis.Redis.from_url(ensure_redis(settings or get_settings()), socket_timeout=10, socket_connect_timeout=5)
+    return connect(ensure_redis(settings or get_settings()))
 
 
 def get_redis_coordinator(settings=None) -> RedisCoordinator:

@@ -57,10 +57,10 @@ class KiteTestServer:
             spec = SPECS[index]
             uni = self.sim.universe(index, day)
             seg = "NFO-OPT" if spec.exchange == "NFO" else "BFO-OPT"
+            chain = self.sim.snapshot(index, self._first_minute(day)).table
+            symbols = {(r["expiry"], r["strike"], r["side"]): (r["symbol"], r["token"])
+                       for r in chain.select(["expiry", "strike", "side", "symbol", "token"]).to_pylist()}
             for expiry, strikes in uni.strikes.items():
-                chain = self.sim.snapshot(index, self._first_minute(day)).table
-                symbols = {(r["expiry"], r["strike"], r["side"]): (r["symbol"], r["token"])
-                           for r in chain.select(["expiry", "strike", "side", "symbol", "token"]).to_pylist()}
                 for k in strikes:
                     for side in ("CE", "PE"):
                         sym, tok = symbols.get((expiry, k, side), (f"{index}X{k:g}{side}", 0))

@@ -32,12 +32,6 @@ def _day(ts: str) -> str:
 class Ledger:
     redis: redis.Redis
 
-    @classmethod
-    def from_settings(cls, settings) -> Ledger:
-        from optask.services import ensure_redis
-
-        return cls(redis.Redis.from_url(ensure_redis(settings), socket_timeout=10, socket_connect_timeout=5))
-
     def claim(self, task: str, key: str, ttl_s: int = CLAIM_TTL_S) -> bool:
         """True for the first caller only, across processes and machines. The value is the claim time."""
         return claim_once(self.redis, task, key, ttl_s)

@@ -167,7 +167,7 @@ _META = ("expiry_kind", "spot", "source")
 
 def merge(legs: pa.Table) -> pa.Table:
     """One row per (ts, index, expiry, strike) with ce_* and pe_* columns; a one-sided strike keeps NaNs."""
-    keys = [k for k in ("ts", "index", "expiry", "strike")]
+    keys = ["ts", "index", "expiry", "strike"]
     per_side = [c for c in PER_SIDE_COLUMNS if c in legs.column_names]
 
     def side(name: str, prefix: str) -> pa.Table:

@@ -161,8 +161,8 @@ def run_up(settings: Settings, console, stop_after_minutes: int | None = None) -
                 p["last"] = max(p["last"], float(ev["stored_at"]))
             for ts in sorted(pending):
                 p = pending[ts]
-                dispatched = ledger.claimed_at("collect_minute", ts)
                 if p["indices"] >= n_indices or time.time() - p["last"] > 30:
+                    dispatched = ledger.claimed_at("collect_minute", ts)
                     latency = f"{p['last'] - dispatched:.2f}s" if dispatched else "-"
                     local = parse_ts(ts).astimezone(IST).strftime("%Y-%m-%d %H:%M IST")
                     console.print(f"{local}  {p['indices']}/{n_indices} indices  {p['legs']:,} legs  tick->stored {latency}")

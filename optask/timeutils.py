@@ -52,7 +52,7 @@ def floor_minute(t: dt.datetime | pd.Timestamp) -> dt.datetime:
 
 def format_ts(t: dt.datetime | pd.Timestamp) -> str:
     """One instant in the unified text form."""
-    return format_ts_series(pd.Series([_aware(t)])).iloc[0]
+    return format_ts_values([_aware(t)])[0]
 
 
 def parse_ts(text: str) -> dt.datetime:
@@ -85,7 +85,7 @@ def format_ts_values(values: list) -> list[str]:
         if v is None:
             out.append(None)
         elif getattr(v, "nanosecond", 0) or v.microsecond:
-            out.append(format_ts(v))
+            out.append(format_ts_series(pd.Series([_aware(v)])).iloc[0])
         else:
             out.append(v.astimezone(IST).replace(tzinfo=None).isoformat(timespec="seconds") + "+05:30")
     return out

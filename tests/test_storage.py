@@ -226,7 +226,6 @@ def _overlapping_writer(root: str, url: str, worker: int) -> None:
         class data:
             parquet_root = Path(root) / "parquet"
             csv_root = Path(root) / "csv"
-            root_ = Path(root)
 
         class influx:
             enabled = False

@@ -12,6 +12,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.compute as pc
+
 from optask.providers.base import PermanentProviderError, Snapshot, TemporaryProviderError, Universe
 from optask.storage.archive import RawRecord, archived_minutes, raw_path, read_raw
 from optask.timeutils import IST
@@ -54,8 +56,6 @@ class ReplayProvider:
         for row in table.select(["expiry_kind", "expiry"]).group_by(["expiry_kind", "expiry"]).aggregate([]).to_pylist():
             expiries.setdefault(row["expiry_kind"], row["expiry"])
         for e in set(expiries.values()):
-            import pyarrow.compute as pc
-
             ks = table.filter(pc.equal(table["expiry"], e))["strike"].unique().to_pylist()
             strikes[e] = tuple(sorted(ks))
         steps = sorted({round(b - a, 6) for ks in strikes.values() for a, b in zip(ks, ks[1:], strict=False)})

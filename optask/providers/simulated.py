@@ -27,7 +27,7 @@ import orjson
 import pyarrow as pa
 
 from optask.calendar import MarketCalendar, get_calendar
-from optask.pricing import bs_price
+from optask.pricing import bs_price, year_fraction
 from optask.providers.base import (
     PermanentProviderError,
     Snapshot,
@@ -113,13 +113,6 @@ def _day_path(seed: int, index: str, day: dt.date, n_minutes: int) -> np.ndarray
     path = np.round(open_spot * np.exp(np.cumsum(steps + jumps)), 2)
     path.setflags(write=False)
     return path
-
-
-def _year_fraction(ts: dt.datetime, expiry: np.ndarray) -> np.ndarray:
-    """Years from ts to 15:30 IST on each expiry day (the convention of optask.pricing)."""
-    from optask.pricing import year_fraction
-
-    return year_fraction(ts, expiry)
 
 
 @dataclass
@@ -210,7 +203,7 @@ class SimulatedProvider:
         k = np.tile(np.repeat(strikes, 2), n_e)
         is_call = np.tile(np.array([True, False]), n_e * n_s)
         exp_dates = np.asarray(expiries, dtype="datetime64[D]")[e_idx]
-        t = np.maximum(_year_fraction(ts, exp_dates), 1e-6)
+        t = np.maximum(year_fraction(ts, exp_dates), 1e-6)
         q = 0.0
         fwd = spot * np.exp((self.rate - q) * t)
         # Surface: ATM level with term structure and an intraday component tied to the spot move,
