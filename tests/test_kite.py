@@ -82,8 +82,8 @@ def _pace(url, out):
 
 
 def test_pacer_across_processes(redis_url):
-    q = mp.get_context("fork").Queue()
-    procs = [mp.get_context("fork").Process(target=_pace, args=(redis_url, q)) for _ in range(3)]
+    q = mp.get_context("forkserver").Queue()
+    procs = [mp.get_context("forkserver").Process(target=_pace, args=(redis_url, q)) for _ in range(3)]
     for p in procs:
         p.start()
     for p in procs:

@@ -77,6 +77,7 @@ def test_five_minutes_through_the_worker(redis_url, pipeline_env, isolated_setti
         wait_stored(ledger, [(i, ts) for i in INDICES for ts in MINUTES[:5]])
     finally:
         stack.stop()
+        client.close()  # no broker connections left in the pytest process for later forks
     settings = load_settings()
     for index in INDICES:
         want = sum(expected_legs(settings, index, ts) for ts in MINUTES[:5])
@@ -128,6 +129,7 @@ def test_sigkill_worker_mid_minute(redis_url, pipeline_env, isolated_settings):
         wait_stored(ledger, [("NIFTY", ts)], timeout=60)
     finally:
         stack.stop()
+        client.close()  # no broker connections left in the pytest process for later forks
     settings = load_settings()
     assert store_rows(settings, "NIFTY")["parquet.legs"] == expected_legs(settings, "NIFTY", ts)
 
@@ -149,6 +151,7 @@ def test_worker_process_killed_whole(redis_url, pipeline_env, isolated_settings)
         wait_stored(ledger, [("NIFTY", ts)], timeout=60)
     finally:
         stack.stop()
+        client.close()  # no broker connections left in the pytest process for later forks
     settings = load_settings()
     assert store_rows(settings, "NIFTY")["parquet.legs"] == expected_legs(settings, "NIFTY", ts)
 
@@ -176,6 +179,7 @@ def test_two_beats_produce_each_minute_once(redis_url, pipeline_env, isolated_se
         time.sleep(3)  # let the last fan-out finish
     finally:
         stack.stop()
+        client.close()  # no broker connections left in the pytest process for later forks
     counts = events_per_key(ledger)
     assert len(counts) >= 4 * len(INDICES), counts
     assert set(counts.values()) == {1}, {k: v for k, v in counts.items() if v != 1}
@@ -214,6 +218,7 @@ def test_redis_restart_mid_session(pipeline_env, isolated_settings, tmp_path_fac
         assert stack.alive()["worker"]
     finally:
         stack.stop()
+        client.close()  # no broker connections left in the pytest process for later forks
         server.stop()
     settings = load_settings()
     minutes = {t.isoformat() for t in __import__("optask.storage.sinks", fromlist=["x"]).stored_minutes(
@@ -238,6 +243,7 @@ def test_provider_outage_then_recovery(redis_url, pipeline_env, isolated_setting
         wait_stored(ledger, [(i, ts) for i in INDICES for ts in MINUTES[40:42]], timeout=90)
     finally:
         stack.stop()
+        client.close()  # no broker connections left in the pytest process for later forks
     assert ledger.missed("NIFTY", DAY) == {}
 
 
@@ -255,6 +261,7 @@ def test_unrecoverable_and_expired_minutes_are_recorded_for_backfill(redis_url, 
             time.sleep(0.2)
     finally:
         stack.stop()
+        client.close()  # no broker connections left in the pytest process for later forks
     missed = ledger.missed("NIFTY", DAY)
     assert "outside a market session" in missed.get(closed, "")
     assert missed.get(stale) == "expired in queue"
@@ -272,6 +279,7 @@ def test_backfill_batch_through_the_worker_matches_live(redis_url, pipeline_env,
         wait_stored(ledger, [("NIFTY", ts) for ts in batch])
     finally:
         stack.stop()
+        client.close()  # no broker connections left in the pytest process for later forks
     settings = load_settings()
     rows = store_rows(settings, "NIFTY")  # raises on a duplicate key
     assert rows["parquet.legs"] == rows["csv.legs"] == sum(expected_legs(settings, "NIFTY", ts) for ts in batch)

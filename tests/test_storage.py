@@ -182,7 +182,7 @@ def _parquet_compaction_killed(root: str, at: str) -> None:
 
 
 def run_child(target, *args) -> int:
-    proc = mp.get_context("fork").Process(target=target, args=args)
+    proc = mp.get_context("forkserver").Process(target=target, args=args)
     proc.start()
     proc.join(60)
     return proc.exitcode
@@ -239,7 +239,7 @@ def test_eight_processes_one_row_per_key(tmp_path, redis_url, monkeypatch):
     import optask.storage.sinks as sinks
 
     monkeypatch.setattr(sinks.InfluxSink, "from_settings", classmethod(lambda cls, s: None))
-    procs = [mp.get_context("fork").Process(target=_overlapping_writer, args=(str(tmp_path), redis_url, w))
+    procs = [mp.get_context("forkserver").Process(target=_overlapping_writer, args=(str(tmp_path), redis_url, w))
              for w in range(8)]
     for p in procs:
         p.start()
@@ -281,7 +281,7 @@ def test_full_disk_is_a_clear_error_and_damages_nothing(tmp_path, redis_url):
     store = CsvStore(tmp_path, redis.Redis.from_url(redis_url))
     store.append_minute("legs", "NIFTY", MINUTES[0], minute(0).legs)
     before = store.path("legs", "NIFTY", DAY).read_bytes()
-    queue = mp.get_context("fork").Queue()
+    queue = mp.get_context("forkserver").Queue()
     assert run_child(_write_with_tiny_file_limit, str(tmp_path), redis_url, queue) == 0
     csv_result, raw_result = queue.get(timeout=5), queue.get(timeout=5)
     assert csv_result.startswith("error:") and "legs.csv" in csv_result and "free space" in csv_result
