@@ -6,6 +6,7 @@ over legs with numpy and pyarrow: no Python loop over legs or strikes.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -91,6 +92,36 @@ def _off_grid(strike: np.ndarray, group: np.ndarray) -> np.ndarray:
     origin = np.array([origin_by_group[int(x)] for x in np.unique(g)])[np.searchsorted(np.unique(g), g)]
     off[order] = ~np.isnan(step_of) & (np.abs(resid - origin) > 1e-6)
     return off
+
+
+def as_leg_table(legs) -> pa.Table:
+    """Legs as migrating code holds them (Arrow, a pandas DataFrame, a list of dicts or leg objects) -> Arrow.
+
+    An Arrow table passes through untouched, so the fast path costs nothing.
+    """
+    if isinstance(legs, pa.Table):
+        return legs
+    if isinstance(legs, pa.RecordBatch):
+        return pa.Table.from_batches([legs])
+    import pandas as pd
+
+    if isinstance(legs, pd.DataFrame):
+        return pa.Table.from_pandas(legs, preserve_index=False)
+    if isinstance(legs, list | tuple):
+        if not legs:
+            return RAW_LEG_SCHEMA.empty_table()
+        first = legs[0]
+        if isinstance(first, dict):
+            return pa.Table.from_pylist(list(legs))
+        names = [f.name for f in dataclasses.fields(first)] if dataclasses.is_dataclass(first) else (
+            list(vars(first)) if hasattr(first, "__dict__") else None)
+        if names:
+            try:
+                return pa.table({n: [getattr(leg, n) for leg in legs] for n in names})
+            except AttributeError as exc:
+                raise ChainError(f"legs must all be of one kind: {exc}") from None
+    raise ChainError(f"legs must be a pyarrow Table, a pandas DataFrame, or a list of dicts or leg objects "
+                     f"(such as MockDataGenerator.generate_option_chain returns); got {type(legs).__name__}")
 
 
 def validate(table: pa.Table) -> tuple[pa.Table, ValidationReport]:

@@ -221,6 +221,16 @@ def _minute_text_to_iso(ts_text: pa.ChunkedArray) -> pa.Array:
 
 # --- the seed platform's entry point ---------------------------------------------------------
 
+class WriteResult(dict):
+    """Counts of what `process_and_write` wrote; also awaitable, because the seed's guide writes
+    `result = await writer.process_and_write(...)`. The write has already happened when it returns:
+    awaiting only hands back the same dict, so synchronous callers pay nothing for it."""
+
+    def __await__(self):
+        return self
+        yield  # a generator: `await` on it returns immediately with the dict
+
+
 @dataclass
 class ConsolidatedWriter:
     """`get_consolidated_writer().process_and_write(legs, ...)`: the seed's single writer, kept."""
@@ -228,16 +238,18 @@ class ConsolidatedWriter:
     store: CsvStore
     json_root: Path | None = None
 
-    def process_and_write(self, legs: pa.Table, write_legs: bool = True, write_merged: bool = True,
-                          write_json: bool = False, write_summary: bool = True) -> dict:
-        from optask.pipeline import enrich, merge, summarize, validate
+    def process_and_write(self, legs, write_legs: bool = True, write_merged: bool = True,
+                          write_json: bool = False, write_summary: bool = True) -> WriteResult:
+        """Validate, enrich and append legs (Arrow, DataFrame, or a list of dicts or leg objects) minute by minute."""
+        from optask.pipeline import as_leg_table, enrich, merge, summarize, validate
 
         start = time.perf_counter()
+        legs = as_leg_table(legs)
         if "iv" not in legs.column_names:
             legs = enrich(validate(legs)[0])
         merged = merge(legs) if (write_merged or write_summary) else None
         summary = summarize(legs, merged=merged) if write_summary else None
-        out = {"legs_written": 0, "merged_written": 0, "summary_written": 0, "json_written": 0}
+        out = WriteResult(legs_written=0, merged_written=0, summary_written=0, json_written=0)
         for (index, ts), part in _by_minute(legs):
             if write_legs:
                 out["legs_written"] += self.store.append_minute("legs", index, ts, part)
