@@ -22,8 +22,9 @@ app = typer.Typer(
 redis_app = typer.Typer(no_args_is_help=True, help="The Redis server optask uses (configured, or the bundled one).")
 app.add_typer(redis_app, name="redis")
 
-console = Console()
-err = Console(stderr=True)
+# No wrapping of long lines: under systemd or docker, output goes to a log, one event per line.
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -157,8 +158,13 @@ def collect(
     provider: str = typer.Option("", "--provider", help="simulated | kite | replay; default OPTASK_PROVIDER."),
     out: str = typer.Option("", "--out", help="Also write the normalized legs to FILE (.csv or .parquet)."),
 ) -> None:
-    """Fetch one minute of one index in-process (no broker) and print a short table."""
+    """Fetch one minute of one index in-process (no broker) and print a short table.
+
+    Redis (the Kite provider paces its calls through it): the configured one, else the running stack's
+    bundled one; with neither, a private bundled server that is stopped before the command exits.
+    """
     import time as _time
+    from contextlib import ExitStack
     from pathlib import Path
 
     from optask.calendar import get_calendar
@@ -192,13 +198,18 @@ def collect(
             if s is None or now < s.open:
                 s = calendar.session(calendar.previous_trading_day(day))
             ts = calendar.session_minutes(s.day)[-1].to_pydatetime()
+    from optask.services import RedisUnavailable, redis_for_command
+
     try:
-        source = get_provider(provider or None, settings)
-        start = _time.perf_counter()
-        snap = source.snapshot(index, ts)
-        took = _time.perf_counter() - start
-    except ProviderError as exc:
-        fail(str(exc), 1)
+        with ExitStack() as servers:
+            if (provider or settings.market.provider) == "kite":
+                servers.enter_context(redis_for_command(settings))
+            source = get_provider(provider or None, settings)
+            start = _time.perf_counter()
+            snap = source.snapshot(index, ts)
+            took = _time.perf_counter() - start
+    except (ProviderError, RedisUnavailable) as exc:
+        fail(str(exc))
     t = snap.table
     table = Table(title=f"{index} at {ts.astimezone(IST):%Y-%m-%d %H:%M} IST from {snap.provider}")
     for col in ("expiry", "kind", "strikes", "legs", "spot"):
@@ -226,14 +237,20 @@ def collect(
 
 @app.command()
 def up() -> None:
-    """Run the whole stack here: Redis, a worker, beat and Flower, until Ctrl-C."""
+    """Run the whole stack here: Redis, a worker, beat and Flower, until Ctrl-C, SIGTERM or SIGHUP.
+
+    Children stop in order (beat, Flower, the worker after its running tasks, the Redis it started)
+    and die with it even if it is killed. Exit status: 0 stopped by a signal, 2 a child failed to
+    start or died past its restart limit (the reason in one line), or another `up` runs on this data root.
+    """
     from optask.services import RedisUnavailable
     from optask.stack import run_up
 
     try:
-        run_up(get_settings(), console)
+        code = run_up(get_settings(), console, err)
     except RedisUnavailable as exc:
-        fail(str(exc), 1)
+        fail(str(exc))
+    raise typer.Exit(code)
 
 
 @app.command()

@@ -213,7 +213,9 @@ class MonitoringSettings(BaseSettings):
     model_config = _group()
     health_check_interval: int = Field(60, ge=5, description="Seconds between health checks (>= 5).")
     auto_restart_enabled: bool = Field(True, description="Restart failed components automatically.")
-    max_restart_attempts: int = Field(3, ge=0, description="Restarts before an operator is alerted.")
+    max_restart_attempts: int = Field(
+        3, ge=0, description="Restarts of a dead child within RESTART_WINDOW_S before it is given up and an operator alerted.")
+    restart_window_s: int = Field(600, ge=10, description="Window for MAX_RESTART_ATTEMPTS, seconds (>= 10).")
     flower_basic_auth: SecretStr = Field(SecretStr(""), description="Flower user:password; empty generates one.")
     flower_address: str = Field("127.0.0.1", description="Address Flower binds to.")
     flower_port: int = Field(5555, ge=1, le=65535, description="Flower port.")

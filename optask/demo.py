@@ -1,6 +1,7 @@
 """`optask demo`: an accelerated simulated session through the real broker, worker, tasks and stores.
 
-A private Redis and data folder keep the demo apart from the operator's data. The demo plays
+A private Redis and data folder keep the demo apart from the operator's data: its worker writes
+only under the demo's root, whatever CSV_DATA_ROOT, JSON_SNAPSHOTS_ROOT or INFLUXDB_URL say. The demo plays
 beat itself: it sends `collect_minute(ts)` for each session minute at `speed` x real time,
 waits until every (index, minute) is stored or recorded as missed, runs end of day, and
 returns what landed where.
@@ -55,6 +56,13 @@ def latest_session_day(settings: Settings) -> dt.date:
     return now.date() if s and s.close <= now else cal.previous_trading_day(now.date())
 
 
+def demo_env(indices: list[str]) -> dict[str, str]:
+    """The worker's environment: simulated, and every store under the demo's own root, whatever the
+    operator's environment or .env says (an empty root setting means "under BASE_DATA_DIR"; no InfluxDB)."""
+    return {"OPTASK_PROVIDER": "simulated", "OPTASK_INDICES": ",".join(indices), "CSV_DATA_ROOT": "",
+            "JSON_SNAPSHOTS_ROOT": "", "INFLUXDB_URL": "", "OPTASK_SIM_OUTAGE_FILE": "", "OPTASK_SIM_SLOW_S": "0"}
+
+
 def run_demo(
     settings: Settings, data_root: Path, minutes: int | None = None, speed: float = 300.0,
     indices: list[str] | None = None, day: dt.date | None = None, workers: int | None = None,
@@ -68,9 +76,7 @@ def run_demo(
     session_minutes = [m.isoformat() for m in all_minutes[: minutes or len(all_minutes)]]
     data_root.mkdir(parents=True, exist_ok=True)
     redis_server = RedisServer(data_root / "redis").start()
-    stack = Stack(settings, redis_server.url, data_root, extra_env={
-        "OPTASK_PROVIDER": "simulated", "OPTASK_INDICES": ",".join(indices), "INFLUXDB_URL": settings.influx.url,
-    })
+    stack = Stack(settings, redis_server.url, data_root, extra_env=demo_env(indices))
     summary = DemoSummary(day=day, minutes=len(session_minutes), indices=indices, data_root=data_root)
     try:
         stack.start_worker(concurrency=workers or settings.service.processing_max_workers)

@@ -72,6 +72,19 @@ class Ledger:
         v = self.redis.get(f"{PREFIX}:last_stored:{index}")
         return v.decode() if v else None
 
+    def stored_info(self, ts: str, indices: list[str]) -> dict[str, dict]:
+        """The indices that have stored minute `ts`, with what the ledger recorded for each (one round trip)."""
+        day = _day(ts)
+        pipe = self.redis.pipeline(transaction=False)
+        for index in indices:
+            pipe.hget(f"{PREFIX}:stored:{index}:{day}", ts)
+        return {i: json.loads(v) for i, v in zip(indices, pipe.execute(), strict=True) if v}
+
+    def last_event_id(self) -> str:
+        """The id of the newest stored-minute event ("0-0" when none): follow the stream from here."""
+        last = self.redis.xrevrange(EVENTS, count=1)
+        return last[0][0].decode() if last else "0-0"
+
     def events(self, last_id: str = "$", block_ms: int = 1000, count: int = 1000) -> list[tuple[str, dict]]:
         """Stored-minute events after `last_id` ("$" = only new ones), waiting up to block_ms."""
         out = self.redis.xread({EVENTS: last_id}, block=block_ms, count=count) or []

@@ -9,12 +9,18 @@ it is never silently replaced by the bundled one.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +31,30 @@ from optask.config import Settings, get_settings, mask_url
 
 class RedisUnavailable(RuntimeError):
     """Redis cannot be reached or started; the message says which server and what to do."""
+
+
+_PR_SET_PDEATHSIG = 1
+_prctl = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).prctl if sys.platform == "linux" else None
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A `preexec_fn` that makes the child receive `sig` when this process dies, even by SIGKILL.
+
+    Linux's PR_SET_PDEATHSIG, chosen over a watchdog in each child because the kernel delivers it
+    with no polling and no code of ours inside Celery, Flower or redis-server; SIGTERM lets each
+    of them stop in its own clean way. It fires when the forking *thread* exits, so spawn from the
+    main thread. Elsewhere than Linux it is a no-op (the parent's own signal handling still applies).
+    """
+    if _prctl is None:
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        _prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), sig)
+
+    return preexec
 
 
 def free_port() -> int:
@@ -93,7 +123,7 @@ class RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             redis_server_args(self.directory, self.port, daemonize=False),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent(),
         )
         wait_for_redis(self.url)
         return self
@@ -124,6 +154,18 @@ def bundled_redis_url(root: Path) -> str | None:
     return url if redis_ping(url) else None
 
 
+def record_bundled_redis(root: Path, url: str, port: int, pid: int | None = None) -> None:
+    """Publish the bundled server's address so every optask process on the machine finds it."""
+    from optask.storage.archive import atomic_write_bytes
+
+    atomic_write_bytes(_state_file(root), json.dumps(
+        {"url": url, "port": port, "dir": str(root / "redis"), "pid": pid}).encode())
+
+
+def forget_bundled_redis(root: Path) -> None:
+    _state_file(root).unlink(missing_ok=True)
+
+
 def start_bundled_redis(root: Path) -> tuple[str, bool]:
     """Start the bundled server under `root/redis`, or reuse the running one. Returns (url, started)."""
     url = bundled_redis_url(root)
@@ -137,9 +179,7 @@ def start_bundled_redis(root: Path) -> tuple[str, bool]:
     if proc.returncode != 0:
         raise RedisUnavailable(f"bundled redis-server failed to start: {proc.stderr.strip() or proc.stdout.strip()}")
     wait_for_redis(url)
-    tmp = _state_file(root).with_suffix(".tmp")
-    tmp.write_text(json.dumps({"url": url, "port": port, "dir": str(directory)}))
-    os.replace(tmp, _state_file(root))
+    record_bundled_redis(root, url, port)
     return url, True
 
 
@@ -178,3 +218,26 @@ def ensure_redis(settings: Settings | None = None, start: bool = True) -> str:
     if not start:
         raise RedisUnavailable("no Redis configured and the bundled one is not running; run `optask redis start`")
     return start_bundled_redis(settings.data.root)[0]
+
+
+@contextlib.contextmanager
+def redis_for_command(settings: Settings | None = None) -> Iterator[str]:
+    """Redis for a one-shot command: the configured or running one; else a private one, stopped on exit.
+
+    A one-shot command never leaves a server behind that it started: with nothing configured and
+    no `optask up` or `optask redis start` running, it runs the bundled server on the same data
+    (AOF under the data root) only for its own lifetime.
+    """
+    settings = settings or get_settings()
+    url = settings.redis.effective_url() and ensure_redis(settings)
+    url = url or bundled_redis_url(settings.data.root)
+    if url:
+        yield url
+        return
+    server = RedisServer(settings.data.root / "redis").start()
+    record_bundled_redis(settings.data.root, server.url, server.port, server.process.pid)
+    try:
+        yield server.url
+    finally:
+        forget_bundled_redis(settings.data.root)
+        server.stop()

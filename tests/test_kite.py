@@ -182,4 +182,23 @@ def test_collect_cli_with_kite(kite_server, redis_url, tmp_path):
     env["KITE_ACCESS_TOKEN"] = ""
     proc = subprocess.run([sys.executable, "-m", "optask.cli", "collect", "--index", "SENSEX", "--at", TS.isoformat()],
                           capture_output=True, text=True, timeout=120, env=env)
-    assert proc.returncode == 1 and "KITE_ACCESS_TOKEN" in proc.stderr
+    assert proc.returncode == 2 and "KITE_ACCESS_TOKEN" in proc.stderr
+
+
+def redis_servers() -> set[int]:
+    import psutil
+
+    return {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "redis-server"}
+
+
+def test_collect_with_kite_leaves_no_redis_behind(kite_server, isolated_settings):
+    """No Redis configured or running: collect runs a private one for the rate limiter and stops it."""
+    before = redis_servers()
+    env = {**os.environ, "OPTASK_PROVIDER": "kite", "KITE_ROOT_URL": kite_server.url, "KITE_API_KEY": "k",
+           "KITE_ACCESS_TOKEN": "t", "KITE_QUOTE_RATE_PER_S": "50", "OPTASK_STRIKES_AROUND_ATM": "3"}
+    proc = subprocess.run([sys.executable, "-m", "optask.cli", "collect", "--index", "SENSEX", "--at", TS.isoformat()],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "42 legs" in proc.stdout
+    assert redis_servers() - before == set()
+    assert not (isolated_settings / "redis" / "server.json").exists()

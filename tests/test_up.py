@@ -1,4 +1,5 @@
-"""`optask up`: the whole stack in one command, Flower behind auth, a line per minute, clean Ctrl-C."""
+"""`optask up` as people and supervisors run it: Flower behind auth, a line per minute, clean stops on
+every signal, children that die with it, honest exit codes, one `up` per data root."""
 
 from __future__ import annotations
 
@@ -6,11 +7,15 @@ import base64
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+
+import psutil
+import pytest
 
 from optask.services import free_port
 
@@ -26,48 +31,194 @@ def get(url: str, auth: str | None = None) -> tuple[int, bytes]:
         return exc.code, b""
 
 
-def test_up_runs_the_stack_and_stops_cleanly(isolated_settings, redis_url):
-    port = free_port()
-    env = {**os.environ, "FLOWER_PORT": str(port), "FLOWER_BASIC_AUTH": "ops:s3cret-pw", "OPTASK_INDICES": "NIFTY,SENSEX",
-           "OPTASK_STRIKES_AROUND_ATM": "3", "PROCESSING_MAX_WORKERS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "optask.cli", "up"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=env, start_new_session=True)
-    lines: list[str] = []
-    try:
-        deadline = time.monotonic() + 120
+def up_env(**more: str) -> dict[str, str]:
+    return {**os.environ, "FLOWER_PORT": str(free_port()), "FLOWER_BASIC_AUTH": "ops:s3cret-pw",
+            "OPTASK_INDICES": "NIFTY,SENSEX", "OPTASK_STRIKES_AROUND_ATM": "3", "PROCESSING_MAX_WORKERS": "1", **more}
+
+
+class Up:
+    """An `optask up` subprocess whose output is read line by line."""
+
+    def __init__(self, env: dict[str, str]):
+        self.env = env
+        self.proc = subprocess.Popen([sys.executable, "-m", "optask.cli", "up"], stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+        self.lines: list[str] = []
+
+    def read_until(self, predicate, timeout: float = 120) -> str:
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            line = proc.stdout.readline()
+            line = self.proc.stdout.readline()
             if not line:
                 break
-            lines.append(line)
-            if "indices" in line and "legs" in line:
-                break
-        out = "".join(lines)
-        assert "2/2 indices" in out, out
-        assert f"http://127.0.0.1:{port}" in out and "s3cret-pw" not in out
-        # Flower: behind auth, tasks and per-index queues visible
-        for _ in range(50):
-            code, _ = get(f"http://127.0.0.1:{port}/api/workers")
-            if code in (401, 200):
-                break
-            time.sleep(0.2)
-        assert code == 401
-        workers = {}
-        for _ in range(50):
-            code, body = get(f"http://127.0.0.1:{port}/api/workers?refresh=1", "ops:s3cret-pw")
-            workers = json.loads(body or b"{}") if code == 200 else {}
-            if workers and any(w.get("active_queues") for w in workers.values()):
-                break
-            time.sleep(0.3)
-        queues = {q["name"] for w in workers.values() for q in (w.get("active_queues") or [])}
-        assert {"process.NIFTY", "process.SENSEX", "optask"} <= queues
-        code, body = get(f"http://127.0.0.1:{port}/api/tasks", "ops:s3cret-pw")
-        names = {t.get("name") for t in json.loads(body).values()}
-        assert "tasks.process_index" in names
-        proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=90)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 0, rest
-    assert "Stopped." in rest
+            self.lines.append(line)
+            if predicate(line):
+                return line
+        raise AssertionError("".join(self.lines))
+
+    def family(self) -> list[psutil.Process]:
+        """Every process of the stack: up's children and theirs (Celery's pool, say)."""
+        return psutil.Process(self.proc.pid).children(recursive=True)
+
+    def finish(self, timeout: float = 120) -> tuple[int, str]:
+        rest, _ = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, "".join(self.lines) + rest
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def up_factory():
+    started: list[tuple[Up, list[psutil.Process]]] = []
+
+    def start(env) -> Up:
+        up = Up(env)
+        started.append(up)
+        return up
+
+    yield start
+    for up in started:  # never leave a stack behind, whatever the test did
+        kids = []
+        try:
+            kids = up.family()
+        except psutil.Error:
+            pass
+        up.kill()
+        for k in kids:
+            try:
+                k.kill()
+            except psutil.Error:
+                pass
+
+
+def gone_within(procs: list[psutil.Process], seconds: float) -> list[psutil.Process]:
+    _, alive = psutil.wait_procs(procs, timeout=seconds)
+    return alive
+
+
+def is_minute_line(line: str) -> bool:
+    return "indices" in line and "legs" in line
+
+
+def test_up_runs_the_stack_and_stops_cleanly(isolated_settings, redis_url, up_factory):
+    env = up_env()
+    port = env["FLOWER_PORT"]
+    up = up_factory(env)
+    line = up.read_until(is_minute_line)
+    out = "".join(up.lines)
+    assert "2/2 indices" in line, out
+    assert f"http://127.0.0.1:{port}" in out and "s3cret-pw" not in out
+    # Flower: behind auth, tasks and per-index queues visible
+    for _ in range(50):
+        code, _ = get(f"http://127.0.0.1:{port}/api/workers")
+        if code in (401, 200):
+            break
+        time.sleep(0.2)
+    assert code == 401
+    workers = {}
+    for _ in range(50):
+        code, body = get(f"http://127.0.0.1:{port}/api/workers?refresh=1", "ops:s3cret-pw")
+        workers = json.loads(body or b"{}") if code == 200 else {}
+        if workers and any(w.get("active_queues") for w in workers.values()):
+            break
+        time.sleep(0.3)
+    queues = {q["name"] for w in workers.values() for q in (w.get("active_queues") or [])}
+    assert {"process.NIFTY", "process.SENSEX", "optask"} <= queues
+    code, body = get(f"http://127.0.0.1:{port}/api/tasks", "ops:s3cret-pw")
+    names = {t.get("name") for t in json.loads(body).values()}
+    assert "tasks.process_index" in names
+    family = up.family()
+    up.proc.send_signal(signal.SIGINT)
+    code, out = up.finish(90)
+    assert code == 0, out
+    assert "SIGINT: stopping" in out and "Stopped." in out
+    assert not gone_within(family, 10)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_or_sighup_stops_every_process_of_the_stack(isolated_settings, up_factory, sig):
+    """As systemd, docker and a closed terminal stop it; with the bundled Redis, which up owns."""
+    up = up_factory(up_env())
+    up.read_until(is_minute_line)
+    family = up.family()
+    names = {" ".join(p.cmdline()) for p in family}
+    assert any("redis-server" in n for n in names) and any(" worker" in n for n in names)
+    assert any(" beat" in n for n in names) and any(" flower" in n for n in names)
+    up.proc.send_signal(sig)
+    code, out = up.finish(90)
+    assert code == 0, out
+    assert f"{sig.name}: stopping" in out and "Stopped." in out
+    assert not gone_within(family, 5), out
+    # the stopped order is visible in the children's own logs: beat ended before the worker's warm shutdown
+    logs = isolated_settings / "logs"
+    assert "Warm shutdown" in (logs / "worker.log").read_text()
+    assert not (isolated_settings / "redis" / "server.json").exists()
+
+
+def test_sigkill_of_up_takes_every_child_along(isolated_settings, up_factory):
+    up = up_factory(up_env())
+    up.read_until(is_minute_line)
+    family = up.family()
+    assert len(family) >= 5  # redis, worker and its pool process, beat, flower
+    up.proc.kill()
+    up.proc.wait(5)
+    alive = gone_within(family, 10)
+    assert not alive, [p.cmdline() for p in alive]
+
+
+def test_flower_port_in_use_fails_in_one_line_naming_the_setting(isolated_settings, up_factory):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        up = up_factory(up_env(FLOWER_PORT=str(port)))
+        code, out = up.finish(60)
+    assert code == 2, out
+    errors = [ln for ln in out.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and f"127.0.0.1:{port}" in errors[0] and "FLOWER_PORT" in errors[0], out
+    assert "Traceback" not in out
+
+
+def test_a_second_up_on_the_same_data_root_is_refused_naming_the_first(isolated_settings, redis_url, up_factory):
+    first = up_factory(up_env())
+    first.read_until(lambda ln: ln.startswith("Running"))
+    second = up_factory(up_env())
+    code, out = second.finish(30)
+    assert code == 2, out
+    assert f"already running on {isolated_settings}" in out and f"pid {first.proc.pid}" in out, out
+    first.proc.send_signal(signal.SIGTERM)
+    assert first.finish(90)[0] == 0
+
+
+@pytest.mark.parametrize("victim", ["worker", "redis"])
+def test_a_child_that_dies_ends_up_with_status_2_when_restarts_are_off(isolated_settings, up_factory, victim):
+    up = up_factory(up_env(AUTO_RESTART_ENABLED="false"))
+    up.read_until(lambda ln: ln.startswith("Running"))
+    family = up.family()
+    target = next(p for p in family if (victim == "redis" and "redis-server" in " ".join(p.cmdline()))
+                  or (victim == "worker" and " worker" in " ".join(p.cmdline()) and p.ppid() == up.proc.pid))
+    target.kill()
+    code, out = up.finish(120)
+    assert code == 2, out
+    errors = [ln for ln in out.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, out
+    assert f"{victim} exited (killed by SIGKILL)" in errors[0] and "AUTO_RESTART_ENABLED=false" in errors[0]
+    assert not gone_within(family, 10)
+
+
+def test_a_dead_child_is_restarted_within_its_limit_then_given_up(isolated_settings, redis_url, up_factory):
+    up = up_factory(up_env(MAX_RESTART_ATTEMPTS="1", RESTART_WINDOW_S="600"))
+    up.read_until(lambda ln: ln.startswith("Running"))
+
+    def beat() -> psutil.Process:
+        return next(p for p in up.family() if " beat" in " ".join(p.cmdline()))
+
+    beat().kill()
+    up.read_until(lambda ln: "beat restarted" in ln, timeout=30)
+    beat().kill()
+    code, out = up.finish(120)
+    assert code == 2, out
+    assert "beat exited (killed by SIGKILL)" in out and "MAX_RESTART_ATTEMPTS=1" in out, out
