@@ -222,3 +222,33 @@ def test_a_dead_child_is_restarted_within_its_limit_then_given_up(isolated_setti
     code, out = up.finish(120)
     assert code == 2, out
     assert "beat exited (killed by SIGKILL)" in out and "MAX_RESTART_ATTEMPTS=1" in out, out
+
+
+def test_minute_line_counts_what_the_ledger_holds(redis_url):
+    """Every index stored before the first read still counts; a partial line only after the deadline;
+    a late completion says so. (The old reporter printed "1/3 indices" for a minute stored complete.)"""
+    import redis as redis_lib
+
+    from optask.ledger import Ledger
+    from optask.stack import MinuteReporter
+
+    ledger = Ledger(redis_lib.Redis.from_url(redis_url))
+    indices = ["NIFTY", "BANKNIFTY", "SENSEX"]
+    ledger.mark_stored("NIFTY", "2026-11-23T03:44:00+00:00", legs=1, stages_ms={})  # an older minute: not ours
+    reporter = MinuteReporter(ledger, indices, deadline_s=1.5)
+    first, second = "2026-11-23T03:45:00+00:00", "2026-11-23T03:46:00+00:00"
+    ledger.claim("collect_minute", first)
+    for index in indices:  # all stored before the reporter's first read
+        ledger.mark_stored(index, first, legs=10, stages_ms={})
+    lines = reporter.poll(block_ms=100)
+    assert len(lines) == 1 and "09:15 IST  3/3 indices  30 legs" in lines[0], lines
+    ledger.mark_stored("NIFTY", second, legs=10, stages_ms={})
+    ledger.mark_stored("SENSEX", second, legs=10, stages_ms={})
+    assert reporter.poll(block_ms=100) == []  # incomplete, deadline not passed: wait
+    time.sleep(1.6)
+    lines = reporter.poll(block_ms=100)
+    assert len(lines) == 1 and "2/3 indices" in lines[0] and "missing BANKNIFTY" in lines[0], lines
+    ledger.mark_stored("BANKNIFTY", second, legs=10, stages_ms={})
+    lines = reporter.poll(block_ms=100)
+    assert len(lines) == 1 and "3/3 indices" in lines[0] and "completed late" in lines[0], lines
+    assert reporter.poll(block_ms=100) == []
