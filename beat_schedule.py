@@ -27,6 +27,12 @@ def _minute_schedule():
     return crontab()
 
 
+def _repair_schedule():
+    """Every other clock minute (scaled like the minute schedule in an accelerated simulated session)."""
+    every = _minute_schedule()
+    return every * 2 if isinstance(every, dt.timedelta) else crontab(minute="*/2")
+
+
 BEAT_SCHEDULE = {
     "collect-minute": {
         "task": "tasks.collect_minute",
@@ -34,6 +40,14 @@ BEAT_SCHEDULE = {
         "args": (BeatLazyFunc(current_minute_iso),),
         # A tick nobody picked up within the minute is useless: the next tick is already due.
         "options": {"expires": 55},
+    },
+    # Self-healing in session: minutes not stored a few minutes after their time are rebuilt from the
+    # archive or the provider's history (on the maintenance queue), at most a few attempts each.
+    "repair-missed": {
+        "task": "tasks.repair_missed",
+        "schedule": _repair_schedule(),
+        "args": (BeatLazyFunc(current_minute_iso),),
+        "options": {"expires": 110},
     },
     # end_of_day is also enqueued by the last minute of each session; this late sweep catches a
     # day whose last minute was lost. It is idempotent, so running twice is harmless.

@@ -235,6 +235,143 @@ def collect(
         console.print(f"wrote {path}")
 
 
+def _indices_option(values: list[str]) -> list[str]:
+    from optask.schema import INDICES
+
+    chosen = [v.strip().upper() for item in values for v in item.split(",") if v.strip()]
+    unknown = [i for i in chosen if i not in INDICES]
+    if unknown:
+        fail(f"--index: unknown index {','.join(unknown)}; allowed: {','.join(INDICES)}")
+    return chosen
+
+
+def _show_verification(results: dict) -> int:
+    """The compact table a person reads after verify or backfill; returns the exit status (0 PASS, 1 WARN, 2 FAIL)."""
+    table = Table(title=f"Verification of {results['day']}: {results['overall_status']} "
+                        f"(score {results['summary']['data_quality_score']:.1f})")
+    for col in ("index", "score", "status", "missing minutes per store", "findings"):
+        table.add_column(col)
+    for index, r in results["indices"].items():
+        missing = {k: len(v.get("missing", [])) for k, v in r.get("completeness", {}).items()}
+        gaps = ", ".join(f"{k} {n}" for k, n in missing.items() if n) or "none"
+        findings = ", ".join(f"{k} {n}" for k, n in sorted(r.get("findings_by_kind", {}).items())) or "none"
+        style = {"PASS": "green", "WARN": "yellow"}.get(r["status"], "red")
+        table.add_row(index, f"{r['score']:.1f}", f"[{style}]{r['status']}[/{style}]", gaps, findings)
+    console.print(table)
+    return {"PASS": 0, "WARN": 1}.get(results["overall_status"], 2)
+
+
+@app.command()
+def verify(
+    day: str = typer.Option(..., "--day", help="Session to verify, YYYY-MM-DD."),
+    index: list[str] = typer.Option([], "--index", help="Index to verify (repeatable); default OPTASK_INDICES."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full results as JSON instead of the table."),
+) -> None:
+    """Verify a day's stored data (completeness per store, integrity, values, no-arbitrage, consistency).
+
+    Writes reports/eod/{day}/ (JSON and an HTML page). Exit status: 0 PASS, 1 WARN, 2 FAIL or bad input.
+    """
+    import json
+
+    from optask.calendar import get_calendar
+    from optask.verify import EODDataVerificationSystem
+
+    settings = get_settings()
+    the_day = parse_day(day, "--day")
+    if get_calendar(settings.data.calendar_overrides).session(the_day) is None:
+        fail(f"--day {the_day} is not a market session (weekend or holiday); see `optask calendar`")
+    chosen = _indices_option(index) or list(settings.market.indices)
+    system = EODDataVerificationSystem(settings)
+    results = system.run_eod_verification(the_day, indices=chosen)
+    path = system.save_verification_report(results)
+    if as_json:
+        typer.echo(json.dumps(results, indent=2, default=str))
+        code = {"PASS": 0, "WARN": 1}.get(results["overall_status"], 2)
+    else:
+        code = _show_verification(results)
+        console.print(f"report: {path}")
+    raise typer.Exit(code)
+
+
+@app.command()
+def backfill(
+    index: list[str] = typer.Option(..., "--index", help="Index to backfill (repeatable, or comma-separated)."),
+    from_: str = typer.Option(..., "--from", help="First day, YYYY-MM-DD."),
+    to: str = typer.Option(..., "--to", help="Last day, YYYY-MM-DD."),
+    only_missing: bool = typer.Option(False, "--only-missing", help="Only minutes a store lacks (else every session minute)."),
+    wait: bool = typer.Option(False, "--wait", help="Show progress until done, then verify each day."),
+    here: bool = typer.Option(False, "--here", help="Run in this process even if a worker serves the maintenance queue."),
+) -> None:
+    """Rebuild minutes from the raw archive, else the provider's history, on the maintenance queue.
+
+    Idempotent: minutes every store holds are skipped, so a second run does nothing. With no worker
+    on the maintenance queue (or --here) it runs in this process. Exit status: 0 done (and PASS with
+    --wait), 1 some minutes unavailable or WARN, 2 failure, FAIL or bad input.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from optask import backfill as bf
+    from optask.services import RedisUnavailable, redis_for_command
+    from optask.stack import celery_client
+
+    settings = get_settings()
+    chosen = _indices_option(index)
+    start, end = parse_day(from_, "--from"), parse_day(to, "--to")
+    try:
+        with redis_for_command(settings) as url:
+            try:
+                plan = bf.plan_backfill(chosen, start, end, only_missing=only_missing, settings=settings)
+            except bf.BackfillError as exc:
+                fail(str(exc))
+            for skipped, why in plan.skipped_days:
+                console.print(f"{skipped}: skipped, {why}")
+            if plan.total == 0:
+                console.print(f"nothing to do: every session minute of {', '.join(chosen)} from {start} to {end} "
+                              "is in every store")
+                raise typer.Exit(0)
+            client = celery_client(settings, url)
+            workers = [] if here else bf.maintenance_workers(client)
+            if workers and not wait:
+                sent = bf.enqueue(plan, client)
+                console.print(f"enqueued {len(sent)} backfill tasks ({plan.total:,} minutes) on the maintenance "
+                              f"queue, served by {', '.join(workers)}; follow them in Flower or run with --wait")
+                raise typer.Exit(0)
+            if not workers and not here:
+                console.print("no worker consumes the maintenance queue (`optask up` runs one); "
+                              "running the backfill in this process")
+            progress = Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), console=console)
+            bars = {i: progress.add_task(i, total=n) for i, n in plan.minutes_by_index().items()}
+            with progress:
+                def advance(idx: str, n: int) -> None:
+                    progress.advance(bars[idx], n)
+
+                if workers:
+                    results = bf.wait(bf.enqueue(plan, client), on_progress=advance)
+                else:
+                    results = bf.run_here(plan, settings, on_progress=advance)
+            client.close()
+            errors = [r for r in results if "error" in r]
+            unavailable = sum(r.get("unavailable", 0) for r in results)
+            stored = sum(r.get("stored", 0) for r in results)
+            console.print(f"stored {stored:,} minutes ({sum(r.get('from_archive', 0) for r in results):,} from the raw "
+                          f"archive, {sum(r.get('from_history', 0) for r in results):,} from the provider's history); "
+                          f"{unavailable:,} unavailable; {len(errors)} failed tasks")
+            for e in errors[:10]:
+                console.print(f"[red]failed:[/red] {e['index']} {e['day']}: {e['error']}", highlight=False)
+            code = 2 if errors else (1 if unavailable else 0)
+            from optask.verify import EODDataVerificationSystem
+
+            system = EODDataVerificationSystem(settings)
+            for day in plan.days:
+                results_day = system.run_eod_verification(day, indices=chosen)
+                system.save_verification_report(results_day)
+                code = max(code, _show_verification(results_day))
+    except RedisUnavailable as exc:
+        fail(str(exc))
+    raise typer.Exit(code)
+
+
 @app.command()
 def up() -> None:
     """Run the whole stack here: Redis, a worker, beat and Flower, until Ctrl-C, SIGTERM or SIGHUP.

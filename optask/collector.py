@@ -133,41 +133,96 @@ def store_minute(index: str, ts: str, settings: Settings | None = None, ledger: 
 
 def store_minutes(index: str, minutes: list[str], provider_name: str | None = None,
                   settings: Settings | None = None) -> dict:
-    """Backfill or replay a batch of one index's minutes of one day: one processing pass, one write per store.
+    """Backfill, repair or replay a batch of one index's minutes of one day: one processing pass, one write per store.
 
-    Minutes already stored are skipped; the source's `history()` rebuilds the rest (the archive for
-    replay, minute candles for Kite, the deterministic market for the simulator).
+    What to write is decided from the stores themselves (`present_minutes`), never from the ledger:
+    a minute the ledger calls stored but a store lacks is written to that store, and a minute every
+    store holds costs nothing. Sources, in order: the raw archive (an exact replay of what was
+    received), then the provider's `history()` (Kite minute candles, the deterministic simulator).
+    `provider_name="replay"` uses the archive only.
     """
     import pyarrow as pa
 
     from optask.pipeline import process_snapshot
-    from optask.storage.archive import write_raw
-    from optask.storage.sinks import write_minute
+    from optask.storage.archive import archived_minutes, write_raw
+    from optask.storage.sinks import present_minutes, write_minute
 
     settings = settings or get_settings()
     ledger = ledger_for(settings)
     todo = sorted({parse_minute(ts) for ts in minutes})
-    todo = [ts for ts in todo if not ledger.is_stored(index, ts.isoformat())]
-    if not todo:
-        return {"index": index, "stored": 0, "skipped": len(minutes)}
     days = {ts.astimezone(IST).date() for ts in todo}
     if len(days) != 1:
-        raise ValueError(f"a batch covers one day; got {sorted(days)}")
+        raise ValueError(f"a batch covers one day; got {sorted(days) or 'no minutes'}")
+    day = days.pop()
+    present = present_minutes(index, day, settings)
+    todo = [ts for ts in todo if any(ts.isoformat() not in have for have in present.values())]
+    out = {"index": index, "day": day.isoformat(), "asked": len(minutes), "stored": 0, "from_archive": 0,
+           "from_history": 0, "unavailable": 0}
+    if not todo:
+        return out
     name = provider_name or settings.market.provider
-    provider = _provider(name)
-    snaps = list(provider.history(index, days.pop(), todo))
-    if name != "replay":
-        for snap in snaps:
-            write_raw(settings.data.raw_root, index, snap.ts, snap.provider, snap.raw)
+    archived = set(archived_minutes(settings.data.raw_root, index, day))
+    from_archive = [ts for ts in todo if ts in archived or name == "replay"]
+    from_history = [ts for ts in todo if ts not in archived and name != "replay"]
+    snaps = list(_provider("replay").history(index, day, from_archive)) if from_archive else []
+    out["from_archive"] = len(snaps)
+    if from_history:
+        fresh = list(_provider(name).history(index, day, from_history))
+        for snap in fresh:
+            if snap.provider == "simulated":  # the venue's exact payload: archive it like a live one
+                write_raw(settings.data.raw_root, index, snap.ts, snap.provider, snap.raw)
+        out["from_history"] = len(fresh)
+        snaps += fresh
+    out["unavailable"] = len(todo) - len(snaps)
     if not snaps:
-        return {"index": index, "stored": 0, "skipped": len(minutes)}
-    processed = process_snapshot(pa.concat_tables([s.table for s in snaps]))
-    write_minute(processed, settings=settings, redis_client=ledger.redis)
+        return out
+    processed = process_snapshot(pa.concat_tables([s.table for s in snaps], promote_options="default"))
+    write_minute(processed, settings=settings, redis_client=ledger.redis, present=present)
     counts = processed.legs.group_by("ts").aggregate([("ts", "count")]).to_pydict()
     legs_by_minute = dict(zip(counts["ts"], counts["ts_count"], strict=True))
     for snap in snaps:
         ledger.mark_stored(index, snap.ts.isoformat(), legs=int(legs_by_minute.get(snap.ts, 0)), stages_ms={})
-    return {"index": index, "stored": len(snaps), "skipped": len(minutes) - len(snaps)}
+    out["stored"] = len(snaps)
+    return out
+
+
+#: In-session repair: leave a minute this many minutes to its own retries, then try at most REPAIR_ATTEMPTS times.
+REPAIR_AFTER_MINUTES = 3
+REPAIR_ATTEMPTS = 5
+
+
+def repair_missed(ts: str, settings: Settings | None = None) -> dict:
+    """Rebuild today's minutes that are not stored REPAIR_AFTER_MINUTES after their time (expired in a queue,
+    retries exhausted, or never run because an index's worker was down), from the archive or the provider's
+    history, at most REPAIR_ATTEMPTS times per minute; every attempt and its outcome is recorded in the ledger.
+
+    `ts` is the clock's current minute (from beat), so this runs the same in a replayed session.
+    """
+    settings = settings or get_settings()
+    now = parse_minute(ts)
+    day = now.astimezone(IST).date()
+    minutes = get_calendar(settings.data.calendar_overrides).session_minutes(day)
+    due = [m.isoformat() for m in minutes if m <= now - dt.timedelta(minutes=REPAIR_AFTER_MINUTES)]
+    ledger = ledger_for(settings)
+    report: dict = {"ts": now.isoformat(), "indices": {}}
+    for index in settings.market.indices:
+        stored = ledger.stored_minutes(index, day)
+        tried = ledger.repair_attempts(index, day)
+        todo = [m for m in due if m not in stored and tried.get(m, {}).get("attempts", 0) < REPAIR_ATTEMPTS]
+        if not todo:
+            continue
+        try:
+            result = store_minutes(index, todo, settings=settings)
+            outcome = "stored" if result["stored"] == len(todo) else f"{result['unavailable']} unavailable from the source"
+        except Exception as exc:  # noqa: BLE001 - recorded per minute and tried again next time, up to the limit
+            result, outcome = {"error": f"{type(exc).__name__}: {exc}"}, f"failed: {type(exc).__name__}: {exc}"
+        stored_now = ledger.stored_minutes(index, day)
+        for m in todo:
+            ledger.record_repair(index, m, tried.get(m, {}).get("attempts", 0) + 1,
+                                 "stored" if m in stored_now else outcome)
+        report["indices"][index] = {"tried": len(todo), "stored": len([m for m in todo if m in stored_now]),
+                                    "result": result}
+    return report
 
 
 def record_missed(index: str, ts: str, reason: str, settings: Settings | None = None) -> None:

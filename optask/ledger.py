@@ -5,7 +5,8 @@
   after every store is durable, so "stored" is never ahead of the files;
 - missed: a hash per (index, day) of minute -> reason (retries exhausted, expired in queue),
   the backfill work list; a minute stored later leaves it;
-- events: a capped stream of stored minutes that `optask up` and `optask demo` follow.
+- events: a capped stream of stored minutes that `optask up` and `optask demo` follow;
+- repair: per (index, day), the in-session repair attempts of each minute (count, last outcome).
 """
 
 from __future__ import annotations
@@ -71,6 +72,20 @@ class Ledger:
     def last_stored(self, index: str) -> str | None:
         v = self.redis.get(f"{PREFIX}:last_stored:{index}")
         return v.decode() if v else None
+
+    def stored_minutes(self, index: str, day: dt.date) -> set[str]:
+        """The minutes the ledger has recorded as stored (a cache of the stores, cheap to ask)."""
+        return {k.decode() for k in self.redis.hkeys(f"{PREFIX}:stored:{index}:{day.isoformat()}")}
+
+    def repair_attempts(self, index: str, day: dt.date) -> dict[str, dict]:
+        """Minute -> {attempts, last_at, last}: what in-session repair has tried for each minute."""
+        raw = self.redis.hgetall(f"{PREFIX}:repair:{index}:{day.isoformat()}")
+        return {k.decode(): json.loads(v) for k, v in raw.items()}
+
+    def record_repair(self, index: str, ts: str, attempts: int, outcome: str) -> None:
+        key = f"{PREFIX}:repair:{index}:{_day(ts)}"
+        self.redis.hset(key, ts, json.dumps({"attempts": attempts, "last_at": time.time(), "last": outcome}))
+        self.redis.expire(key, CLAIM_TTL_S * 4)
 
     def stored_info(self, ts: str, indices: list[str]) -> dict[str, dict]:
         """The indices that have stored minute `ts`, with what the ledger recorded for each (one round trip)."""

@@ -293,6 +293,7 @@ def run_up(settings: Settings, console, err=None, stop_after_minutes: int | None
 def _supervise(settings: Settings, console, err, stop_after_minutes: int | None) -> int:
     import redis
 
+    from optask.backfill import MAINTENANCE_QUEUE
     from optask.calendar import get_calendar
     from optask.clock import current_minute_iso
     from optask.config import mask_url
@@ -309,6 +310,7 @@ def _supervise(settings: Settings, console, err, stop_after_minutes: int | None)
         wait_for_redis,
     )
     from optask.timeutils import now_utc
+    from tasks.celeryconfig import process_queue
 
     root = settings.data.root
     mon = settings.monitoring
@@ -347,14 +349,20 @@ def _supervise(settings: Settings, console, err, stop_after_minutes: int | None)
         redis_note = "bundled, started by up" if own_redis else ("configured" if settings.redis.configured else "bundled, already running")
         ledger = Ledger(connect(url))
         reporter = MinuteReporter(ledger, list(settings.market.indices))
-        worker = stack.start_worker()
+        # Live minutes and catch-up work (backfill, end of day, repair) on workers of their own,
+        # so a long backfill never delays a live minute.
+        live_queues = ["optask", *(process_queue(i) for i in settings.market.indices)]
+        workers = {"worker": stack.start_worker(queues=live_queues),
+                   "worker-maintenance": stack.start_worker("worker-maintenance", concurrency=1,
+                                                            queues=[MAINTENANCE_QUEUE])}
         client = celery_client(settings, url)
         try:
-            wait_for_workers(client, timeout=90, alive=lambda: worker.poll() is None)
+            wait_for_workers(client, count=2, timeout=90, alive=lambda: all(w.poll() is None for w in workers.values()))
         except (ChildFailed, TimeoutError):
-            if worker.poll() is not None:
-                raise ChildFailed(describe_exit(stack, "worker", worker.returncode)) from None
-            raise ChildFailed(f"the worker did not answer within 90 s; see {stack.logs / 'worker.log'}") from None
+            for name, w in workers.items():
+                if w.poll() is not None:
+                    raise ChildFailed(describe_exit(stack, name, w.returncode)) from None
+            raise ChildFailed(f"the workers did not answer within 90 s; see {stack.logs}/worker*.log") from None
         stack.start_beat()
         flower, auth = stack.start_flower()
         deadline = time.monotonic() + 30

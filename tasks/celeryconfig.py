@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from kombu import Queue
 
+from optask.backfill import MAINTENANCE_QUEUE
 from optask.config import Settings
 
 #: Longest a minute task may run. A minute that takes longer is late anyway; it is retried or backfilled.
@@ -16,16 +17,23 @@ EOD_HARD_LIMIT_S = 960
 MINUTE_EXPIRES_S = 120
 
 
+#: Long, catch-up work: never on the queues live minutes use.
+MAINTENANCE_TASKS = ("tasks.backfill_minutes", "tasks.end_of_day", "tasks.repair_missed")
+
+
 def process_queue(index: str) -> str:
     """Each index has its own queue so it can have its own workers, on any machine."""
     return f"process.{index}"
 
 
 def route_task(name, args, kwargs, options, task=None, **kw):
-    """process_index goes to its index's queue; everything else to the default queue."""
-    if name in ("tasks.process_index", "tasks.backfill_minutes"):
+    """process_index to its index's queue; backfill and end of day to the maintenance queue (its own
+    worker under `optask up`, so repairs never starve live minutes); everything else to the default queue."""
+    if name == "tasks.process_index":
         index = args[0] if args else kwargs.get("index")
         return {"queue": process_queue(index)}
+    if name in MAINTENANCE_TASKS:
+        return {"queue": MAINTENANCE_QUEUE}
     return None
 
 
@@ -73,9 +81,9 @@ def celery_config(settings: Settings, broker_url: str) -> dict:
         # Beat's crontabs are in market time.
         "timezone": "Asia/Kolkata",
         "enable_utc": True,
-        # Per-index queues plus the default one; declared so `celery worker` without -Q consumes all of them.
+        # Per-index queues, the maintenance queue and the default one; declared so `celery worker` without -Q consumes all of them.
         "task_default_queue": "optask",
-        "task_queues": [Queue("optask")] + [Queue(process_queue(i)) for i in settings.market.indices],
+        "task_queues": [Queue("optask"), Queue(MAINTENANCE_QUEUE)] + [Queue(process_queue(i)) for i in settings.market.indices],
         "task_routes": (route_task,),
         # Flower shows tasks live, including when they were sent and by whom.
         "worker_send_task_events": True,

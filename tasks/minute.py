@@ -56,7 +56,7 @@ def process_index(index: str, ts: str) -> dict:
 
 
 @app.task(
-    name="tasks.backfill_minutes", base=ProcessIndexTask, ignore_result=True,
+    name="tasks.backfill_minutes", base=ProcessIndexTask, ignore_result=False,  # `optask backfill --wait` reads it
     autoretry_for=RETRYABLE, retry_backoff=2, retry_backoff_max=30, retry_jitter=True,
     retry_kwargs={"max_retries": 6}, soft_time_limit=EOD_SOFT_LIMIT_S, time_limit=EOD_HARD_LIMIT_S,
 )
@@ -67,8 +67,15 @@ def backfill_minutes(index: str, minutes: list[str], provider: str | None = None
 
 @app.task(name="tasks.end_of_day", soft_time_limit=EOD_SOFT_LIMIT_S, time_limit=EOD_HARD_LIMIT_S)
 def end_of_day(day: str) -> dict:
-    """Compaction, then verification (completeness per index for now)."""
+    """Compaction, verification, repair of what is missing, verification again, the report."""
     return collector.end_of_day(day)
+
+
+@app.task(name="tasks.repair_missed", ignore_result=True, soft_time_limit=EOD_SOFT_LIMIT_S,
+          time_limit=EOD_HARD_LIMIT_S, expires=110)
+def repair_missed(ts: str) -> dict:
+    """In session: minutes not stored a few minutes after their time are rebuilt, a bounded number of times."""
+    return collector.repair_missed(ts)
 
 
 @task_revoked.connect

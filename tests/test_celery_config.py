@@ -26,7 +26,7 @@ def test_reliability_settings(redis_url):
     assert conf["worker_max_memory_per_child"] == load_settings().service.max_memory_usage_mb * 1024
     assert conf["broker_connection_retry_on_startup"]
     queues = {q.name for q in conf["task_queues"]}
-    assert {"optask", "process.NIFTY", "process.BANKEX"} <= queues
+    assert {"optask", "maintenance", "process.NIFTY", "process.BANKEX"} <= queues
 
 
 def test_routing_per_index():
@@ -34,6 +34,9 @@ def test_routing_per_index():
         "queue": "process.BANKNIFTY"}
     assert route_task("tasks.process_index", (), {"index": "SENSEX", "ts": "x"}, {}) == {"queue": "process.SENSEX"}
     assert route_task("tasks.collect_minute", ("x",), {}, {}) is None
+    # catch-up work never waits behind (or in front of) live minutes
+    assert route_task("tasks.backfill_minutes", ("NIFTY", ["x"]), {}, {}) == {"queue": "maintenance"}
+    assert route_task("tasks.end_of_day", ("2026-11-23",), {}, {}) == {"queue": "maintenance"}
 
 
 def test_app_uses_json_and_registers_tasks(redis_url):

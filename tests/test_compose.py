@@ -17,7 +17,10 @@ def load():
 
 def test_services_present():
     services = load()["services"]
-    assert {"redis", "influxdb", "worker", "beat", "flower"} <= set(services)
+    assert {"redis", "influxdb", "worker", "maintenance", "beat", "flower"} <= set(services)
+    # live minutes and catch-up work on separate workers, together consuming every queue
+    assert "--exclude-queues=maintenance" in services["worker"]["command"]
+    assert "--queues=maintenance" in services["maintenance"]["command"]
 
 
 def test_commands_are_real_invocations(redis_url):
@@ -27,11 +30,11 @@ def test_commands_are_real_invocations(redis_url):
     from tasks.application import app as celery_app  # noqa: F401 - importing proves `-A tasks` resolves
 
     services = load()["services"]
-    for name in ("worker", "beat", "flower"):
+    for name in ("worker", "maintenance", "beat", "flower"):
         cmd = services[name]["command"]
         cmd = shlex.split(cmd) if isinstance(cmd, str) else cmd
         assert cmd[:3] == ["celery", "-A", "tasks"], cmd
-        assert cmd[3] == name
+        assert cmd[3] == {"maintenance": "worker"}.get(name, name)
     redis_cmd = services["redis"]["command"]
     assert "noeviction" in redis_cmd and "--appendonly" in redis_cmd
     flower = " ".join(services["flower"]["command"])

@@ -126,7 +126,7 @@ def test_up_runs_the_stack_and_stops_cleanly(isolated_settings, redis_url, up_fa
             break
         time.sleep(0.3)
     queues = {q["name"] for w in workers.values() for q in (w.get("active_queues") or [])}
-    assert {"process.NIFTY", "process.SENSEX", "optask"} <= queues
+    assert {"process.NIFTY", "process.SENSEX", "optask", "maintenance"} <= queues
     code, body = get(f"http://127.0.0.1:{port}/api/tasks", "ops:s3cret-pw")
     names = {t.get("name") for t in json.loads(body).values()}
     assert "tasks.process_index" in names
@@ -162,7 +162,7 @@ def test_sigkill_of_up_takes_every_child_along(isolated_settings, up_factory):
     up = up_factory(up_env())
     up.read_until(is_minute_line)
     family = up.family()
-    assert len(family) >= 5  # redis, worker and its pool process, beat, flower
+    assert len(family) >= 7  # redis, two workers and their pool processes, beat, flower
     up.proc.kill()
     up.proc.wait(5)
     alive = gone_within(family, 10)
@@ -199,7 +199,7 @@ def test_a_child_that_dies_ends_up_with_status_2_when_restarts_are_off(isolated_
     up.read_until(lambda ln: ln.startswith("Running"))
     family = up.family()
     target = next(p for p in family if (victim == "redis" and "redis-server" in " ".join(p.cmdline()))
-                  or (victim == "worker" and " worker" in " ".join(p.cmdline()) and p.ppid() == up.proc.pid))
+                  or (victim == "worker" and "--queues=optask," in " ".join(p.cmdline()) and p.ppid() == up.proc.pid))
     target.kill()
     code, out = up.finish(120)
     assert code == 2, out

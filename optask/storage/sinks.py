@@ -34,15 +34,18 @@ def _split_by_minute(table) -> list[tuple[dt.datetime, object]]:
     return [(m, table.filter(pc.equal(table["ts"], pa.scalar(m, table["ts"].type)))) for m in minutes]
 
 
-def write_minute(processed, settings, redis_client: redis.Redis) -> dict[str, int]:
+def write_minute(processed, settings, redis_client: redis.Redis,
+                 present: dict[str, set[str]] | None = None) -> dict[str, int]:
     """Store processed minutes of one index and day in Parquet, CSV and InfluxDB; rows written per store.
 
     Usually one minute; a backfill or replay batch passes many, written with one lock and one CSV
-    append per table.
+    append per table. `present` ({"parquet.legs": {ISO minute, ...}, ...}, see `present_minutes`)
+    names minutes a store already holds: a repair writes only where a minute is missing.
     """
     head = processed.summary if processed.summary.num_rows else processed.legs
     if head.num_rows == 0:
         return {}
+    present = present or {}
     index = head["index"][0].as_py()
     day = head["ts"][0].as_py().astimezone(IST).date()
     parquet = ParquetStore(settings.data.parquet_root)
@@ -50,16 +53,33 @@ def write_minute(processed, settings, redis_client: redis.Redis) -> dict[str, in
     written: dict[str, int] = {}
     for name in TABLES:
         parts = _split_by_minute(getattr(processed, name))
-        # the same lock as compaction: a minute is never half folded into day.parquet
-        with writer_lock(redis_client, f"parquet:{name}:{index}:{day}"):
-            for ts, part in parts:
-                parquet.write_minute(name, index, ts, part)
-        written[f"parquet.{name}"] = sum(p.num_rows for _, p in parts)
-        written[f"csv.{name}"] = csv.append_minutes(name, index, parts)
+        have = present.get(f"parquet.{name}", set())
+        to_parquet = [(ts, part) for ts, part in parts if ts.isoformat() not in have]
+        if to_parquet:
+            # the same lock as compaction: a minute is never half folded into day.parquet
+            with writer_lock(redis_client, f"parquet:{name}:{index}:{day}"):
+                for ts, part in to_parquet:
+                    parquet.write_minute(name, index, ts, part)
+        written[f"parquet.{name}"] = sum(p.num_rows for _, p in to_parquet)
+        written[f"csv.{name}"] = csv.append_minutes(name, index, parts)  # skips minutes its sidecar lists
     sink = InfluxSink.from_settings(settings)
-    if sink is not None:
+    if sink is not None:  # InfluxDB overwrites a point with the same series and time: rewriting is harmless
         written["influx.sent"] = int(sink.write_minute(processed.legs, processed.summary))
     return written
+
+
+def present_minutes(index: str, day: dt.date, settings) -> dict[str, set[str]]:
+    """ISO minutes each Parquet table and CSV file holds for an index-day: the stores' own view, not the ledger's.
+
+    Cheap: Parquet reads only the `ts` column, CSV only its sidecar.
+    """
+    parquet = ParquetStore(settings.data.parquet_root)
+    csv = CsvStore(settings.data.csv_root)
+    out: dict[str, set[str]] = {}
+    for name in TABLES:
+        out[f"parquet.{name}"] = {t.isoformat() for t in parquet.minutes(name, index, day).to_pylist()}
+        out[f"csv.{name}"] = set(csv.meta(name, index, day).minutes or [])
+    return out
 
 
 def compact_day(index: str, day: dt.date, settings, redis_client: redis.Redis | None = None) -> None:
