@@ -9,9 +9,11 @@ clock when beat sends it, so the tasks never read "now".
 from __future__ import annotations
 
 import datetime as dt
+import os
 
 from celery.beat import BeatLazyFunc
 from celery.schedules import crontab
+from celery.signals import beat_init
 
 from optask.clock import current_day_iso, current_minute_iso
 from optask.config import get_settings
@@ -33,11 +35,39 @@ def _repair_schedule():
     return every * 2 if isinstance(every, dt.timedelta) else crontab(minute="*/2")
 
 
+_beat_redis = None
+
+
+@beat_init.connect
+def beat_heartbeat(**_) -> None:
+    """Beat's own heartbeat, at start and every tick: health reads it (beat alive)."""
+    global _beat_redis
+    import redis
+
+    from optask.coordination import connect, heartbeat
+    from optask.health import redis_url_if_running
+
+    try:
+        if _beat_redis is None:
+            url, _ = redis_url_if_running(get_settings())
+            _beat_redis = connect(url) if url else None
+        if _beat_redis is not None:
+            heartbeat(_beat_redis, "beat", pid=os.getpid())
+    except (redis.RedisError, OSError):
+        _beat_redis = None  # reconnect next tick; a missing heartbeat is what health reports
+
+
+def tick_minute() -> str:
+    """The minute beat stamps on `collect_minute` (and a heartbeat of beat's)."""
+    beat_heartbeat()
+    return current_minute_iso()
+
+
 BEAT_SCHEDULE = {
     "collect-minute": {
         "task": "tasks.collect_minute",
         "schedule": _minute_schedule(),  # every minute; the calendar decides, not a mon-fri crontab
-        "args": (BeatLazyFunc(current_minute_iso),),
+        "args": (BeatLazyFunc(tick_minute),),
         # A tick nobody picked up within the minute is useless: the next tick is already due.
         "options": {"expires": 55},
     },
@@ -48,6 +78,13 @@ BEAT_SCHEDULE = {
         "schedule": _repair_schedule(),
         "args": (BeatLazyFunc(current_minute_iso),),
         "options": {"expires": 110},
+    },
+    # Health checks, alerts and self-healing, every HEALTH_CHECK_INTERVAL seconds, on the live queue
+    # (light and always served), so a Celery deployment monitors itself.
+    "health-check": {
+        "task": "tasks.health_check",
+        "schedule": dt.timedelta(seconds=get_settings().monitoring.health_check_interval),
+        "options": {"expires": 120},
     },
     # end_of_day is also enqueued by the last minute of each session; this late sweep catches a
     # day whose last minute was lost. It is idempotent, so running twice is harmless.

@@ -113,8 +113,11 @@ def store_minute(index: str, ts: str, settings: Settings | None = None, ledger: 
         result.stages_ms[stage] = round((now - clock) * 1000, 2)
         clock = now
 
+    from optask import metrics
+
     provider = provider or _provider(settings.market.provider)
     snapshot = provider.snapshot(index, minute)
+    metrics.record_provider_ok(ledger.redis, provider.name)
     lap("snapshot")
     if settings.market.provider != "replay":  # a replayed payload is already in the archive
         write_raw(settings.data.raw_root, index, minute, snapshot.provider, snapshot.raw)
@@ -128,6 +131,9 @@ def store_minute(index: str, ts: str, settings: Settings | None = None, ledger: 
     )
     result.dropped = {**snapshot.issues, **processed.report.removed}
     ledger.mark_stored(index, result.ts, legs=result.legs, stages_ms=result.stages_ms)
+    dispatched = ledger.claimed_at("collect_minute", result.ts)
+    if dispatched:
+        metrics.record_latency(ledger.redis, index, time.time() - dispatched)
     return result
 
 
@@ -181,7 +187,8 @@ def store_minutes(index: str, minutes: list[str], provider_name: str | None = No
     counts = processed.legs.group_by("ts").aggregate([("ts", "count")]).to_pydict()
     legs_by_minute = dict(zip(counts["ts"], counts["ts_count"], strict=True))
     for snap in snaps:
-        ledger.mark_stored(index, snap.ts.isoformat(), legs=int(legs_by_minute.get(snap.ts, 0)), stages_ms={})
+        ledger.mark_stored(index, snap.ts.isoformat(), legs=int(legs_by_minute.get(snap.ts, 0)), stages_ms={},
+                           live=False)
     out["stored"] = len(snaps)
     return out
 
@@ -223,6 +230,23 @@ def repair_missed(ts: str, settings: Settings | None = None) -> dict:
         report["indices"][index] = {"tried": len(todo), "stored": len([m for m in todo if m in stored_now]),
                                     "result": result}
     return report
+
+
+def record_fault(exc: BaseException, family: str, settings: Settings | None = None) -> None:
+    """Count a task's retry or failure by exception kind; a provider fault also becomes the provider's last error."""
+    import redis
+
+    from optask import metrics
+    from optask.providers.base import PermanentProviderError, ProviderError
+
+    try:
+        client = ledger_for(settings or get_settings()).redis
+        metrics.count(client, family, type(exc).__name__)
+        if isinstance(exc, ProviderError):
+            metrics.record_provider_error(client, (settings or get_settings()).market.provider, exc,
+                                          permanent=isinstance(exc, PermanentProviderError))
+    except (redis.RedisError, OSError):
+        pass  # Redis down is its own health check; counting must not hide the task's real error
 
 
 def record_missed(index: str, ts: str, reason: str, settings: Settings | None = None) -> None:

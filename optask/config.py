@@ -216,6 +216,18 @@ class MonitoringSettings(BaseSettings):
     max_restart_attempts: int = Field(
         3, ge=0, description="Restarts of a dead child within RESTART_WINDOW_S before it is given up and an operator alerted.")
     restart_window_s: int = Field(600, ge=10, description="Window for MAX_RESTART_ATTEMPTS, seconds (>= 10).")
+    metrics_port: int = Field(9108, ge=1, le=65535, description="Port of optask's Prometheus /metrics endpoint.")
+    metrics_address: str = Field("127.0.0.1", description="Address the /metrics endpoint binds to.")
+    cpu_warn_pct: float = Field(85.0, gt=0, le=100, description="CPU use (%) that is WARN.")
+    cpu_crit_pct: float = Field(97.0, gt=0, le=100, description="CPU use (%) that is CRIT.")
+    memory_warn_pct: float = Field(85.0, gt=0, le=100, description="Memory use (%) that is WARN.")
+    memory_crit_pct: float = Field(95.0, gt=0, le=100, description="Memory use (%) that is CRIT.")
+    disk_warn_free_gb: float = Field(5.0, ge=0, description="Free disk under the data root (GB) below which it is WARN.")
+    disk_crit_free_gb: float = Field(1.0, ge=0, description="Free disk under the data root (GB) below which it is CRIT.")
+    freshness_warn_minutes: int = Field(2, ge=1, description="In session: minutes without a stored minute of an index that are WARN.")
+    freshness_crit_minutes: int = Field(5, ge=1, description="In session: minutes without a stored minute of an index that are CRIT.")
+    queue_age_warn_s: int = Field(120, ge=1, description="Age (s) of the oldest waiting task that is WARN.")
+    queue_age_crit_s: int = Field(600, ge=1, description="Age (s) of the oldest waiting task that is CRIT.")
     flower_basic_auth: SecretStr = Field(SecretStr(""), description="Flower user:password; empty generates one.")
     flower_address: str = Field("127.0.0.1", description="Address Flower binds to.")
     flower_port: int = Field(5555, ge=1, le=65535, description="Flower port.")
@@ -230,6 +242,13 @@ class AlertSettings(BaseSettings):
     smtp_user: str = Field("", description="SMTP user.")
     smtp_password: SecretStr = Field(SecretStr(""), description="SMTP password.")
     alert_recipients: Annotated[tuple[str, ...], NoDecode] = Field((), description="Comma-separated e-mail addresses.")
+    smtp_from: str = Field("", description="Sender address of alert e-mails; empty uses SMTP_USER or optask@<host>.")
+    smtp_timeout_s: float = Field(10.0, gt=0, le=120, description="Timeout of each SMTP connection, seconds.")
+    alert_webhook_url: str = Field("", description="Optional webhook: every notification is POSTed there as JSON.")
+    alert_for_s: int = Field(
+        120, ge=0, description="A condition must hold this long (s) before it notifies: one slow minute does not page.")
+    alert_repeat_s: int = Field(
+        3600, ge=60, description="First reminder while a condition holds (s); each later one waits twice as long.")
 
     @field_validator("alert_recipients", mode="before")
     @classmethod

@@ -45,7 +45,9 @@ class Ledger:
     def is_stored(self, index: str, ts: str) -> bool:
         return bool(self.redis.hexists(f"{PREFIX}:stored:{index}:{_day(ts)}", ts))
 
-    def mark_stored(self, index: str, ts: str, legs: int, stages_ms: dict[str, float]) -> None:
+    def mark_stored(self, index: str, ts: str, legs: int, stages_ms: dict[str, float], live: bool = True) -> None:
+        """Record a stored minute; `live` (not a backfill or repair) also beats the index's heartbeat,
+        which health's freshness check reads: repairs must not hide a live pipeline that stopped."""
         day = _day(ts)
         now = time.time()
         info = json.dumps({"legs": legs, "stages_ms": stages_ms, "stored_at": now})
@@ -54,12 +56,15 @@ class Ledger:
         pipe.hdel(f"{PREFIX}:missed:{index}:{day}", ts)
         pipe.set(f"{PREFIX}:last_stored:{index}", ts)
         pipe.xadd(EVENTS, {"index": index, "ts": ts, "legs": legs, "stored_at": now}, maxlen=50_000, approximate=True)
-        pipe.execute()
-        heartbeat(self.redis, f"process_index:{index}", last_stored=ts)
+        first_time = pipe.execute()[0]
+        if first_time:  # a repeat of a stored minute is not counted twice
+            self.redis.hincrby(f"{PREFIX}:metrics:stored", index, 1)
+        if live:
+            heartbeat(self.redis, f"process_index:{index}", last_stored=ts)
 
     def mark_missed(self, index: str, ts: str, reason: str) -> None:
-        if not self.is_stored(index, ts):
-            self.redis.hset(f"{PREFIX}:missed:{index}:{_day(ts)}", ts, reason)
+        if not self.is_stored(index, ts) and self.redis.hset(f"{PREFIX}:missed:{index}:{_day(ts)}", ts, reason):
+            self.redis.hincrby(f"{PREFIX}:metrics:missed", index, 1)
 
     def stored(self, index: str, day: dt.date) -> dict[str, dict]:
         raw = self.redis.hgetall(f"{PREFIX}:stored:{index}:{day.isoformat()}")

@@ -95,7 +95,7 @@ def wait_for_redis(url: str, timeout: float = 10.0) -> None:
     raise RedisUnavailable(f"redis at {mask_url(url)} did not answer within {timeout:.0f}s")
 
 
-def redis_server_args(directory: Path, port: int, daemonize: bool) -> list[str]:
+def redis_server_args(directory: Path, port: int, daemonize: bool, log_to_stdout: bool = False) -> list[str]:
     """Command line of a local, persistent Redis fit for Celery (noeviction: never drop a task)."""
     return [
         redis_server_binary(),
@@ -103,7 +103,7 @@ def redis_server_args(directory: Path, port: int, daemonize: bool) -> list[str]:
         "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
         "--maxmemory-policy", "noeviction", "--protected-mode", "yes",
         "--daemonize", "yes" if daemonize else "no",
-        "--pidfile", str(directory / "redis.pid"), "--logfile", str(directory / "redis.log"),
+        "--pidfile", str(directory / "redis.pid"), "--logfile", "" if log_to_stdout else str(directory / "redis.log"),
     ]
 
 

@@ -31,9 +31,11 @@ from optask.services import die_with_parent
 
 CELERY = [sys.executable, "-m", "celery", "-A", "tasks"]
 #: Stop order, by name prefix: nothing new is scheduled, nobody watches, running tasks finish, then the broker goes.
-STOP_ORDER = ("beat", "flower", "ticker", "worker", "redis")
+STOP_ORDER = ("beat", "flower", "metrics", "ticker", "worker", "redis")
 #: Seconds each stage may take before its process group is killed.
-STOP_TIMEOUT_S = {"beat": 10.0, "flower": 10.0, "ticker": 10.0, "worker": 90.0, "redis": 15.0}
+STOP_TIMEOUT_S = {"beat": 10.0, "flower": 10.0, "metrics": 5.0, "ticker": 10.0, "worker": 90.0, "redis": 15.0}
+#: A restarted child that has run this long is "running again": its alert resolves.
+STABLE_AFTER_S = 20.0
 
 
 class ChildFailed(RuntimeError):
@@ -100,7 +102,7 @@ class Stack:
 
         directory = self.data_root / "redis"
         directory.mkdir(parents=True, exist_ok=True)
-        return self._spawn(name, redis_server_args(directory, port, daemonize=False))
+        return self._spawn(name, redis_server_args(directory, port, daemonize=False, log_to_stdout=True))
 
     def start_worker(self, name: str = "worker", concurrency: int | None = None, queues: list[str] | None = None,
                      **env: str) -> subprocess.Popen:
@@ -121,6 +123,10 @@ class Stack:
         args = [*CELERY, "flower", f"--address={mon.flower_address}", f"--port={mon.flower_port}"]
         # The credentials travel in the environment (Flower reads FLOWER_BASIC_AUTH), not on the command line.
         return self._spawn("flower", args, FLOWER_BASIC_AUTH=auth), auth
+
+    def start_metrics(self) -> subprocess.Popen:
+        """The Prometheus exporter (`optask metrics`) on METRICS_ADDRESS:METRICS_PORT."""
+        return self._spawn("metrics", [sys.executable, "-m", "optask.cli", "metrics"])
 
     def alive(self) -> dict[str, bool]:
         return {name: p.poll() is None for name, p in self.procs.items()}
@@ -293,6 +299,7 @@ def run_up(settings: Settings, console, err=None, stop_after_minutes: int | None
 def _supervise(settings: Settings, console, err, stop_after_minutes: int | None) -> int:
     import redis
 
+    from optask.alerts import Alerter
     from optask.backfill import MAINTENANCE_QUEUE
     from optask.calendar import get_calendar
     from optask.clock import current_minute_iso
@@ -320,9 +327,11 @@ def _supervise(settings: Settings, console, err, stop_after_minutes: int | None)
     own_redis = False
     status = 0
     try:
-        if _port_in_use(mon.flower_address, mon.flower_port):
-            raise ChildFailed(f"Flower cannot listen on {mon.flower_address}:{mon.flower_port}: the port is in use; "
-                              "set FLOWER_PORT to a free port (or stop what listens there)")
+        for what, address, port, setting in (("Flower", mon.flower_address, mon.flower_port, "FLOWER_PORT"),
+                                             ("Metrics", mon.metrics_address, mon.metrics_port, "METRICS_PORT")):
+            if _port_in_use(address, port):
+                raise ChildFailed(f"{what} cannot listen on {address}:{port}: the port is in use; "
+                                  f"set {setting} to a free port (or stop what listens there)")
         calendar = get_calendar(settings.data.calendar_overrides)
         extra: dict[str, str] = {}
         simulated_day = settings.market.simulated_session_day
@@ -349,6 +358,7 @@ def _supervise(settings: Settings, console, err, stop_after_minutes: int | None)
         redis_note = "bundled, started by up" if own_redis else ("configured" if settings.redis.configured else "bundled, already running")
         ledger = Ledger(connect(url))
         reporter = MinuteReporter(ledger, list(settings.market.indices))
+        alerter = Alerter(settings, ledger.redis)
         # Live minutes and catch-up work (backfill, end of day, repair) on workers of their own,
         # so a long backfill never delays a live minute.
         live_queues = ["optask", *(process_queue(i) for i in settings.market.indices)]
@@ -373,9 +383,11 @@ def _supervise(settings: Settings, console, err, stop_after_minutes: int | None)
                 raise ChildFailed(f"Flower did not listen on {mon.flower_address}:{mon.flower_port} within 30 s; "
                                   f"see {stack.logs / 'flower.log'}")
             time.sleep(0.1)
+        stack.start_metrics()
         user, _, password = auth.partition(":")
         console.print(f"Flower:  http://{mon.flower_address}:{mon.flower_port}  user [bold]{user}[/bold]"
                       + ("" if mon.flower_basic_auth.get_secret_value() else f"  password [bold]{password}[/bold] (generated)"))
+        console.print(f"Metrics: http://{mon.metrics_address}:{mon.metrics_port}/metrics   health: optask health --status")
         console.print(f"Data:    {root}   Redis: {mask_url(url)} ({redis_note})   logs: {stack.logs}")
         # Don't make a newcomer wait for the next minute boundary: collect the current minute now
         # (in a simulated session, beat's clock starts at the open as the stack starts).
@@ -384,7 +396,11 @@ def _supervise(settings: Settings, console, err, stop_after_minutes: int | None)
         console.print(f"Running (pid {os.getpid()}). Ctrl-C, SIGTERM or SIGHUP stops everything cleanly.")
         policy = RestartPolicy(mon.auto_restart_enabled, mon.max_restart_attempts, mon.restart_window_s)
         due: dict[str, float] = {}  # child -> when to restart it
+        restarted: dict[str, float] = {}  # child -> when it was restarted (its alert resolves once it is stable)
+        for name in stack.procs:  # a new up: whatever an earlier one reported about its children is over
+            alerter.resolve(f"supervisor.{name}", f"{name} running (optask up started)")
         printed = 0
+        health_line, health_read = "", 0.0
         while True:
             try:
                 lines = reporter.poll(block_ms=1000)
@@ -400,19 +416,34 @@ def _supervise(settings: Settings, console, err, stop_after_minutes: int | None)
                     continue
                 delay = policy.next_delay(name, now)
                 reason = describe_exit(stack, name, code)
+                restarted.pop(name, None)
                 if delay is None:
                     tried = policy.used(name, now)
-                    raise ChildFailed(f"{reason}; not restarted" + (
+                    message = f"{reason}; not restarted" + (
                         f" (restarted {tried} times within {mon.restart_window_s} s, MAX_RESTART_ATTEMPTS="
-                        f"{mon.max_restart_attempts})" if policy.enabled else " (AUTO_RESTART_ENABLED=false)"))
+                        f"{mon.max_restart_attempts})" if policy.enabled else " (AUTO_RESTART_ENABLED=false)")
+                    alerter.fire(f"supervisor.{name}.down", "CRIT", f"optask up stopped: {message}")
+                    raise ChildFailed(message)
                 console.print(f"[yellow]{reason}; restarting in {delay:.0f} s (restart {policy.used(name, now)} "
                               f"of {mon.max_restart_attempts} within {mon.restart_window_s} s)[/yellow]", highlight=False)
+                alerter.fire(f"supervisor.{name}", "WARN", f"{reason}; restarting it", code)
                 due[name] = now + delay
             for name, at in list(due.items()):
                 if now >= at:
                     stack.restart(name)
                     del due[name]
+                    restarted[name] = now
                     console.print(f"{name} restarted", highlight=False)
+            for name, at in list(restarted.items()):
+                if now - at >= STABLE_AFTER_S and stack.procs[name].poll() is None:
+                    del restarted[name]
+                    alerter.resolve(f"supervisor.{name}", f"{name} running again for {STABLE_AFTER_S:.0f} s")
+            if time.monotonic() - health_read > 5:  # one line whenever the health summary changes
+                health_read = time.monotonic()
+                key, line = _health_summary(ledger.redis)
+                if key and key != health_line:
+                    console.print(line, highlight=False)
+                    health_line = key
             if stop_after_minutes and printed >= stop_after_minutes:
                 break
     except StopRequested as exc:
@@ -429,6 +460,24 @@ def _supervise(settings: Settings, console, err, stop_after_minutes: int | None)
             forget_bundled_redis(root)
     console.print("Stopped." if status == 0 else "Stopped after a failure.")
     return status
+
+
+def _health_summary(client) -> tuple[str, str]:
+    """The last health run as (what changed, one line): the line is printed when the statuses change,
+    not when a measured value moves."""
+    import redis
+
+    from optask.health import CheckResult, HealthReport, last_report
+
+    try:
+        report = last_report(client)
+    except (redis.RedisError, OSError):
+        return "", ""
+    if not report:
+        return "", ""
+    checks = [CheckResult(**c) for c in report["checks"]]
+    key = report["status"] + "|" + ",".join(sorted(f"{c.name}={c.status}" for c in checks if c.status != "OK"))
+    return key, HealthReport(report["at"], report["status"], checks).summary()
 
 
 @dataclass

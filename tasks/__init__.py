@@ -4,6 +4,13 @@
 """
 
 from tasks.application import app
-from tasks.minute import backfill_minutes, collect_minute, end_of_day, process_index
+from tasks.minute import (
+    backfill_minutes,
+    collect_minute,
+    end_of_day,
+    health_check,
+    process_index,
+    repair_missed,
+)
 
-__all__ = ["app", "backfill_minutes", "collect_minute", "end_of_day", "process_index"]
+__all__ = ["app", "backfill_minutes", "collect_minute", "end_of_day", "health_check", "process_index", "repair_missed"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+
+from celery.signals import before_task_publish
 from kombu import Queue
 
 from optask.backfill import MAINTENANCE_QUEUE
@@ -93,3 +96,10 @@ def celery_config(settings: Settings, broker_url: str) -> dict:
         "result_expires": 3600,
         "worker_hijack_root_logger": False,
     }
+
+
+@before_task_publish.connect
+def stamp_sent_at(headers=None, **_):
+    """Every message carries when it was sent: the health check reads the oldest waiting task's age from it."""
+    if headers is not None:
+        headers.setdefault("sent_at", time.time())

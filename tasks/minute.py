@@ -38,8 +38,12 @@ def collect_minute(ts: str) -> dict:
 
 
 class ProcessIndexTask(app.Task):
+    def on_retry(self, exc, task_id, args, kwargs, einfo):
+        collector.record_fault(exc, "retries")
+
     def on_failure(self, exc, task_id, args, kwargs, einfo):
         """Retries exhausted or a permanent fault: the minute is recorded for backfill, never silently lost."""
+        collector.record_fault(exc, "failures")
         index, ts = (list(args) + [kwargs.get("index"), kwargs.get("ts") or kwargs.get("minutes")])[:2]
         for minute in ts if isinstance(ts, list) else [ts]:
             collector.record_missed(index, minute, f"{type(exc).__name__}: {exc}")
@@ -84,3 +88,12 @@ def _record_expired(request=None, expired=False, **_):
     if expired and request is not None and request.task == "tasks.process_index":
         index, ts = request.args[:2]
         collector.record_missed(index, ts, "expired in queue")
+
+
+@app.task(name="tasks.health_check", ignore_result=True, expires=120)
+def health_check() -> dict:
+    """Checks, alerts and self-healing actions: a Celery deployment monitors itself."""
+    from optask.health import get_enhanced_monitor
+
+    report = get_enhanced_monitor().run_once()
+    return {"status": report.status, "actions": len(report.actions)}

@@ -1,0 +1,178 @@
+"""Prometheus metrics of what optask does, kept in Redis so every process and machine adds to the same figures.
+
+Workers record with cheap Redis increments (`record_*`); one exporter (`optask metrics`, started by
+`optask up`) turns the Redis state into metrics at each scrape (`OptaskCollector`). Nothing here
+repeats what Flower's own `/metrics` exports for tasks (counts and runtimes per task name); these
+are the data and the pipeline's health: minutes stored and missed per index, legs per minute,
+tick-to-stored latency, retries and failures by exception kind, spool size, queue depths, the last
+end-of-day score, the status of every health check, and self-healing actions.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import redis
+
+from optask.coordination import PREFIX
+
+#: Tick-to-stored latency buckets, seconds (the goal is p99 < 2 s).
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+KEY = f"{PREFIX}:metrics"
+STATUS_VALUE = {"OK": 0, "PASS": 0, "WARN": 1, "CRIT": 2, "FAIL": 2}
+
+
+def _bucket(seconds: float) -> str:
+    return next((f"{b:g}" for b in LATENCY_BUCKETS if seconds <= b), "+Inf")
+
+
+def record_latency(client: redis.Redis, index: str, seconds: float) -> None:
+    pipe = client.pipeline(transaction=False)
+    key = f"{KEY}:latency:{index}"
+    pipe.hincrby(key, _bucket(seconds), 1)
+    pipe.hincrbyfloat(key, "sum", seconds)
+    pipe.hincrby(key, "count", 1)
+    pipe.execute()
+
+
+def count(client: redis.Redis, family: str, label: str, n: int = 1) -> None:
+    """A counter by one label: family in stored, missed, retries, failures, actions."""
+    client.hincrby(f"{KEY}:{family}", label, n)
+
+
+def record_provider_error(client: redis.Redis, provider: str, exc: BaseException, permanent: bool) -> None:
+    """The provider's last error, for the health check (an expired token is CRIT with its fix)."""
+    client.set(f"{KEY}:provider:last_error", json.dumps({
+        "at": time.time(), "provider": provider, "kind": type(exc).__name__, "message": str(exc)[:500],
+        "permanent": permanent}))
+
+
+def record_provider_ok(client: redis.Redis, provider: str) -> None:
+    client.set(f"{KEY}:provider:last_ok", json.dumps({"at": time.time(), "provider": provider}))
+
+
+def provider_state(client: redis.Redis) -> tuple[dict | None, dict | None]:
+    err, ok = client.mget(f"{KEY}:provider:last_error", f"{KEY}:provider:last_ok")
+    return (json.loads(err) if err else None), (json.loads(ok) if ok else None)
+
+
+def _hash(client: redis.Redis, key: str) -> dict[str, float]:
+    return {k.decode(): float(v) for k, v in client.hgetall(key).items()}
+
+
+class OptaskCollector:
+    """A prometheus_client collector reading optask's state from Redis at scrape time."""
+
+    def __init__(self, settings, client: redis.Redis):
+        self.settings = settings
+        self.client = client
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+        c, indices = self.client, list(self.settings.market.indices)
+        up = GaugeMetricFamily("optask_redis_up", "1 when optask's Redis answered this scrape")
+        try:
+            c.ping()
+        except (redis.RedisError, OSError):
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        for family, help_text in (("stored", "Minutes stored, per index"),
+                                  ("missed", "Minutes recorded as missed (expired or failed), per index")):
+            m = CounterMetricFamily(f"optask_minutes_{family}", help_text, labels=["index"])
+            values = _hash(c, f"{KEY}:{family}")
+            for index in indices:
+                m.add_metric([index], values.get(index, 0.0))
+            yield m
+        for family, help_text in (("retries", "Task retries, by exception kind"),
+                                  ("failures", "Tasks failed for good, by exception kind"),
+                                  ("actions", "Self-healing actions taken, by action")):
+            m = CounterMetricFamily(f"optask_{family}", help_text, labels=["kind"])
+            for kind, v in _hash(c, f"{KEY}:{family}").items():
+                m.add_metric([kind], v)
+            yield m
+        legs = GaugeMetricFamily("optask_legs_per_minute", "Legs stored in the index's last stored minute", labels=["index"])
+        from optask.ledger import Ledger
+
+        ledger = Ledger(c)
+        for index in indices:
+            ts = ledger.last_stored(index)
+            info = ledger.stored_info(ts, [index]).get(index) if ts else None
+            if info:
+                legs.add_metric([index], float(info["legs"]))
+        yield legs
+        hist = HistogramMetricFamily("optask_tick_to_stored_seconds",
+                                     "From a minute's dispatch to the index stored in every store", labels=["index"])
+        for index in indices:
+            h = _hash(c, f"{KEY}:latency:{index}")
+            if not h:
+                continue
+            cumulative, buckets = 0.0, []
+            for b in LATENCY_BUCKETS:
+                cumulative += h.get(f"{b:g}", 0.0)
+                buckets.append((f"{b:g}", cumulative))
+            buckets.append(("+Inf", h.get("count", 0.0)))
+            hist.add_metric([index], buckets, h.get("sum", 0.0))
+        yield hist
+        yield from self._queues()
+        yield from self._health()
+
+    def _queues(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        from optask.health import queue_names, queue_oldest_age
+
+        depth = GaugeMetricFamily("optask_queue_depth", "Tasks waiting in each broker queue", labels=["queue"])
+        age = GaugeMetricFamily("optask_queue_oldest_age_seconds", "Age of the oldest waiting task", labels=["queue"])
+        for q in queue_names(self.settings):
+            depth.add_metric([q], float(self.client.llen(q)))
+            a = queue_oldest_age(self.client, q)
+            age.add_metric([q], a if a is not None else 0.0)
+        yield depth
+        yield age
+        from optask.storage.influx import InfluxSink
+
+        sink = InfluxSink.from_settings(self.settings)
+        spool = sink.spool_size() if sink else {"files": 0, "bytes": 0}
+        files = GaugeMetricFamily("optask_influx_spool_files", "Batches waiting on disk for InfluxDB")
+        files.add_metric([], spool["files"])
+        size = GaugeMetricFamily("optask_influx_spool_bytes", "Bytes waiting on disk for InfluxDB")
+        size.add_metric([], spool["bytes"])
+        yield files
+        yield size
+
+    def _health(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        from optask.health import last_eod, last_report
+
+        status = GaugeMetricFamily("optask_health_status", "Last health check: 0 OK, 1 WARN, 2 CRIT", labels=["check"])
+        report = last_report(self.client)
+        for check in (report or {}).get("checks", []):
+            status.add_metric([check["name"]], STATUS_VALUE.get(check["status"], 2))
+        yield status
+        eod = last_eod(self.settings)
+        score = GaugeMetricFamily("optask_eod_score", "Data-quality score (0-100) of the last verified day",
+                                  labels=["index", "day"])
+        eod_status = GaugeMetricFamily("optask_eod_status", "Last verified day: 0 PASS, 1 WARN, 2 FAIL", labels=["day"])
+        if eod:
+            for index, r in eod.get("indices", {}).items():
+                score.add_metric([index, eod["day"]], float(r.get("score", 0.0)))
+            eod_status.add_metric([eod["day"]], STATUS_VALUE.get(eod.get("overall_status"), 2))
+        yield score
+        yield eod_status
+
+
+def serve(settings, client: redis.Redis) -> object:
+    """Start the /metrics HTTP endpoint on METRICS_ADDRESS:METRICS_PORT (127.0.0.1 by default); returns the server."""
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    registry = CollectorRegistry()
+    registry.register(OptaskCollector(settings, client))
+    mon = settings.monitoring
+    server, _thread = start_http_server(mon.metrics_port, addr=mon.metrics_address, registry=registry)
+    return server
