@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import redis
-
 from conftest import need
+
 from optask.config import get_settings, load_settings
 from optask.health import (
     CRIT,

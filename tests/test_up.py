@@ -32,7 +32,7 @@ def get(url: str, auth: str | None = None) -> tuple[int, bytes]:
 
 
 def up_env(**more: str) -> dict[str, str]:
-    return {**os.environ, "FLOWER_PORT": str(free_port()), "FLOWER_BASIC_AUTH": "ops:s3cret-pw",
+    return {**os.environ, "FLOWER_PORT": str(free_port()), "METRICS_PORT": str(free_port()), "FLOWER_BASIC_AUTH": "ops:s3cret-pw",
             "OPTASK_INDICES": "NIFTY,SENSEX", "OPTASK_STRIKES_AROUND_ATM": "3", "PROCESSING_MAX_WORKERS": "1", **more}
 
 

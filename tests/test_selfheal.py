@@ -1,0 +1,124 @@
+"""Self-healing with limits, against real processes: a killed Redis under `optask up`, an index whose
+worker stops."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import time
+
+import psutil
+import pytest
+import redis
+from test_health import Inbox
+from test_up import Up, gone_within, up_env
+
+from optask.calendar import MarketCalendar
+from optask.config import get_settings, load_settings
+
+DAY = dt.date(2026, 11, 23)
+
+
+@pytest.fixture
+def inbox():
+    box = Inbox().start()
+    yield box
+    box.stop()
+
+
+def wait_for(predicate, timeout: float, every: float = 0.3, what: str = ""):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def test_killed_redis_is_restarted_alerted_resolved_and_given_up_past_the_limit(isolated_settings, inbox):
+    env = up_env(SMTP_SERVER="127.0.0.1", SMTP_PORT=str(inbox.port), ALERT_RECIPIENTS="ops@example.com",
+                 MAX_RESTART_ATTEMPTS="2", RESTART_WINDOW_S="600", OPTASK_SIMULATED_SESSION_DAY=DAY.isoformat(),
+                 OPTASK_SIMULATED_SESSION_SPEED="30")
+    up = Up(env)
+    try:
+        up.read_until(lambda ln: "indices" in ln and "legs" in ln)
+
+        def redis_child() -> psutil.Process:
+            return next(p for p in up.family() if "redis-server" in " ".join(p.cmdline()))
+
+        redis_child().kill()
+        up.read_until(lambda ln: "redis restarted" in ln, timeout=30)
+        up.read_until(lambda ln: "2/2 indices" in ln, timeout=60)  # the pipeline resumes on the restarted Redis
+        wait_for(lambda: len(inbox.messages) >= 2, 60, what="the alert and its resolved notice")
+        assert inbox.subjects()[0].startswith("[optask] WARN supervisor.redis: redis exited (killed by SIGKILL)")
+        assert inbox.subjects()[1] == "[optask] RESOLVED supervisor.redis: redis running again for 20 s"
+        url = json.loads((isolated_settings / "redis" / "server.json").read_text())["url"]
+        history = redis.Redis.from_url(url).lrange("optask:alerts:history", 0, -1)
+        kinds = [json.loads(h)["kind"] for h in history if b"supervisor.redis" in h]
+        assert sorted(kinds) == ["firing", "resolved"], kinds  # recorded in Redis too, once it was back
+        for _ in range(2):  # twice more: the limit is 2 restarts in the window
+            redis_child().kill()
+            time.sleep(4)
+        family = up.family()
+        code, out = up.finish(120)
+        assert code == 2, out
+        assert "redis exited (killed by SIGKILL)" in out and "not restarted (restarted 2 times within 600 s, " \
+            "MAX_RESTART_ATTEMPTS=2)" in out, out
+        assert not gone_within(family, 10)
+        assert any(s.startswith("[optask] CRIT supervisor.redis.down") for s in inbox.subjects()), inbox.subjects()
+    finally:
+        up.kill()
+
+
+def test_an_index_whose_worker_stops_goes_warn_then_crit_and_its_minutes_are_repaired(
+        isolated_settings, redis_url, monkeypatch):
+    from optask.health import get_enhanced_monitor
+    from optask.ledger import Ledger
+    from optask.stack import Stack
+
+    env = {"OPTASK_INDICES": "NIFTY,SENSEX", "OPTASK_STRIKES_AROUND_ATM": "2", "OPTASK_PROVIDER": "simulated",
+           "OPTASK_SIMULATED_SESSION_DAY": DAY.isoformat(), "OPTASK_SIMULATED_SESSION_SPEED": "20",
+           "CPU_WARN_PCT": "100", "CPU_CRIT_PCT": "100"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    get_settings.cache_clear()
+    settings = load_settings()
+    ledger = Ledger(redis.Redis.from_url(redis_url))
+    stack = Stack(settings, redis_url, isolated_settings, extra_env=env)
+    monitor = get_enhanced_monitor(settings)
+
+    def freshness() -> str:
+        return {c.name: c.status for c in monitor.check().checks}["freshness.SENSEX"]
+
+    try:
+        stack.start_worker("worker", concurrency=1, queues=["optask", "maintenance", "process.NIFTY"])
+        stack.start_worker("worker-sensex", concurrency=1, queues=["process.SENSEX"])
+        stack.start_beat()
+        wait_for(lambda: len(ledger.stored_minutes("SENSEX", DAY)) >= 3, 90, what="SENSEX minutes")
+        assert freshness() == "OK"
+        os.killpg(stack.procs["worker-sensex"].pid, signal.SIGKILL)  # SENSEX's only worker is gone
+        stack.procs["worker-sensex"].wait(10)
+        wait_for(lambda: freshness() == "WARN", 60, what="freshness WARN")
+        wait_for(lambda: freshness() == "CRIT", 60, what="freshness CRIT")
+        checks = {c.name: c for c in monitor.check().checks}
+        assert checks["workers.process.SENSEX"].status == "CRIT" and "no worker consumes" in checks[
+            "workers.process.SENSEX"].reason
+        stack.restart("worker-sensex")  # it returns
+        wait_for(lambda: freshness() == "OK", 90, what="freshness OK again")
+        # every SENSEX minute up to where NIFTY stands (less the repair's lag) is stored: none lost
+        minutes = [m.isoformat() for m in MarketCalendar().session_minutes(DAY)]
+
+        def no_gap() -> bool:
+            nifty = ledger.stored_minutes("NIFTY", DAY)
+            sensex = ledger.stored_minutes("SENSEX", DAY)
+            upto = max(minutes.index(m) for m in nifty) - 4
+            return upto > 10 and all(m in sensex for m in minutes[:upto])
+
+        wait_for(no_gap, 90, what="SENSEX gap repaired")
+        repaired = ledger.repair_attempts("SENSEX", DAY)
+        assert repaired and all(r["last"] == "stored" for r in repaired.values()), repaired
+    finally:
+        stack.stop()
