@@ -3,12 +3,18 @@
     parquet/{table}/index={INDEX}/date={YYYY-MM-DD}/minute-{HHMM}.parquet   one per minute, during the day
     parquet/{table}/index={INDEX}/date={YYYY-MM-DD}/day.parquet             after compact(): the day, sorted
 
-Writes are temp file + rename, so a reader sees a whole file or none. Writing a minute again
-replaces its file; a minute file always wins over the same minute inside day.parquet, so a
-repair after compaction replaces, never duplicates. Compaction writes day.parquet (atomic
-rename) before it removes the minute files it folded in: a crash in between leaves rows
-that the reader's minute-wins rule de-duplicates, and the next compaction finishes the job.
-The files open as they are in pandas, polars and duckdb (`hive_partitioning=true`).
+The partition keys live in the directory names only, never inside the files, so every common
+reader opens a table from its root with no options and gets `index` and `date` as columns it can
+filter on: `pd.read_parquet("data/parquet/legs")`, `pyarrow.dataset.dataset(root, partitioning="hive")`,
+polars `scan_parquet("data/parquet/legs/**/*.parquet", hive_partitioning=True)`, duckdb
+`read_parquet('data/parquet/legs/**/*.parquet')`. `ParquetStore`'s own readers put `index` back.
+
+Writes are temp file + rename, so a reader sees a whole file or none (temp names start with a
+dot and end in .tmp: no reader's glob picks them up). Writing a minute again replaces its file;
+a minute file always wins over the same minute inside day.parquet, so a repair after compaction
+replaces, never duplicates. Compaction writes day.parquet (atomic rename) before it removes the
+minute files it folded in: a crash in between leaves rows that the reader's minute-wins rule
+de-duplicates, and the next compaction finishes the job.
 """
 
 from __future__ import annotations
@@ -28,10 +34,29 @@ from optask.timeutils import IST
 
 TABLES = {"legs": LEG_KEY, "merged": MERGED_KEY, "summary": SUMMARY_KEY}
 DAY_FILE = "day.parquet"
+#: Columns that are partition keys (directory names), never stored inside a file.
+PARTITION_COLUMNS = ("index", "date")
 
 
 def _minute_name(ts: dt.datetime) -> str:
     return f"minute-{ts.astimezone(IST):%H%M}.parquet"
+
+
+def _file_minute(path: Path, day: dt.date) -> dt.datetime:
+    hhmm = path.stem.split("-")[1]
+    return dt.datetime.combine(day, dt.time(int(hhmm[:2]), int(hhmm[2:])), IST)
+
+
+def _without_partitions(table: pa.Table) -> pa.Table:
+    drop = [c for c in PARTITION_COLUMNS if c in table.column_names]
+    return table.drop_columns(drop) if drop else table
+
+
+def _with_index(table: pa.Table, index: str) -> pa.Table:
+    """Put the partition's `index` back where the canonical schemas have it: right after `ts`."""
+    table = _without_partitions(table)  # files of older versions carried it inside
+    at = 1 if table.column_names[:1] == ["ts"] else 0
+    return table.add_column(at, "index", pa.array([index] * table.num_rows, pa.string()))
 
 
 @dataclass
@@ -48,7 +73,7 @@ class ParquetStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            pq.write_table(table, tmp, compression=self.compression)
+            pq.write_table(_without_partitions(table), tmp, compression=self.compression)
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
@@ -59,14 +84,20 @@ class ParquetStore:
     def write_minute(self, table_name: str, index: str, ts: dt.datetime, table: pa.Table) -> Path:
         """Store one minute of one table; the same rows again change nothing, different rows replace them."""
         path = self.day_dir(table_name, index, ts.astimezone(IST).date()) / _minute_name(ts)
+        body = _without_partitions(table)
         if path.exists():
             try:
-                if pq.read_table(path).equals(table):
+                if _without_partitions(pq.read_table(path)).equals(body):
                     return path
             except (OSError, pa.ArrowInvalid):
                 pass  # unreadable: replace it
-        self._write_atomic(table, path)
+        self._write_atomic(body, path)
         return path
+
+    def has_minute(self, table: str, index: str, ts: dt.datetime) -> bool:
+        """Whether the minute's own file exists, or the day was compacted (two stats, no read): a cheap check."""
+        d = self.day_dir(table, index, ts.astimezone(IST).date())
+        return (d / _minute_name(ts)).exists() or (d / DAY_FILE).exists()
 
     def files(self, table: str, index: str, day: dt.date) -> tuple[Path | None, list[Path]]:
         d = self.day_dir(table, index, day)
@@ -76,21 +107,23 @@ class ParquetStore:
         minutes = sorted(p for p in d.glob("minute-*.parquet"))
         return (day_file if day_file.exists() else None), minutes
 
-    def read_files(self, day_file: Path | None, minute_files: list[Path], columns: list[str] | None = None) -> pa.Table | None:
-        """Rows of the given files, minute files winning over the same minutes in the day file."""
+    def read_files(self, day_file: Path | None, minute_files: list[Path], index: str,
+                   columns: list[str] | None = None) -> pa.Table | None:
+        """Rows of the given files of one index, minute files winning over the same minutes in the day file."""
+        file_cols = None if columns is None else [c for c in columns if c not in PARTITION_COLUMNS]
+        minute_tables = [pq.read_table(p, columns=file_cols) for p in minute_files]
         parts: list[pa.Table] = []
-        minute_tables = [pq.read_table(p, columns=columns) for p in minute_files]
         if day_file is not None:
-            day = pq.read_table(day_file, columns=columns)
-            if minute_tables:
-                replaced = pa.concat_tables([pa.table({"ts": t["ts"].unique()}) for t in minute_tables])["ts"]
-                if "ts" in day.column_names:
-                    day = day.filter(pc.invert(pc.is_in(day["ts"], value_set=replaced.combine_chunks())))
+            day = pq.read_table(day_file, columns=file_cols)
+            if minute_tables and "ts" in day.column_names:
+                replaced = pa.concat_arrays([t["ts"].combine_chunks() for t in minute_tables])
+                day = day.filter(pc.invert(pc.is_in(day["ts"], value_set=pc.unique(replaced))))
             parts.append(day)
         parts.extend(minute_tables)
         if not parts:
             return None
-        return pa.concat_tables(parts, promote_options="default")
+        out = _with_index(pa.concat_tables([_without_partitions(p) for p in parts], promote_options="default"), index)
+        return out.select(columns) if columns is not None else out
 
     def read_table(self, table: str, index: str, day: dt.date, columns: list[str] | None = None,
                    since: dt.datetime | None = None) -> pa.Table:
@@ -99,7 +132,7 @@ class ParquetStore:
         day_file, minutes = self.files(table, index, day)
         if since is not None:
             minutes = [p for p in minutes if _file_minute(p, day) >= since]
-        out = self.read_files(day_file, minutes, cols)
+        out = self.read_files(day_file, minutes, index, cols)
         if out is None:
             return pa.table({})
         if since is not None:
@@ -113,36 +146,51 @@ class ParquetStore:
 
     def read_new(self, client, consumer: str, table: str, index: str, day: dt.date,
                  incremental: bool = True) -> pa.Table:
-        """Rows of files this consumer has not read yet (by name and mtime, kept in Redis); all when not incremental.
+        """Rows this consumer has not received yet (its cursor in Redis); every row when not incremental.
 
-        A minute file rewritten by a repair has a new mtime and is delivered again; files folded into
-        day.parquet by compaction were delivered as minute files already (a consumer that skipped
-        minutes across a compaction does not get them: it should re-read the day).
+        Guarantees: every stored minute is delivered exactly once, including minutes that were
+        folded into day.parquet by a compaction before this consumer read their minute files; a
+        minute file rewritten by a repair (a new mtime) is delivered again, once. The cursor keeps,
+        per minute, which file version delivered it; day.parquet is read only when it changed, so
+        the 375th minute of a day costs what the first did.
         """
         from optask.coordination import Cursor
 
-        day_file, minutes = self.files(table, index, day)
+        day_file, minute_files = self.files(table, index, day)
         if not incremental or client is None:
-            out = self.read_files(day_file, minutes)
+            out = self.read_files(day_file, minute_files, index)
             return out if out is not None else pa.table({})
         cursor = Cursor.of(client, consumer, "parquet", table, index, day.isoformat())
-        seen = set(cursor.load().get("files", []))
-        stamps = {p: f"{p.name}@{p.stat().st_mtime_ns}" for p in minutes}
-        fresh = [p for p in minutes if stamps[p] not in seen]
+        state = cursor.load()
+        delivered: dict[str, str] = state.get("minutes") or {
+            name.split("@")[0][7:11]: name for name in state.get("files", []) if name.startswith("minute-")}
+        parts: list[pa.Table] = []
+        for p in minute_files:
+            hhmm, stamp = p.stem[7:11], f"{p.name}@{p.stat().st_mtime_ns}"
+            if delivered.get(hhmm) != stamp:
+                parts.append(_without_partitions(pq.read_table(p)))
+                delivered[hhmm] = stamp
         day_stamp = f"{DAY_FILE}@{day_file.stat().st_mtime_ns}" if day_file is not None else None
-        parts = [pq.read_table(p) for p in fresh]
-        if day_file is not None and not seen and day_stamp not in seen:
-            parts.insert(0, pq.read_table(day_file))  # a consumer arriving after compaction
-        current = set(stamps.values()) | ({day_stamp} if day_stamp else set())
-        cursor.save({"files": sorted(current)})
-        return pa.concat_tables(parts, promote_options="default") if parts else pa.table({})
+        if day_file is not None and state.get("day") != day_stamp:
+            rows = pq.read_table(day_file)
+            if rows.num_rows:
+                minutes = pc.unique(rows["ts"])
+                fresh = [m for m in minutes.to_pylist() if m.astimezone(IST).strftime("%H%M") not in delivered]
+                if fresh:
+                    parts.append(_without_partitions(rows.filter(pc.is_in(
+                        rows["ts"], value_set=pa.array(fresh, rows["ts"].type)))))
+                    delivered.update({m.astimezone(IST).strftime("%H%M"): day_stamp for m in fresh})
+        cursor.save({"minutes": delivered, "day": day_stamp})
+        if not parts:
+            return pa.table({})
+        return _with_index(pa.concat_tables(parts, promote_options="default"), index)
 
     def compact(self, table: str, index: str, day: dt.date) -> Path | None:
         """Rewrite the day into one sorted file atomically; then remove the minute files folded in."""
         day_file, minutes = self.files(table, index, day)
         if not minutes:
             return day_file
-        data = self.read_files(day_file, minutes)
+        data = self.read_files(day_file, minutes, index)
         keys = [k for k in ("ts", *TABLES[table]) if k != "index"]
         data = data.sort_by([(k, "ascending") for k in dict.fromkeys(keys) if k in data.column_names])
         target = self.day_dir(table, index, day) / DAY_FILE
@@ -150,8 +198,3 @@ class ParquetStore:
         for p in minutes:
             p.unlink(missing_ok=True)
         return target
-
-
-def _file_minute(path: Path, day: dt.date) -> dt.datetime:
-    hhmm = path.stem.split("-")[1]
-    return dt.datetime.combine(day, dt.time(int(hhmm[:2]), int(hhmm[2:])), IST)
