@@ -76,6 +76,12 @@ def _provider(name: str):
     return get_provider(name)
 
 
+def _parquet(settings: Settings):
+    from optask.storage.parquet import ParquetStore
+
+    return ParquetStore(settings.data.parquet_root)
+
+
 @functools.lru_cache(maxsize=4)
 def _ledger(redis_url: str) -> Ledger:
     """One Redis connection pool per worker process, not one per minute."""
@@ -102,7 +108,8 @@ def store_minute(index: str, ts: str, settings: Settings | None = None, ledger: 
     ledger = ledger or ledger_for(settings)
     minute = parse_minute(ts)
     result = MinuteResult(index=index, ts=minute.isoformat())
-    if ledger.is_stored(index, result.ts):
+    if ledger.is_stored(index, result.ts) and _parquet(settings).has_minute("summary", index, minute):
+        # the ledger is a cache of the stores: a redelivered minute is skipped only if its files are there
         result.skipped = "already stored"
         return result
     clock = time.perf_counter()
@@ -254,47 +261,66 @@ def record_missed(index: str, ts: str, reason: str, settings: Settings | None = 
 
 
 def end_of_day(day: str, settings: Settings | None = None) -> dict:
-    """Compact each index's day, then verify completeness: expected minutes from the calendar vs stored."""
+    """Close a day: compact, verify, repair what the stores lack, verify again, write the report.
+
+    The repair reads the gap list from the stores (a minute the ledger calls stored but a store lacks
+    is repaired too): Parquet and CSV minutes are rebuilt with `store_minutes` (raw archive first,
+    then the provider's history); minutes only InfluxDB lacks are re-sent from Parquet. The report
+    shows the score before and after. Returns a small summary (the full results are in the report).
+    """
+    from optask.backfill import CHUNK_MINUTES
+    from optask.storage.sinks import compact_day, resend_influx
+    from optask.verify import EODDataVerificationSystem, missing_minutes
+
     settings = settings or get_settings()
     d = dt.date.fromisoformat(day)
-    calendar = get_calendar(settings.data.calendar_overrides)
-    if not calendar.is_trading_day(d):
+    if not get_calendar(settings.data.calendar_overrides).is_trading_day(d):
         return {"day": day, "session": False}
-    from optask.storage.sinks import compact_day
-    from optask.verify import completeness
-
-    report = {"day": day, "session": True, "indices": {}}
-    for index in settings.market.indices:
+    indices = list(settings.market.indices)
+    for index in indices:
         compact_day(index, d, settings=settings)
-        report["indices"][index] = completeness(index, d, settings=settings)
-    save_eod_report(report, settings)
+    system = EODDataVerificationSystem(settings)
+    before = system.run_eod_verification(d, indices=indices)
+    repaired: dict[str, dict] = {}
+    for index in indices:
+        todo = missing_minutes(before, index)
+        if not todo:
+            continue
+        done = {"asked": len(todo), "stored": 0, "unavailable": 0, "influx_resent": 0}
+        for i in range(0, len(todo), CHUNK_MINUTES):
+            r = store_minutes(index, todo[i:i + CHUNK_MINUTES], settings=settings)
+            done["stored"] += r["stored"]
+            done["unavailable"] += r["unavailable"]
+        influx_only = sorted(set(todo) & {m for k, c in before["indices"][index]["completeness"].items()
+                                          if k.startswith("influx.") for m in c["missing"]})
+        if influx_only:
+            done["influx_resent"] = resend_influx(index, d, influx_only, settings)
+        compact_day(index, d, settings=settings)
+        repaired[index] = done
+    after = system.run_eod_verification(d, indices=indices) if repaired else before
+    report_path = system.save_verification_report(after, before=before if repaired else None)
     from optask.storage.archive import maintain
 
-    report["raw_retention"] = maintain(
-        settings.data.raw_root, d, settings.data.raw_retention_days, settings.data.compression_enabled,
-        verified=lambda index, day: day_verified(index, day, settings))
-    return report
-
-
-def save_eod_report(report: dict, settings: Settings) -> None:
-    """reports/eod/{day}/completeness.json: what retention reads to know a day passed verification."""
-    import json
-
-    from optask.storage.archive import atomic_write_bytes
-
-    for c in report["indices"].values():
-        c["passed"] = c["completeness"] >= 1.0
-    path = settings.data.reports_root / "eod" / report["day"] / "completeness.json"
-    atomic_write_bytes(path, json.dumps(report, indent=2).encode())
+    retention = maintain(settings.data.raw_root, d, settings.data.raw_retention_days, settings.data.compression_enabled,
+                         verified=lambda index, day: day_verified(index, day, settings))
+    return {
+        "day": day, "session": True, "report": report_path, "repaired": repaired, "raw_retention": retention,
+        "before": {"score": before["summary"]["data_quality_score"], "status": before["overall_status"]},
+        "after": {"score": after["summary"]["data_quality_score"], "status": after["overall_status"]},
+        "indices": {i: {"expected": max((c["expected"] for c in r["completeness"].values()), default=0),
+                        "stored": min((c["present"] for c in r["completeness"].values()), default=0),
+                        "score": r["score"], "status": r["status"]} for i, r in after["indices"].items()},
+    }
 
 
 def day_verified(index: str, day: dt.date, settings: Settings | None = None) -> bool:
-    """Whether the end-of-day report says this index's day passed verification."""
+    """Whether the day's verification found every minute of the index in every store (raw retention asks)."""
     import json
 
     settings = settings or get_settings()
-    path = settings.data.reports_root / "eod" / day.isoformat() / "completeness.json"
+    path = settings.data.reports_root / "eod" / day.isoformat() / "verification.json"
     try:
-        return bool(json.loads(path.read_text())["indices"][index]["passed"])
+        r = json.loads(path.read_text())["indices"][index]
     except (OSError, KeyError, ValueError):
         return False
+    return all(not c["missing"] for c in r["completeness"].values())

@@ -112,7 +112,7 @@ def run_demo(
                     break
         summary.stored = len(done)
         summary.missed = sum(len(ledger.missed(idx, day)) for idx in indices)
-        result = client.send_task("tasks.end_of_day", args=(day.isoformat(),), queue="optask")
+        result = client.send_task("tasks.end_of_day", args=(day.isoformat(),))
         summary.completeness = result.get(timeout=300)
         summary.wall_s = time.time() - t0
         summary.rows = count_day_rows(data_root, indices, day)

@@ -39,8 +39,18 @@ def isolated_settings(tmp_path, monkeypatch):
                 "JSON_SNAPSHOTS_ROOT"):
         monkeypatch.delenv(var, raising=False)
     get_settings.cache_clear()
+    _clear_process_caches()
     yield tmp_path / "data"
     get_settings.cache_clear()
+    _clear_process_caches()
+
+
+def _clear_process_caches() -> None:
+    """Providers and Redis pools are cached per process for the workers' sake; a test starts afresh."""
+    from optask import collector
+
+    collector._provider.cache_clear()
+    collector._ledger.cache_clear()
 
 
 @pytest.fixture(scope="session")

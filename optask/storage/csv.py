@@ -141,7 +141,7 @@ class CsvStore:
             meta.save(path)
             return table.num_rows
 
-    def _read_range(self, path: Path, meta: Sidecar, start: int) -> pa.Table:
+    def _read_range(self, path: Path, meta: Sidecar, start: int, columns: list[str] | None = None) -> pa.Table:
         if meta.bytes <= start or meta.columns is None:
             return pa.table({})
         with open(path, "rb") as fh:
@@ -151,11 +151,13 @@ class CsvStore:
             header = ",".join(f'"{c}"' for c in meta.columns).encode() + b"\n"
             body = header + body
         return pacsv.read_csv(io.BytesIO(body), convert_options=pacsv.ConvertOptions(
+            include_columns=columns,
             column_types={c: pa.string() for c in meta.columns if c in TS_COLUMNS_SUFFIX or c.endswith("last_trade_time")}))
 
-    def read_day(self, table: str, index: str, day: dt.date) -> pa.Table:
+    def read_day(self, table: str, index: str, day: dt.date, columns: list[str] | None = None) -> pa.Table:
+        """The day's rows up to the sidecar's length (a torn tail is invisible); `columns` parses only those."""
         path = self.path(table, index, day)
-        return self._read_range(path, Sidecar.load(path), 0)
+        return self._read_range(path, Sidecar.load(path), 0, columns)
 
     def meta(self, table: str, index: str, day: dt.date) -> Sidecar:
         return Sidecar.load(self.path(table, index, day))

@@ -148,3 +148,58 @@ class InfluxSink:
         lines = to_line_protocol(legs, "option_leg", LEG_TAGS, LEG_FIELDS)
         lines += to_line_protocol(summary, "chain_summary", SUMMARY_TAGS, SUMMARY_FIELDS)
         return self.write(lines)
+
+
+class InfluxReadError(RuntimeError):
+    """InfluxDB could not be read back (down, or refusing the query); the message says which."""
+
+
+def points_per_minute(url: str, org: str, bucket: str, token: str, measurement: str, field: str, index: str,
+                      start: int, end: int, timeout_s: float = 30.0) -> dict[int, int]:
+    """Points of one measurement's field for an index in [start, end) (epoch seconds), counted per second stamp.
+
+    InfluxDB 2 answers a Flux query; VictoriaMetrics (which takes the same line-protocol writes and is
+    the InfluxDB of the tests) has no Flux, so its export API is read instead.
+    """
+    import numpy as np
+
+    try:
+        return _flux_counts(url, org, bucket, token, measurement, field, index, start, end, timeout_s)
+    except InfluxReadError:
+        pass
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    try:  # VictoriaMetrics buffers recent points for a second or so: make what was just written readable
+        urllib.request.urlopen(f"{url.rstrip('/')}/internal/force_flush", timeout=timeout_s).close()
+    except OSError:
+        pass
+    query = urllib.parse.urlencode({"match[]": f'{measurement}_{field}{{index="{index}"}}', "start": start,
+                                    "end": end - 1, "format": "__timestamp__:unix_s"})
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/api/v1/export/csv?{query}", timeout=timeout_s) as resp:
+            body = resp.read()
+    except (OSError, urllib.error.URLError) as exc:
+        raise InfluxReadError(f"InfluxDB {url} could not be read: {exc}") from exc
+    if not body.strip():
+        return {}
+    stamps, counts = np.unique(np.array(body.split(), dtype=np.int64), return_counts=True)
+    return dict(zip(stamps.tolist(), counts.tolist(), strict=True))
+
+
+def _flux_counts(url, org, bucket, token, measurement, field, index, start, end, timeout_s) -> dict[int, int]:
+    from influxdb_client import InfluxDBClient
+    from influxdb_client.rest import ApiException
+
+    flux = (f'from(bucket: "{bucket}") |> range(start: {start}, stop: {end}) '
+            f'|> filter(fn: (r) => r._measurement == "{measurement}" and r._field == "{field}" and r.index == "{index}") '
+            '|> group(columns: ["_time"]) |> count()')
+    try:
+        with InfluxDBClient(url=url, token=token, org=org, timeout=int(timeout_s * 1000)) as client:
+            tables = client.query_api().query(flux, org=org)
+    except ApiException as exc:
+        raise InfluxReadError(f"Flux query refused ({exc.status})") from exc
+    except Exception as exc:  # noqa: BLE001 - network faults of any shape: the caller reports the store unreadable
+        raise InfluxReadError(f"Flux query failed: {type(exc).__name__}") from exc
+    return {int(r.get_time().timestamp()): int(r.get_value()) for t in tables for r in t.records}

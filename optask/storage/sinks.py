@@ -130,3 +130,21 @@ def count_day_rows(root: Path, indices: list[str], day: dt.date, key_check: bool
         out[f"csv.{name}"] = n_csv
     return out
 
+
+
+def resend_influx(index: str, day: dt.date, minutes: list[str], settings) -> int:
+    """Send minutes InfluxDB lacks again, from Parquet (the data is there; nothing to refetch). Points sent."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    sink = InfluxSink.from_settings(settings)
+    if sink is None or not minutes:
+        return 0
+    parquet = ParquetStore(settings.data.parquet_root)
+    wanted = pa.array([dt.datetime.fromisoformat(m) for m in minutes], pa.timestamp("ns", tz="UTC"))
+    legs, summary = (parquet.read_table(t, index, day) for t in ("legs", "summary"))
+    legs = legs.filter(pc.is_in(legs["ts"], value_set=wanted.cast(legs["ts"].type))) if legs.num_rows else legs
+    summary = summary.filter(pc.is_in(summary["ts"], value_set=wanted.cast(summary["ts"].type))) \
+        if summary.num_rows else summary
+    sink.write_minute(legs, summary)
+    return legs.num_rows + summary.num_rows
