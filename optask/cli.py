@@ -360,7 +360,11 @@ def backfill(
             for e in errors[:10]:
                 console.print(f"[red]failed:[/red] {e['index']} {e['day']}: {e['error']}", highlight=False)
             code = 2 if errors else (1 if unavailable else 0)
+            from optask.storage.sinks import compact_day
             from optask.verify import EODDataVerificationSystem
+
+            for chunk in {(c.index, c.day) for c in plan.chunks}:  # fold the rebuilt minutes into their day files
+                compact_day(*chunk, settings=settings)
 
             system = EODDataVerificationSystem(settings)
             for day in plan.days:
