@@ -274,8 +274,9 @@ def _iv_outliers(index: str, legs: pa.Table, bid, ask, ltp) -> list[Finding]:
 
 
 def check_arbitrage(index: str, legs: pa.Table, rate: float = 0.065) -> tuple[list[Finding], int]:
-    """Per minute and expiry: calls non-increasing and puts non-decreasing in strike, both convex, put-call
-    parity against the chain's implied forward; each beyond the half spreads plus ARB_TICKS."""
+    """Per minute and expiry, among legs quoted on both sides: calls non-increasing and puts non-decreasing in
+    strike, both convex, put-call parity against the chain's implied forward; each beyond the half spreads
+    plus ARB_TICKS."""
     if legs.num_rows == 0:
         return [], 0
     t = legs.sort_by([("ts", "ascending"), ("expiry", "ascending"), ("side", "ascending"), ("strike", "ascending")])
@@ -287,9 +288,11 @@ def check_arbitrage(index: str, legs: pa.Table, rate: float = 0.065) -> tuple[li
     for col in ("ts", "expiry", "side"):
         group &= pc.equal(t[col].slice(1), t[col].slice(0, n - 1)).to_numpy(zero_copy_only=False)
     tol = ARB_TICKS * TICK
+    quoted = half > 0  # "beyond the spread" needs a two-sided book: last trades alone are not judged
     out: list[Finding] = []
     checked = 0
     with np.errstate(invalid="ignore"):
+        group = group & quoted[:-1] & quoted[1:]
         step = np.where(is_call[1:], px[:-1] - px[1:], px[1:] - px[:-1])  # >= 0 when monotone
         mono = group & (step < -(half[:-1] + half[1:] + tol))
         checked += int(group.sum())
