@@ -260,13 +260,14 @@ def record_missed(index: str, ts: str, reason: str, settings: Settings | None = 
     ledger_for(settings or get_settings()).mark_missed(index, ts, reason)
 
 
-def end_of_day(day: str, settings: Settings | None = None) -> dict:
+def end_of_day(day: str, settings: Settings | None = None, repair: bool = True) -> dict:
     """Close a day: compact, verify, repair what the stores lack, verify again, write the report.
 
     The repair reads the gap list from the stores (a minute the ledger calls stored but a store lacks
     is repaired too): Parquet and CSV minutes are rebuilt with `store_minutes` (raw archive first,
     then the provider's history); minutes only InfluxDB lacks are re-sent from Parquet. The report
     shows the score before and after. Returns a small summary (the full results are in the report).
+    `repair=False` only verifies (a demo that played part of a session).
     """
     from optask.backfill import CHUNK_MINUTES
     from optask.storage.sinks import compact_day, resend_influx
@@ -283,7 +284,7 @@ def end_of_day(day: str, settings: Settings | None = None) -> dict:
     before = system.run_eod_verification(d, indices=indices)
     repaired: dict[str, dict] = {}
     for index in indices:
-        todo = missing_minutes(before, index)
+        todo = missing_minutes(before, index) if repair else []
         if not todo:
             continue
         done = {"asked": len(todo), "stored": 0, "unavailable": 0, "influx_resent": 0}

@@ -70,9 +70,9 @@ def backfill_minutes(index: str, minutes: list[str], provider: str | None = None
 
 
 @app.task(name="tasks.end_of_day", soft_time_limit=EOD_SOFT_LIMIT_S, time_limit=EOD_HARD_LIMIT_S)
-def end_of_day(day: str) -> dict:
+def end_of_day(day: str, repair: bool = True) -> dict:
     """Compaction, verification, repair of what is missing, verification again, the report."""
-    return collector.end_of_day(day)
+    return collector.end_of_day(day, repair=repair)
 
 
 @app.task(name="tasks.repair_missed", ignore_result=True, soft_time_limit=EOD_SOFT_LIMIT_S,
