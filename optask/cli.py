@@ -21,6 +21,8 @@ app = typer.Typer(
 )
 redis_app = typer.Typer(no_args_is_help=True, help="The Redis server optask uses (configured, or the bundled one).")
 app.add_typer(redis_app, name="redis")
+kite_app = typer.Typer(no_args_is_help=True, help="Zerodha Kite Connect credentials at run time.")
+app.add_typer(kite_app, name="kite")
 
 # No wrapping of long lines: under systemd or docker, output goes to a log, one event per line.
 console = Console(soft_wrap=True)
@@ -149,6 +151,30 @@ def redis_stop() -> None:
         fail("Redis is configured (REDIS_URL/REDIS_HOST); optask stops only its bundled server", 1)
     stopped = stop_bundled_redis(settings.data.root)
     console.print("bundled Redis stopped" if stopped else "bundled Redis was not running")
+
+
+@kite_app.command("set-token")
+def kite_set_token(token: str = typer.Argument(..., help="Today's access token from Kite's login flow.")) -> None:
+    """Hand every running worker a new access token (Kite's expire daily); no restart needed.
+
+    It is kept in optask's Redis, so it outlives a restart of the stack but not the day's expiry.
+    """
+    from optask.health import redis_url_if_running
+    from optask.providers.kite import token_key
+
+    settings = get_settings()
+    if not settings.kite.api_key:
+        fail("KITE_API_KEY is not set: the token belongs to an API key")
+    if len(token.strip()) < 8 or any(c.isspace() for c in token.strip()):
+        fail("that does not look like a Kite access token (a 32-character string from the login flow)")
+    url, why = redis_url_if_running(settings)
+    if url is None:
+        fail(f"{why}; with the stack stopped, set KITE_ACCESS_TOKEN in .env instead")
+    import redis
+
+    redis.Redis.from_url(url).set(token_key(settings.kite.api_key), token.strip(), ex=36 * 3600)
+    console.print(f"access token for API key {settings.kite.api_key} set ({token.strip()[:4]}***); "
+                  "workers use it from their next call")
 
 
 @app.command()

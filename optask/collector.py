@@ -68,6 +68,13 @@ def plan_minute(ts: str, settings: Settings | None = None, ledger: Ledger | None
     return plan
 
 
+def close_delay_s(settings: Settings | None = None) -> float:
+    """How long after a session's last minute its day is closed: 90 s, scaled in an accelerated session."""
+    market = (settings or get_settings()).market
+    speed = market.simulated_session_speed if market.simulated_session_day is not None else 1.0
+    return max(5.0, 90.0 / speed)
+
+
 @functools.lru_cache(maxsize=4)
 def _provider(name: str):
     """One provider per worker process: instrument caches and HTTP sessions are reused across minutes."""

@@ -21,14 +21,14 @@ from urllib.parse import parse_qs, urlsplit
 import pyarrow as pa
 
 from optask.calendar import MarketCalendar
-from optask.providers.kite import SPOT_KEYS
+from optask.providers.kite import SPOT_KEYS, SPOT_TOKENS
 from optask.providers.simulated import SPECS, SimulatedProvider
 from optask.timeutils import IST
 
 
 @dataclass
 class Faults:
-    """What the next requests get wrong. Counts are consumed request by request."""
+    """What the next requests get wrong. Counts are consumed request by request; `*_until` are wall times."""
 
     too_many_requests: int = 0  # 429 with Kite's NetworkException envelope
     server_errors: int = 0  # 503 with a GeneralException envelope
@@ -36,23 +36,44 @@ class Faults:
     malformed_quotes: int = 0  # option quote responses cut in half (JSON content type, invalid JSON)
     missing: set[str] = field(default_factory=set)  # instrument keys left out of quote responses
     slow_s: float = 0.0
+    errors_until: float = 0.0  # 503 on every call until then (an outage)
+    hang_until: float = 0.0  # every call hangs (no answer) until then: the client's timeout fires
+    valid_tokens: set[str] | None = None  # when set, only these access tokens are accepted (403 otherwise)
 
 
 class KiteTestServer:
     """Start with `.start()`; `.url` is the root for KITE_ROOT_URL; `.minute` is the market's clock."""
 
-    def __init__(self, minute: dt.datetime, strikes_around_atm: int = 10, seed: int = 7):
-        self.minute = minute
-        self.sim = SimulatedProvider(seed=seed, strikes_around_atm=strikes_around_atm)
+    def __init__(self, minute: dt.datetime | None = None, strikes_around_atm: int = 10, seed: int = 7,
+                 clock=None, calendar: MarketCalendar | None = None):
+        """`minute` fixes the market's clock; or `clock` (anything with `now()`, e.g. the shared session clock)."""
+        self._minute = minute
+        self.clock = clock
+        self.calendar = calendar or MarketCalendar()
+        self.sim = SimulatedProvider(seed=seed, strikes_around_atm=strikes_around_atm, calendar=self.calendar)
         self.faults = Faults()
         self.requests: list[tuple[float, str, int]] = []  # (time, path, instruments asked)
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
 
+    @property
+    def minute(self) -> dt.datetime:
+        return self.clock.now() if self.clock is not None else self._minute
+
+    @minute.setter
+    def minute(self, value: dt.datetime) -> None:
+        self._minute = value
+
     # --- venue data ------------------------------------------------------------------------------
 
     def instrument_rows(self, day: dt.date) -> list[dict]:
         rows = []
+        for index, key in SPOT_KEYS.items():  # the indices themselves, as Kite's dump lists them
+            exchange, name = key.split(":", 1)
+            rows.append({"instrument_token": SPOT_TOKENS[index], "exchange_token": SPOT_TOKENS[index] // 256,
+                         "tradingsymbol": name, "name": name, "last_price": 0, "expiry": "", "strike": 0,
+                         "tick_size": 0.0, "lot_size": 0, "instrument_type": "EQ", "segment": "INDICES",
+                         "exchange": exchange})
         for index in SPOT_KEYS:
             spec = SPECS[index]
             uni = self.sim.universe(index, day)
@@ -72,7 +93,7 @@ class KiteTestServer:
         return rows
 
     def _first_minute(self, day: dt.date) -> dt.datetime:
-        return MarketCalendar().session_minutes(day)[0].to_pydatetime()
+        return self.calendar.session_minutes(day)[0].to_pydatetime()
 
     def quotes(self, keys: list[str]) -> dict[str, dict]:
         ts = self.minute
@@ -85,7 +106,7 @@ class KiteTestServer:
             if spot_index is not None:
                 path = self.sim.day_path(spot_index, ts.astimezone(IST).date())
                 pos = int((ts - self._first_minute(ts.astimezone(IST).date())).total_seconds() // 60)
-                out[key] = {"instrument_token": 256265, "last_price": float(path[pos]),
+                out[key] = {"instrument_token": SPOT_TOKENS[spot_index], "last_price": float(path[pos]),
                             "ohlc": {"open": float(path[0]), "high": float(path[: pos + 1].max()),
                                      "low": float(path[: pos + 1].min()), "close": float(path[0])}}
                 continue
@@ -120,10 +141,17 @@ class KiteTestServer:
     def candles(self, token: int, start: dt.datetime, end: dt.datetime) -> list[list]:
         out = []
         day = start.date()
-        for m in MarketCalendar().session_minutes(day):
+        spot_of = {t: i for i, t in SPOT_TOKENS.items()}
+        minutes = self.calendar.session_minutes(day)
+        for pos, m in enumerate(minutes):
             ts = m.to_pydatetime()
             local = ts.astimezone(IST).replace(tzinfo=None)
             if not (start <= local < end):
+                continue
+            stamp = ts.astimezone(IST).strftime("%Y-%m-%dT%H:%M:%S+0530")
+            if token in spot_of:  # an index: its spot path, one candle a minute (no OI)
+                px = float(self.sim.day_path(spot_of[token], day)[pos])
+                out.append([stamp, px, px, px, px, 0])
                 continue
             for index in SPOT_KEYS:
                 if token // 10**9 != list(SPOT_KEYS).index(index) + 1:
@@ -164,8 +192,12 @@ class KiteTestServer:
                     f = server.faults
                     if f.slow_s:
                         time.sleep(f.slow_s)
-                    if f.token_expired:
+                    token = self.headers.get("Authorization", "").rpartition(":")[2]
+                    if f.token_expired or (f.valid_tokens is not None and token not in f.valid_tokens):
                         return self.error(403, "TokenException", "Incorrect `api_key` or `access_token`.")
+                    hang = f.hang_until - time.time()
+                    if f.errors_until > time.time():
+                        return self.error(503, "GeneralException", "Service unavailable")
                     if f.too_many_requests > 0:
                         f.too_many_requests -= 1
                         return self.error(429, "NetworkException", "Too many requests")
@@ -176,6 +208,9 @@ class KiteTestServer:
                     malformed = url.path == "/quote" and f.malformed_quotes > 0 and not spot_request
                     if malformed:
                         f.malformed_quotes -= 1
+                if hang > 0:  # outside the lock: other requests hang too, as a dead venue does
+                    time.sleep(hang)
+                    return self.error(504, "NetworkException", "Gateway timeout")
                 auth = self.headers.get("Authorization", "")
                 if not auth.startswith("token "):
                     return self.error(403, "TokenException", "Missing access token")

@@ -316,7 +316,7 @@ def _supervise(settings: Settings, console, err, stop_after_minutes: int | None)
         record_bundled_redis,
         wait_for_redis,
     )
-    from optask.timeutils import now_utc
+    from optask.timeutils import IST, now_utc
     from tasks.celeryconfig import process_queue
 
     root = settings.data.root
@@ -389,9 +389,22 @@ def _supervise(settings: Settings, console, err, stop_after_minutes: int | None)
                       + ("" if mon.flower_basic_auth.get_secret_value() else f"  password [bold]{password}[/bold] (generated)"))
         console.print(f"Metrics: http://{mon.metrics_address}:{mon.metrics_port}/metrics   health: optask health --status")
         console.print(f"Data:    {root}   Redis: {mask_url(url)} ({redis_note})   logs: {stack.logs}")
-        # Don't make a newcomer wait for the next minute boundary: collect the current minute now
-        # (in a simulated session, beat's clock starts at the open as the stack starts).
-        first = calendar.session_minutes(simulated_day)[0].isoformat() if simulated_day else current_minute_iso()
+        # Don't make a newcomer wait for the next minute boundary: collect the current minute now.
+        # A simulated session's clock is shared through Redis: it starts at the open, or resumes
+        # where it was when this is a restart of a stack that was playing it.
+        if simulated_day:
+            from optask.clock import start_session_clock
+
+            session_minutes = calendar.session_minutes(simulated_day)
+            speed = settings.market.simulated_session_speed
+            anchor, resumed = start_session_clock(ledger.redis, simulated_day, speed, len(session_minutes))
+            position = int((time.time() - anchor) * speed // 60) % len(session_minutes)
+            first = session_minutes[position].isoformat()
+            if resumed:
+                console.print(f"Resuming the simulated session of {simulated_day} at "
+                              f"{session_minutes[position].astimezone(IST):%H:%M} IST")
+        else:
+            first = current_minute_iso()
         client.send_task("tasks.collect_minute", args=(first,), queue="optask", expires=55)
         console.print(f"Running (pid {os.getpid()}). Ctrl-C, SIGTERM or SIGHUP stops everything cleanly.")
         policy = RestartPolicy(mon.auto_restart_enabled, mon.max_restart_attempts, mon.restart_window_s)

@@ -170,6 +170,8 @@ def test_history_from_minute_candles(kite_server, tmp_path):
     sim = kite_server.sim.snapshot("NIFTY", minutes[1]).table.to_pandas().set_index("token")
     assert np.allclose(t["ltp"].to_numpy(), sim.loc[t["token"], "ltp"].to_numpy())
     assert (t["oi"].to_numpy() == sim.loc[t["token"], "oi"].to_numpy()).all()
+    # the spot comes from the index's own candles, so IV and greeks can be computed for backfilled minutes
+    assert np.allclose(t["spot"].to_numpy(), sim["spot"].iloc[0])
 
 
 def test_collect_cli_with_kite(kite_server, redis_url, tmp_path):
@@ -202,3 +204,14 @@ def test_collect_with_kite_leaves_no_redis_behind(kite_server, isolated_settings
     assert "42 legs" in proc.stdout
     assert redis_servers() - before == set()
     assert not (isolated_settings / "redis" / "server.json").exists()
+
+
+def test_a_new_access_token_is_picked_up_at_run_time(kite_server, tmp_path, redis_url):
+    kite_server.faults.valid_tokens = {"fresh-token-0123456789"}
+    p = provider(kite_server, tmp_path, redis.Redis.from_url(redis_url))
+    with pytest.raises(PermanentProviderError, match="optask kite set-token"):
+        p.snapshot("SENSEX", TS)
+    proc = subprocess.run([sys.executable, "-m", "optask.cli", "kite", "set-token", "fresh-token-0123456789"],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "KITE_API_KEY": "api-key"})
+    assert proc.returncode == 0 and "fres***" in proc.stdout and "0123456789" not in proc.stdout, proc.stderr
+    assert p.snapshot("SENSEX", TS).table.num_rows > 0  # the same provider object, no restart

@@ -42,10 +42,14 @@ SPOT_KEYS = {
     "NIFTY": "NSE:NIFTY 50", "BANKNIFTY": "NSE:NIFTY BANK", "FINNIFTY": "NSE:NIFTY FIN SERVICE",
     "MIDCPNIFTY": "NSE:NIFTY MID SELECT", "SENSEX": "BSE:SENSEX", "BANKEX": "BSE:BANKEX",
 }
+#: Kite's instrument tokens of the indices themselves (the dump's INDICES segment lists them too).
+SPOT_TOKENS = {"NIFTY": 256265, "BANKNIFTY": 260105, "FINNIFTY": 257801, "MIDCPNIFTY": 288009, "SENSEX": 265,
+               "BANKEX": 274441}
 OPTION_SEGMENTS = ("NFO-OPT", "BFO-OPT")
 BATCH = 500
 ATTEMPTS = 5
-TOKEN_EXPIRED = "KITE_ACCESS_TOKEN expired or invalid; generate a new access token (Kite login flow) and set KITE_ACCESS_TOKEN"
+TOKEN_EXPIRED = ("KITE_ACCESS_TOKEN expired or invalid; generate a new access token (Kite login flow) and run "
+                 "`optask kite set-token <token>` (every worker picks it up), or set KITE_ACCESS_TOKEN and restart")
 
 
 def _retryable(exc: Exception) -> bool:
@@ -115,10 +119,24 @@ class KiteProvider:
         rate = self.quote_rate_per_s if kind == "quote" else self.historical_rate_per_s
         RedisPacer(self.redis_client, f"kite:{kind}:{self.api_key}", rate).wait()
 
+    def _fresh_token(self) -> None:
+        """Pick up a token set at run time with `optask kite set-token` (Kite tokens expire every day)."""
+        if self.redis_client is None:
+            return
+        try:
+            raw = self.redis_client.get(token_key(self.api_key))
+        except Exception:  # noqa: BLE001 - no Redis for a moment: keep the token we have
+            return
+        if raw and raw.decode() != self.access_token:
+            self.access_token = raw.decode()
+            if self._kite is not None:
+                self._kite.set_access_token(self.access_token)
+
     def _call(self, kind: str, fn, *args, **kwargs):
         """One paced API call with the retry policy; returns (result, raw body)."""
         from kiteconnect import exceptions as kex
 
+        self._fresh_token()
         for attempt in range(1, ATTEMPTS + 1):
             self._pace(kind)
             self._bodies.clear()
@@ -238,12 +256,38 @@ class KiteProvider:
             log.warning("Kite %s %s: %s", index, ts.isoformat(), issues)
         return Snapshot(index, ts, "kite", raw, table, issues, time.perf_counter() - start)
 
+    def spot_token(self, index: str, day: dt.date) -> int:
+        """The index's own instrument token, from the dump's INDICES rows (Kite's known token otherwise)."""
+        t = self.instruments(day)
+        if "segment" in t.column_names:
+            import pyarrow.compute as pc
+
+            name = SPOT_KEYS[index].split(":", 1)[1]
+            hit = t.filter(pc.and_(pc.equal(t["segment"], "INDICES"), pc.equal(t["tradingsymbol"], name)))
+            if hit.num_rows:
+                return int(hit["instrument_token"][0].as_py())
+        return SPOT_TOKENS[index]
+
+    def _candles(self, token: int, first: dt.datetime, last: dt.datetime, oi: bool = True) -> dict[dt.datetime, dict]:
+        """Minute candles of one instrument between two minutes, by UTC minute."""
+        candles, _ = self._call("historical", self.kite().historical_data, token,
+                                first.astimezone(IST).replace(tzinfo=None),
+                                (last + dt.timedelta(minutes=1)).astimezone(IST).replace(tzinfo=None), "minute", oi=oi)
+        out = {}
+        for c in candles or []:
+            cts = c["date"].astimezone(UTC) if c["date"].tzinfo else c["date"].replace(tzinfo=IST).astimezone(UTC)
+            out[cts] = c
+        return out
+
     def history(self, index: str, day: dt.date, minutes: Iterable[dt.datetime]) -> Iterator[Snapshot]:
-        """Minute candles with OI per contract (<= 3 requests/s), rebuilt into one snapshot per minute."""
+        """Minute candles with OI per contract (<= 3 requests/s) and the index's own candles for the spot,
+        rebuilt into one snapshot per minute (source "backfill")."""
         wanted = sorted(set(minutes))
         if not wanted:
             return
-        uni = self.universe(index, day)
+        spot = {ts: c["close"] for ts, c in self._candles(self.spot_token(index, day), wanted[0], wanted[-1],
+                                                           oi=False).items()}
+        uni = self.universe(index, day, spot.get(wanted[0]))
         opts = self.options(index, day)
         kind_of = {e.isoformat(): k for k, e in reversed(list(uni.expiries.items()))}
         rows: dict[dt.datetime, list[dict]] = {ts: [] for ts in wanted}
@@ -251,12 +295,7 @@ class KiteProvider:
             e = opts["expiry"][i]
             if e not in kind_of or opts["strike"][i] not in set(uni.strikes[dt.date.fromisoformat(e)]):
                 continue
-            candles, _ = self._call("historical", self.kite().historical_data, int(opts["token"][i]),
-                                    wanted[0].astimezone(IST).replace(tzinfo=None),
-                                    (wanted[-1] + dt.timedelta(minutes=1)).astimezone(IST).replace(tzinfo=None),
-                                    "minute", oi=True)
-            for c in candles or []:
-                cts = c["date"].astimezone(UTC) if c["date"].tzinfo else c["date"].replace(tzinfo=IST).astimezone(UTC)
+            for cts, c in self._candles(int(opts["token"][i]), wanted[0], wanted[-1]).items():
                 if cts in rows:
                     rows[cts].append({"token": int(opts["token"][i]), "symbol": opts["symbol"][i], "expiry": e,
                                       "kind": kind_of[e], "strike": float(opts["strike"][i]), "side": opts["side"][i],
@@ -264,11 +303,18 @@ class KiteProvider:
                                       "volume": c["volume"], "oi": c.get("oi", 0)})
         for ts in wanted:
             raw = orjson.dumps({"venue": "kite-historical", "index": index, "ts": int(ts.timestamp()),
-                                "candles": rows[ts]})
-            yield Snapshot(index, ts, "kite", raw, _candles_table(index, ts, rows[ts]), {})
+                                "spot": spot.get(ts), "candles": rows[ts]})
+            yield Snapshot(index, ts, "kite", raw, _candles_table(index, ts, rows[ts], spot.get(ts)), {})
 
 
-def _candles_table(index: str, ts: dt.datetime, rows: list[dict]) -> pa.Table:
+def token_key(api_key: str) -> str:
+    """Where `optask kite set-token` keeps the access token every worker reads."""
+    from optask.coordination import PREFIX
+
+    return f"{PREFIX}:kite:access_token:{api_key}"
+
+
+def _candles_table(index: str, ts: dt.datetime, rows: list[dict], spot: float | None = None) -> pa.Table:
     n = len(rows)
     col = {k: [r[k] for r in rows] for k in ("token", "symbol", "expiry", "kind", "strike", "side", "open", "high",
                                               "low", "close", "volume", "oi")}
@@ -277,7 +323,8 @@ def _candles_table(index: str, ts: dt.datetime, rows: list[dict]) -> pa.Table:
         "ts": pa.array([ts] * n, pa.timestamp("ns", tz="UTC")), "index": [index] * n,
         "expiry": pa.array([dt.date.fromisoformat(e) for e in col["expiry"]], pa.date32()),
         "expiry_kind": col["kind"], "strike": pa.array(col["strike"], pa.float64()), "side": col["side"],
-        "symbol": col["symbol"], "token": pa.array(col["token"], pa.int64()), "spot": nan,
+        "symbol": col["symbol"], "token": pa.array(col["token"], pa.int64()),
+        "spot": pa.array([spot] * n, pa.float64()) if spot is not None else nan,
         "ltp": pa.array(col["close"], pa.float64()), "bid": nan, "ask": nan,
         "bid_qty": pa.array([None] * n, pa.int64()), "ask_qty": pa.array([None] * n, pa.int64()),
         "volume": pa.array(col["volume"], pa.int64()), "oi": pa.array(col["oi"], pa.int64()),
