@@ -122,10 +122,21 @@ class Alerter:
 
     # --- evaluation ----------------------------------------------------------------------------
 
+    def _either(self, work):
+        """Run `work(use_redis)` with Redis when it answers; if Redis goes away midway, again without it."""
+        use_redis = self._redis_ok()
+        try:
+            return work(use_redis)
+        except (redis.RedisError, OSError):
+            if not use_redis:
+                raise
+            return work(False)
+
     def process(self, checks, now: float | None = None) -> list[Notification]:
         """Turn one run's check results into the notifications now due, and deliver them."""
-        now = now or time.time()
-        use_redis = self._redis_ok()
+        return self._either(lambda use_redis: self._process(checks, now or time.time(), use_redis))
+
+    def _process(self, checks, now: float, use_redis: bool) -> list[Notification]:
         alerts = self.settings.alerts
         due: list[Notification] = []
         bad = {c.name: c for c in checks if c.status != "OK"}
@@ -153,8 +164,10 @@ class Alerter:
 
     def fire(self, name: str, severity: str, reason: str, value: object = None) -> list[Notification]:
         """An event that pages at once (a supervisor's child died): firing now, no `for` period."""
+        return self._either(lambda use_redis: self._fire(name, severity, reason, value, use_redis))
+
+    def _fire(self, name: str, severity: str, reason: str, value: object, use_redis: bool) -> list[Notification]:
         now = time.time()
-        use_redis = self._redis_ok()
         st = self._open(name, {"since": now, "status": "firing", "severity": severity, "sent": 0, "last_sent": now,
                                "reason": reason, "value": value}, use_redis)
         if st["sent"]:
@@ -164,7 +177,9 @@ class Alerter:
         return self.deliver([self._note("firing", name, st, now, 0)], use_redis)
 
     def resolve(self, name: str, reason: str) -> list[Notification]:
-        use_redis = self._redis_ok()
+        return self._either(lambda use_redis: self._resolve(name, reason, use_redis))
+
+    def _resolve(self, name: str, reason: str, use_redis: bool) -> list[Notification]:
         st = self._states(use_redis).get(name) or _LOCAL_STATE.get(name)
         if st is None:
             return []

@@ -358,7 +358,7 @@ def _supervise(settings: Settings, console, err, stop_after_minutes: int | None)
         redis_note = "bundled, started by up" if own_redis else ("configured" if settings.redis.configured else "bundled, already running")
         ledger = Ledger(connect(url))
         reporter = MinuteReporter(ledger, list(settings.market.indices))
-        alerter = Alerter(settings, ledger.redis)
+        alerter = SafeAlerter(Alerter(settings, ledger.redis), err)
         # Live minutes and catch-up work (backfill, end of day, repair) on workers of their own,
         # so a long backfill never delays a live minute.
         live_queues = ["optask", *(process_queue(i) for i in settings.market.indices)]
@@ -473,6 +473,26 @@ def _supervise(settings: Settings, console, err, stop_after_minutes: int | None)
             forget_bundled_redis(root)
     console.print("Stopped." if status == 0 else "Stopped after a failure.")
     return status
+
+
+@dataclass
+class SafeAlerter:
+    """The supervisor's alerter: a failure to alert is reported, and never stops the supervisor."""
+
+    alerter: object
+    err: object
+
+    def __getattr__(self, name: str):
+        method = getattr(self.alerter, name)
+
+        def call(*args, **kwargs):
+            try:
+                return method(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - supervising matters more than telling
+                self.err.print(f"[yellow]could not send alert ({type(exc).__name__}: {exc})[/yellow]", highlight=False)
+                return []
+
+        return call
 
 
 def _health_summary(client) -> tuple[str, str]:
