@@ -4,13 +4,17 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install test-servers lint bench clean
+.PHONY: run test chaos install test-servers lint bench clean
 
 run: install
 	$(BIN)/optask up
 
 test: install test-servers lint
 	$(BIN)/pytest -q
+
+# Every chaos scenario, the slow ones too (`make test` runs the fast subset).
+chaos: install test-servers
+	$(BIN)/pytest -q -m "" tests/chaos
 
 install: $(STAMP)
 

@@ -79,13 +79,6 @@ BEAT_SCHEDULE = {
         "args": (BeatLazyFunc(current_minute_iso),),
         "options": {"expires": 110},
     },
-    # Health checks, alerts and self-healing, every HEALTH_CHECK_INTERVAL seconds, on the live queue
-    # (light and always served), so a Celery deployment monitors itself.
-    "health-check": {
-        "task": "tasks.health_check",
-        "schedule": dt.timedelta(seconds=get_settings().monitoring.health_check_interval),
-        "options": {"expires": 120},
-    },
     # end_of_day is also enqueued by the last minute of each session; this late sweep catches a
     # day whose last minute was lost. It is idempotent, so running twice is harmless.
     "end-of-day-sweep": {
@@ -95,3 +88,13 @@ BEAT_SCHEDULE = {
         "options": {"expires": 3 * 3600},
     },
 }
+
+if get_settings().monitoring.health_in_beat:
+    # Health checks, alerts and self-healing every HEALTH_CHECK_INTERVAL seconds, so a Celery deployment
+    # monitors itself (`optask up` runs a monitor process of its own instead: it must not wait behind
+    # the very workers it watches).
+    BEAT_SCHEDULE["health-check"] = {
+        "task": "tasks.health_check",
+        "schedule": dt.timedelta(seconds=get_settings().monitoring.health_check_interval),
+        "options": {"expires": 120},
+    }

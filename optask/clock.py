@@ -3,8 +3,8 @@
 Beat asks a clock which collection minute it is. Live, that is the wall clock. With
 `OPTASK_SIMULATED_SESSION_DAY` set (how `optask up` shows minutes outside market hours, and how
 the chaos suite and the soak run a session at an accelerated clock), the clock plays that day's
-session from its open at `OPTASK_SIMULATED_SESSION_SPEED` x real time, wrapping at the close, so
-every tick is a real in-session minute. The session's start (its anchor) is kept in Redis, so
+session from its open at `OPTASK_SIMULATED_SESSION_SPEED` x real time and goes on past its close
+(the market is then closed, as on a real day). The session's start (its anchor) is kept in Redis, so
 beat, workers, health checks, a test's venue and a restarted stack all read the same clock.
 """
 
@@ -55,10 +55,15 @@ class SessionReplayClock:
         return int((time.time() - self._anchor()) * self.speed // 60)
 
     def now(self) -> dt.datetime:
+        """The session's minute `position()` after the open; past the close, the minutes after it
+        (outside the session: nothing is collected, and health knows the market is closed)."""
         minutes = self.calendar.session_minutes(self.day)
         if len(minutes) == 0:
             raise ValueError(f"{self.day} has no session to simulate; pick a trading day")
-        return minutes[self.position() % len(minutes)].to_pydatetime()
+        pos = self.position()
+        if pos < len(minutes):
+            return minutes[pos].to_pydatetime()
+        return (minutes[-1] + dt.timedelta(minutes=1 + pos - len(minutes))).to_pydatetime()
 
 
 _REPLAY_CLOCKS: dict[tuple, SessionReplayClock] = {}

@@ -68,6 +68,21 @@ def plan_minute(ts: str, settings: Settings | None = None, ledger: Ledger | None
     return plan
 
 
+def should_close_day(ts: str, settings: Settings | None = None, ledger: Ledger | None = None) -> str | None:
+    """The day to close when `ts` is its session's last minute and the day is not closed yet (once per day,
+    even if the last minute's own tick was lost and the minute comes round again)."""
+    settings = settings or get_settings()
+    minute = parse_minute(ts)
+    day = minute.astimezone(IST).date()
+    session = get_calendar(settings.data.calendar_overrides).session(day)
+    if session is None or minute + dt.timedelta(minutes=1) < session.close or minute >= session.close:
+        return None
+    ledger = ledger or ledger_for(settings)
+    if ledger.eod(day.isoformat()) or not ledger.claim("close_day", day.isoformat(), ttl_s=int(close_delay_s(settings)) + 120):
+        return None
+    return day.isoformat()
+
+
 def close_delay_s(settings: Settings | None = None) -> float:
     """How long after a session's last minute its day is closed: 90 s, scaled in an accelerated session."""
     market = (settings or get_settings()).market
@@ -175,9 +190,14 @@ def store_minutes(index: str, minutes: list[str], provider_name: str | None = No
         raise ValueError(f"a batch covers one day; got {sorted(days) or 'no minutes'}")
     day = days.pop()
     present = present_minutes(index, day, settings)
-    todo = [ts for ts in todo if any(ts.isoformat() not in have for have in present.values())]
+    everywhere = [ts for ts in todo if all(ts.isoformat() in have for have in present.values())]
+    todo = [ts for ts in todo if ts not in everywhere]
     out = {"index": index, "day": day.isoformat(), "asked": len(minutes), "stored": 0, "from_archive": 0,
            "from_history": 0, "unavailable": 0}
+    stored = ledger.stored_minutes(index, day)
+    for ts in everywhere:  # the ledger is a cache of the stores: a minute they hold is stored
+        if ts.isoformat() not in stored:
+            ledger.mark_stored(index, ts.isoformat(), legs=0, stages_ms={}, live=False)
     if not todo:
         return out
     name = provider_name or settings.market.provider
@@ -307,6 +327,10 @@ def end_of_day(day: str, settings: Settings | None = None, repair: bool = True) 
         repaired[index] = done
     after = system.run_eod_verification(d, indices=indices) if repaired else before
     report_path = system.save_verification_report(after, before=before if repaired else None)
+    ledger_for(settings).record_eod(day, {"before": before["summary"]["data_quality_score"],
+                                          "after": after["summary"]["data_quality_score"],
+                                          "status": after["overall_status"], "report": report_path,
+                                          "repaired": sum(r["stored"] for r in repaired.values())})
     from optask.storage.archive import maintain
 
     retention = maintain(settings.data.raw_root, d, settings.data.raw_retention_days, settings.data.compression_enabled,

@@ -212,6 +212,8 @@ class MonitoringSettings(BaseSettings):
 
     model_config = _group()
     health_check_interval: int = Field(60, ge=5, description="Seconds between health checks (>= 5).")
+    health_in_beat: bool = Field(
+        True, description="Run the health checks as a beat task too (optask up runs its own monitor and turns this off).")
     auto_restart_enabled: bool = Field(True, description="Restart failed components automatically.")
     max_restart_attempts: int = Field(
         3, ge=0, description="Restarts of a dead child within RESTART_WINDOW_S before it is given up and an operator alerted.")

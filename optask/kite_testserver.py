@@ -58,7 +58,12 @@ class KiteTestServer:
 
     @property
     def minute(self) -> dt.datetime:
-        return self.clock.now() if self.clock is not None else self._minute
+        """The market's minute; after the close, the session's last (a venue keeps quoting its last prices)."""
+        if self.clock is None:
+            return self._minute
+        now = self.clock.now()
+        minutes = self.calendar.session_minutes(now.astimezone(IST).date())
+        return min(now, minutes[-1].to_pydatetime()) if len(minutes) else now
 
     @minute.setter
     def minute(self, value: dt.datetime) -> None:
@@ -173,11 +178,14 @@ class KiteTestServer:
                 pass
 
             def send(self, code: int, body: bytes, ctype: str = "application/json") -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.send_response(code)
+                    self.send_header("Content-Type", ctype)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up waiting (a hang drill): nothing to answer
 
             def error(self, code: int, error_type: str, message: str) -> None:
                 self.send(code, json.dumps({"status": "error", "message": message, "data": None,

@@ -92,6 +92,14 @@ class Ledger:
         self.redis.hset(key, ts, json.dumps({"attempts": attempts, "last_at": time.time(), "last": outcome}))
         self.redis.expire(key, CLAIM_TTL_S * 4)
 
+    def record_eod(self, day: str, summary: dict) -> None:
+        """End of day has closed `day` (score before and after repair, status, report path)."""
+        self.redis.hset(f"{PREFIX}:eod", day, json.dumps({**summary, "at": time.time()}))
+
+    def eod(self, day: str) -> dict | None:
+        raw = self.redis.hget(f"{PREFIX}:eod", day)
+        return json.loads(raw) if raw else None
+
     def stored_info(self, ts: str, indices: list[str]) -> dict[str, dict]:
         """The indices that have stored minute `ts`, with what the ledger recorded for each (one round trip)."""
         day = _day(ts)

@@ -31,9 +31,10 @@ from optask.services import die_with_parent
 
 CELERY = [sys.executable, "-m", "celery", "-A", "tasks"]
 #: Stop order, by name prefix: nothing new is scheduled, nobody watches, running tasks finish, then the broker goes.
-STOP_ORDER = ("beat", "flower", "metrics", "ticker", "worker", "redis")
+STOP_ORDER = ("beat", "flower", "metrics", "monitor", "ticker", "worker", "redis")
 #: Seconds each stage may take before its process group is killed.
-STOP_TIMEOUT_S = {"beat": 10.0, "flower": 10.0, "metrics": 5.0, "ticker": 10.0, "worker": 90.0, "redis": 15.0}
+STOP_TIMEOUT_S = {"beat": 10.0, "flower": 10.0, "metrics": 5.0, "monitor": 10.0, "ticker": 10.0, "worker": 90.0,
+                  "redis": 15.0}
 #: A restarted child that has run this long is "running again": its alert resolves.
 STABLE_AFTER_S = 20.0
 
@@ -124,6 +125,10 @@ class Stack:
         # The credentials travel in the environment (Flower reads FLOWER_BASIC_AUTH), not on the command line.
         return self._spawn("flower", args, FLOWER_BASIC_AUTH=auth), auth
 
+    def start_monitor(self) -> subprocess.Popen:
+        """Health checks, alerts and self-healing in a process of their own (`optask health --start`)."""
+        return self._spawn("monitor", [sys.executable, "-m", "optask.cli", "health", "--start"])
+
     def start_metrics(self) -> subprocess.Popen:
         """The Prometheus exporter (`optask metrics`) on METRICS_ADDRESS:METRICS_PORT."""
         return self._spawn("metrics", [sys.executable, "-m", "optask.cli", "metrics"])
@@ -199,8 +204,11 @@ def wait_for_workers(client, count: int = 1, timeout: float = 60.0,
 # --- the supervisor ------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def up_lock(root: Path) -> Iterator[None]:
-    """One `optask up` per data root: an flock the kernel drops when its holder dies, however it dies."""
+def up_lock(root: Path) -> Iterator[str | None]:
+    """One `optask up` per data root: an flock the kernel drops when its holder dies, however it dies.
+
+    Yields the pid an earlier `up` left in the file when it did not stop cleanly (killed, crashed), else None.
+    """
     root.mkdir(parents=True, exist_ok=True)
     path = root / "up.pid"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by children (PEP 446)
@@ -213,9 +221,10 @@ def up_lock(root: Path) -> Iterator[None]:
             pid = os.pread(fd, 32, 0).decode().strip() or "?"
             raise AlreadyRunning(f"optask up is already running on {root} (pid {pid}); stop it with "
                                  f"`kill -TERM {pid}`, or set BASE_DATA_DIR to another folder") from None
+        unclean = os.pread(fd, 32, 0).decode().strip() or None  # a clean stop empties the file
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
+        yield unclean
         os.ftruncate(fd, 0)
     finally:
         os.close(fd)
@@ -289,14 +298,14 @@ def run_up(settings: Settings, console, err=None, stop_after_minutes: int | None
     err = err or console
     root = settings.data.root
     try:
-        with up_lock(root):
-            return _supervise(settings, console, err, stop_after_minutes)
+        with up_lock(root) as unclean:
+            return _supervise(settings, console, err, stop_after_minutes, unclean)
     except AlreadyRunning as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         return 2
 
 
-def _supervise(settings: Settings, console, err, stop_after_minutes: int | None) -> int:
+def _supervise(settings: Settings, console, err, stop_after_minutes: int | None, unclean: str | None = None) -> int:
     import redis
 
     from optask.alerts import Alerter
@@ -333,7 +342,7 @@ def _supervise(settings: Settings, console, err, stop_after_minutes: int | None)
                 raise ChildFailed(f"{what} cannot listen on {address}:{port}: the port is in use; "
                                   f"set {setting} to a free port (or stop what listens there)")
         calendar = get_calendar(settings.data.calendar_overrides)
-        extra: dict[str, str] = {}
+        extra: dict[str, str] = {"HEALTH_IN_BEAT": "false"}  # up's own monitor checks, not a task behind the workers
         simulated_day = settings.market.simulated_session_day
         if settings.market.provider == "simulated" and simulated_day is None and not calendar.in_session(now_utc()):
             simulated_day = latest_session_day(settings)
@@ -384,6 +393,7 @@ def _supervise(settings: Settings, console, err, stop_after_minutes: int | None)
                                   f"see {stack.logs / 'flower.log'}")
             time.sleep(0.1)
         stack.start_metrics()
+        stack.start_monitor()
         user, _, password = auth.partition(":")
         console.print(f"Flower:  http://{mon.flower_address}:{mon.flower_port}  user [bold]{user}[/bold]"
                       + ("" if mon.flower_basic_auth.get_secret_value() else f"  password [bold]{password}[/bold] (generated)"))
@@ -412,6 +422,11 @@ def _supervise(settings: Settings, console, err, stop_after_minutes: int | None)
         restarted: dict[str, float] = {}  # child -> when it was restarted (its alert resolves once it is stable)
         for name in stack.procs:  # a new up: whatever an earlier one reported about its children is over
             alerter.resolve(f"supervisor.{name}", f"{name} running (optask up started)")
+        if unclean:
+            console.print(f"[yellow]the previous optask up (pid {unclean}) did not stop cleanly; its children died "
+                          "with it, and this one takes over[/yellow]", highlight=False)
+            alerter.fire("supervisor.up", "WARN", f"optask up restarted after an unclean stop of pid {unclean}")
+            restarted["up"] = time.monotonic()
         printed = 0
         health_line, health_read = "", 0.0
         while True:
@@ -448,7 +463,7 @@ def _supervise(settings: Settings, console, err, stop_after_minutes: int | None)
                     restarted[name] = now
                     console.print(f"{name} restarted", highlight=False)
             for name, at in list(restarted.items()):
-                if now - at >= STABLE_AFTER_S and stack.procs[name].poll() is None:
+                if now - at >= STABLE_AFTER_S and (name == "up" or stack.procs[name].poll() is None):
                     del restarted[name]
                     alerter.resolve(f"supervisor.{name}", f"{name} running again for {STABLE_AFTER_S:.0f} s")
             if time.monotonic() - health_read > 5:  # one line whenever the health summary changes
@@ -527,6 +542,7 @@ class MinuteReporter:
     last_id: str = ""
     pending: dict[str, float] = field(default_factory=dict)
     partial: set[str] = field(default_factory=set)
+    done: set[str] = field(default_factory=set)  # printed complete: later events (retries, repairs) are not news
 
     def __post_init__(self) -> None:
         from tasks.celeryconfig import MINUTE_EXPIRES_S, MINUTE_HARD_LIMIT_S
@@ -540,7 +556,8 @@ class MinuteReporter:
 
         for event_id, ev in self.ledger.events(self.last_id, block_ms=block_ms):
             self.last_id = event_id
-            self.pending.setdefault(ev["ts"], time.time())
+            if ev["ts"] not in self.done:
+                self.pending.setdefault(ev["ts"], time.time())
         lines = []
         for ts in sorted(self.pending):
             stored = self.ledger.stored_info(ts, self.indices)
@@ -556,6 +573,10 @@ class MinuteReporter:
             legs = sum(int(v["legs"]) for v in stored.values())
             local = parse_ts(ts).astimezone(IST).strftime("%Y-%m-%d %H:%M IST")
             count = f"{len(stored)}/{len(self.indices)} indices"
+            if complete:
+                self.done.add(ts)
+                if len(self.done) > 5000:  # a day is 375 minutes; keep the set small forever
+                    self.done = set(sorted(self.done)[-1000:])
             if complete and ts in self.partial:
                 self.partial.discard(ts)
                 lines.append(f"{local}  {count}  {legs:,} legs  (completed late)")

@@ -31,9 +31,10 @@ def collect_minute(ts: str) -> dict:
     plan = collector.plan_minute(ts)
     for index in plan.indices:
         process_index.apply_async((index, ts), queue=process_queue(index), expires=MINUTE_EXPIRES_S)
-    if plan.last_of_session:
+    day = collector.should_close_day(ts)
+    if day:
         # Give the session's last minute time to land before the day is closed (90 s of the session's clock).
-        end_of_day.apply_async((plan.day,), countdown=collector.close_delay_s())
+        end_of_day.apply_async((day,), countdown=collector.close_delay_s())
     return plan.as_dict()
 
 

@@ -81,7 +81,7 @@ class KiteProvider:
     name: str = "kite"
     _kite: object | None = field(default=None, repr=False)
     _bodies: list[bytes] = field(default_factory=list, repr=False)
-    _opening_spot: dict[tuple[str, dt.date], float] = field(default_factory=dict, repr=False)
+    _opening_spot: dict[tuple[str, dt.date], tuple[float, float]] = field(default_factory=dict, repr=False)
     _instruments: dict[dt.date, pa.Table] = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:
@@ -132,6 +132,20 @@ class KiteProvider:
             if self._kite is not None:
                 self._kite.set_access_token(self.access_token)
 
+    def _note(self, exc: BaseException | None, permanent: bool = False) -> None:
+        """Every call's outcome for health's provider check, even an error a retry then hid."""
+        if self.redis_client is None:
+            return
+        from optask import metrics
+
+        try:
+            if exc is None:
+                metrics.record_provider_ok(self.redis_client, self.name)
+            else:
+                metrics.record_provider_error(self.redis_client, self.name, exc, permanent)
+        except Exception:  # noqa: BLE001 - telling health must never fail a fetch
+            pass
+
     def _call(self, kind: str, fn, *args, **kwargs):
         """One paced API call with the retry policy; returns (result, raw body)."""
         from kiteconnect import exceptions as kex
@@ -142,10 +156,14 @@ class KiteProvider:
             self._bodies.clear()
             try:
                 result = fn(*args, **kwargs)
+                self._note(None)
                 return result, (self._bodies[-1] if self._bodies else b"")
             except kex.TokenException as exc:
-                raise PermanentProviderError(f"{TOKEN_EXPIRED} (Kite said: {exc})") from None
+                error = PermanentProviderError(f"{TOKEN_EXPIRED} (Kite said: {exc})")
+                self._note(error, permanent=True)
+                raise error from None
             except Exception as exc:  # noqa: BLE001 - sorted into retryable or not right here
+                self._note(exc)
                 if isinstance(exc, kex.DataException) and self._bodies and b"<html" not in self._bodies[-1][:200].lower():
                     return None, self._bodies[-1]  # an unparseable body: keep it raw, the parser counts it
                 if not _retryable(exc) or attempt == ATTEMPTS:
@@ -199,21 +217,38 @@ class KiteProvider:
         except (TypeError, KeyError, ValueError):
             raise TemporaryProviderError(f"Kite returned no usable spot for {SPOT_KEYS[index]}") from None
 
-    def universe(self, index: str, day: dt.date, spot_now: float | None = None) -> Universe:
+    def _spot_range(self, index: str, day: dt.date, spot_now: float | None) -> tuple[float, float]:
+        """The day's lowest and highest spot so far, `spot_now` included; shared by every worker through Redis
+        (so the universe only widens during a day, whichever process collects a minute)."""
+        if spot_now is None:
+            spot_now = self.spot(index)[0]
+        if self.redis_client is not None:
+            from optask.coordination import PREFIX
+
+            try:
+                lo, hi = self.redis_client.eval(_SPOT_RANGE_LUA, 1, f"{PREFIX}:kite:spot:{day}:{index}", repr(spot_now))
+                return float(lo), float(hi)
+            except Exception:  # noqa: BLE001 - no Redis for a moment: this process's own range serves
+                pass
+        lo, hi = self._opening_spot.get((index, day), (spot_now, spot_now))
+        self._opening_spot[(index, day)] = (min(lo, spot_now), max(hi, spot_now))
+        return self._opening_spot[(index, day)]
+
+    def universe(self, index: str, day: dt.date, spot_now: float | None = None,
+                 spot_range: tuple[float, float] | None = None) -> Universe:
+        """Expiries by kind and, per expiry, ATM +/- N strikes around every spot the day has seen so far."""
         opts = self.options(index, day)
         if len(opts["token"]) == 0:
             raise PermanentProviderError(f"the instrument dump of {day} lists no {index} options")
         listed = sorted({dt.date.fromisoformat(e) for e in opts["expiry"]})
         expiries, notes = classify_expiries(listed, day, self.expiry_kinds)
-        key = (index, day)
-        if key not in self._opening_spot:
-            self._opening_spot[key] = spot_now if spot_now is not None else self.spot(index)[0]
+        lo, hi = spot_range or self._spot_range(index, day, spot_now)
         strikes: dict[dt.date, tuple[float, ...]] = {}
         for e in set(expiries.values()):
             listed_k = opts["strike"][opts["expiry"] == e.isoformat()]
-            window = set(strikes_around(self._opening_spot[key], listed_k, self.strikes_around_atm))
-            if spot_now is not None:  # widened when spot moves, so ATM +/- N stays covered
-                window |= set(strikes_around(spot_now, listed_k, self.strikes_around_atm))
+            inside = listed_k[(listed_k >= lo) & (listed_k <= hi)]
+            window = set(strikes_around(lo, listed_k, self.strikes_around_atm)) | set(inside.tolist()) \
+                | set(strikes_around(hi, listed_k, self.strikes_around_atm))
             strikes[e] = tuple(sorted(window))
         ks = np.unique(opts["strike"])
         gaps = np.diff(ks)
@@ -285,9 +320,14 @@ class KiteProvider:
         wanted = sorted(set(minutes))
         if not wanted:
             return
-        spot = {ts: c["close"] for ts, c in self._candles(self.spot_token(index, day), wanted[0], wanted[-1],
-                                                           oi=False).items()}
-        uni = self.universe(index, day, spot.get(wanted[0]))
+        session = get_calendar_for(day)
+        spot_all = self._candles(self.spot_token(index, day), session[0], wanted[-1], oi=False)
+        spot = {ts: c["close"] for ts, c in spot_all.items()}
+        seen = [v for ts, v in spot.items() if ts <= wanted[-1]]
+        if not seen:
+            raise TemporaryProviderError(f"Kite has no {index} candles up to {wanted[-1].isoformat()} yet")
+        # the universe live collection had by then: every spot from the open to the last minute asked
+        uni = self.universe(index, day, spot_range=(min(seen), max(seen)))
         opts = self.options(index, day)
         kind_of = {e.isoformat(): k for k, e in reversed(list(uni.expiries.items()))}
         rows: dict[dt.datetime, list[dict]] = {ts: [] for ts in wanted}
@@ -305,6 +345,24 @@ class KiteProvider:
             raw = orjson.dumps({"venue": "kite-historical", "index": index, "ts": int(ts.timestamp()),
                                 "spot": spot.get(ts), "candles": rows[ts]})
             yield Snapshot(index, ts, "kite", raw, _candles_table(index, ts, rows[ts], spot.get(ts)), {})
+
+
+_SPOT_RANGE_LUA = """
+local lo = redis.call('HGET', KEYS[1], 'lo')
+local hi = redis.call('HGET', KEYS[1], 'hi')
+local v = tonumber(ARGV[1])
+if not lo or v < tonumber(lo) then lo = ARGV[1]; redis.call('HSET', KEYS[1], 'lo', lo) end
+if not hi or v > tonumber(hi) then hi = ARGV[1]; redis.call('HSET', KEYS[1], 'hi', hi) end
+redis.call('EXPIRE', KEYS[1], 172800)
+return {lo, hi}
+"""
+
+
+def get_calendar_for(day: dt.date) -> list[dt.datetime]:
+    """The session minutes of a day, from the configured calendar."""
+    from optask.calendar import get_calendar
+
+    return [m.to_pydatetime() for m in get_calendar().session_minutes(day)]
 
 
 def token_key(api_key: str) -> str:
