@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import platform
 import resource
@@ -12,6 +13,26 @@ from optask.schema import INDICES
 
 DAY = dt.date(2026, 11, 23)
 FULL_ATM = 50
+#: Repeats of every measure (median and min-max are reported; `optask bench --repeats` sets it).
+REPEATS = max(3, int(os.environ.get("BENCH_REPEATS", "3")))
+
+
+def record(measure: str, unit: str, ours: list[float], goal: tuple[str, str, float] | None = None,
+           baseline: list[float] | None = None, baseline_name: str | None = None, ratio: str = "baseline/ours",
+           note: str = "") -> None:
+    """One measure for `optask bench`: appended as a JSON line to $OPTASK_BENCH_RECORD when it is set.
+
+    `goal` is (on, op, value): on "ours" (the figure) or "ratio"; op one of < <= > >=.
+    """
+    path = os.environ.get("OPTASK_BENCH_RECORD")
+    if not path:
+        return
+    doc = {"measure": measure, "unit": unit, "ours": [float(x) for x in ours],
+           "goal": dict(zip(("on", "op", "value"), goal, strict=True)) if goal else None,
+           "baseline": [float(x) for x in baseline] if baseline else None, "baseline_name": baseline_name,
+           "ratio": ratio, "script": os.path.basename(__import__("sys").argv[0]), "note": note}
+    with open(path, "a") as fh:
+        fh.write(json.dumps(doc) + "\n")
 
 
 def minutes(n: int | None = None) -> list[dt.datetime]:
@@ -46,4 +67,5 @@ def one_core() -> None:
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
 
 
-__all__ = ["DAY", "FULL_ATM", "INDICES", "full_universe_provider", "machine", "minutes", "one_core", "peak_rss_mb"]
+__all__ = ["DAY", "FULL_ATM", "INDICES", "REPEATS", "full_universe_provider", "machine", "minutes", "one_core",
+           "peak_rss_mb", "record"]

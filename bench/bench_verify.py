@@ -19,9 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import DAY, FULL_ATM, INDICES, machine  # noqa: E402
-
-REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
+from _common import DAY, FULL_ATM, INDICES, REPEATS, machine, record  # noqa: E402
 
 
 def spread(values: list[float]) -> str:
@@ -112,6 +110,9 @@ def main() -> None:
         print(f"  baseline, one process here (--here): {spread(here_runs)}; "
               f"speed-up {statistics.median(here_runs) / statistics.median(worker_runs):.2f}x")
         print(f"  after the backfill: {check['overall_status']} {check['summary']['data_quality_score']}")
+        record("verify_day, a full-universe day (Parquet + CSV)", "s", runs, goal=("ours", "<", 3.0))
+        record("backfill of a full-universe day, 2 maintenance workers", "s", worker_runs, goal=("ours", "<", 30.0),
+               baseline=here_runs, baseline_name="the same work in one process (--here)")
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)

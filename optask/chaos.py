@@ -286,6 +286,28 @@ class Drill:
         self.extra.append(proc)
         return proc
 
+    def start_node(self, name: str, indices: list[str]) -> subprocess.Popen:
+        """Another worker node on the same Redis and data root (as a second machine would run it): its own
+        hostname, the queues of `indices` and the shared fallback queue."""
+        from tasks.celeryconfig import FALLBACK_QUEUE, process_queue
+
+        log = open(self.root / f"{name}.out", "ab")  # noqa: SIM115
+        env = {**self.process_env(), "REDIS_URL": self.redis_url or json.loads(
+            (self.data / "redis" / "server.json").read_text())["url"]}
+        queues = ",".join([FALLBACK_QUEUE, *(process_queue(i) for i in indices)])
+        proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "tasks", "worker", "--loglevel=INFO",
+                                 "--concurrency=1", f"--hostname={name}@%h", f"--queues={queues}",
+                                 "--without-gossip", "--without-mingle"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        self.extra.append(proc)
+        return proc
+
+    def kill_node(self, proc: subprocess.Popen) -> None:
+        """SIGKILL a node's whole process group (the machine lost): no warm shutdown, nothing withdrawn."""
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
     def step_clock_back(self, minutes: int = 1) -> None:
         """The shared clock reads `minutes` earlier from now on (a clock stepping back)."""
         from optask.clock import anchor_key

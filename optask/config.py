@@ -205,6 +205,24 @@ class ServiceSettings(BaseSettings):
     celery_visibility_timeout_s: int = Field(
         1260, ge=5, description="Seconds before Redis redelivers an unacknowledged task; keep above the longest task."
     )
+    worker_indices: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="Indices whose queues the worker of this node's `optask up` consumes (empty = all); "
+        "with several nodes, each takes some and all share the fallback queue process.any."
+    )
+
+    @field_validator("worker_indices", mode="before")
+    @classmethod
+    def _split(cls, v: Any) -> Any:
+        return _split_csv(v)
+
+    @field_validator("worker_indices")
+    @classmethod
+    def _known_indices(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        v = tuple(s.upper() for s in v)
+        bad = [s for s in v if s not in INDICES]
+        if bad:
+            raise ValueError(f"unknown index {','.join(bad)}; allowed: {','.join(INDICES)}")
+        return v
 
 
 class MonitoringSettings(BaseSettings):

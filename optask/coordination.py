@@ -64,6 +64,36 @@ def heartbeats(client: redis.Redis) -> dict[str, dict]:
     return {k.decode(): json.loads(v) for k, v in client.hgetall(f"{PREFIX}:heartbeats").items()}
 
 
+#: A worker's word that it consumes a queue holds this long unless renewed (it renews every third of it).
+CONSUMER_TTL_S = 15.0
+
+
+def announce_consumer(client: redis.Redis, hostname: str, queues: list[str], ttl_s: float = CONSUMER_TTL_S) -> None:
+    """`hostname` consumes `queues` for the next `ttl_s` seconds (a sorted set per queue, scored by expiry)."""
+    now = time.time()
+    with client.pipeline() as pipe:
+        for queue in queues:
+            pipe.zadd(f"{PREFIX}:consumers:{queue}", {hostname: now + ttl_s})
+            pipe.zremrangebyscore(f"{PREFIX}:consumers:{queue}", "-inf", now)
+        pipe.execute()
+
+
+def withdraw_consumer(client: redis.Redis, hostname: str, queues: list[str]) -> None:
+    with client.pipeline() as pipe:
+        for queue in queues:
+            pipe.zrem(f"{PREFIX}:consumers:{queue}", hostname)
+        pipe.execute()
+
+
+def live_consumers(client: redis.Redis, queues: list[str]) -> dict[str, int]:
+    """How many workers announced each queue and have not gone quiet since."""
+    now = time.time()
+    with client.pipeline() as pipe:
+        for queue in queues:
+            pipe.zcount(f"{PREFIX}:consumers:{queue}", now, "+inf")
+        return dict(zip(queues, pipe.execute(), strict=True))
+
+
 @dataclass
 class Cursor:
     """A consumer's position in one (store, table, index, day): opaque JSON kept in Redis."""

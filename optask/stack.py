@@ -326,7 +326,7 @@ def _supervise(settings: Settings, console, err, stop_after_minutes: int | None,
         wait_for_redis,
     )
     from optask.timeutils import IST, now_utc
-    from tasks.celeryconfig import process_queue
+    from tasks.celeryconfig import FALLBACK_QUEUE, process_queue
 
     root = settings.data.root
     mon = settings.monitoring
@@ -370,7 +370,8 @@ def _supervise(settings: Settings, console, err, stop_after_minutes: int | None,
         alerter = SafeAlerter(Alerter(settings, ledger.redis), err)
         # Live minutes and catch-up work (backfill, end of day, repair) on workers of their own,
         # so a long backfill never delays a live minute.
-        live_queues = ["optask", *(process_queue(i) for i in settings.market.indices)]
+        mine = [i for i in settings.market.indices if i in (settings.service.worker_indices or settings.market.indices)]
+        live_queues = ["optask", FALLBACK_QUEUE, *(process_queue(i) for i in mine)]
         workers = {"worker": stack.start_worker(queues=live_queues),
                    "worker-maintenance": stack.start_worker("worker-maintenance", concurrency=1,
                                                             queues=[MAINTENANCE_QUEUE])}

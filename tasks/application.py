@@ -6,7 +6,10 @@ nothing is configured) only when Celery first needs it, not when `tasks` is impo
 
 from __future__ import annotations
 
+import threading
+
 from celery import Celery
+from celery.signals import worker_ready, worker_shutting_down
 
 import beat_schedule
 from optask.config import get_settings
@@ -29,3 +32,43 @@ def create_app() -> Celery:
 
 
 app = create_app()
+
+
+_announcing = threading.Event()
+
+
+@worker_ready.connect
+def announce_queues(sender, **_) -> None:
+    """Tell Redis which queues this worker consumes, every few seconds while it lives, so a minute of an
+    index whose only worker was lost goes to the shared fallback queue (`live_process_queues`)."""
+    import redis
+
+    from optask.coordination import CONSUMER_TTL_S, announce_consumer
+
+    hostname = sender.hostname
+    queues = [q.name for q in sender.task_consumer.queues]
+    client = redis.Redis.from_url(sender.app.conf.broker_url, socket_timeout=5, socket_connect_timeout=5)
+
+    def beat() -> None:
+        while not _announcing.wait(CONSUMER_TTL_S / 3):
+            try:
+                announce_consumer(client, hostname, queues)
+            except Exception:  # noqa: BLE001 - Redis away for a moment: the next beat says it again
+                pass
+
+    try:
+        announce_consumer(client, hostname, queues)
+    except Exception:  # noqa: BLE001
+        pass
+    threading.Thread(target=beat, name="optask-announce", daemon=True).start()
+    worker_shutting_down.connect(lambda **__: _withdraw(client, hostname, queues), weak=False)
+
+
+def _withdraw(client, hostname: str, queues: list[str]) -> None:
+    from optask.coordination import withdraw_consumer
+
+    _announcing.set()
+    try:
+        withdraw_consumer(client, hostname, queues)
+    except Exception:  # noqa: BLE001 - a worker stopping with Redis gone: its word expires on its own
+        pass

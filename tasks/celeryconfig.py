@@ -24,9 +24,27 @@ MINUTE_EXPIRES_S = 120
 MAINTENANCE_TASKS = ("tasks.backfill_minutes", "tasks.end_of_day", "tasks.repair_missed")
 
 
+#: Every node also consumes this queue: an index whose own queue has lost its last worker is sent here.
+FALLBACK_QUEUE = "process.any"
+
+
 def process_queue(index: str) -> str:
     """Each index has its own queue so it can have its own workers, on any machine."""
     return f"process.{index}"
+
+
+def live_process_queues(client, indices: list[str]) -> dict[str, str]:
+    """Where each index's minute goes now: its own queue, or the shared fallback when no live worker consumes
+    its own and one consumes the fallback (a node lost). Workers announce their queues every few seconds
+    (`optask.coordination.announce_consumer`); with no announcement at all, nothing is rerouted."""
+    from optask.coordination import live_consumers
+
+    own = {i: process_queue(i) for i in indices}
+    try:
+        live = live_consumers(client, [*own.values(), FALLBACK_QUEUE])
+    except Exception:  # noqa: BLE001 - no view of the workers: the index's own queue, as always
+        return own
+    return {i: q if live[q] or not live[FALLBACK_QUEUE] else FALLBACK_QUEUE for i, q in own.items()}
 
 
 def route_task(name, args, kwargs, options, task=None, **kw):
@@ -86,7 +104,8 @@ def celery_config(settings: Settings, broker_url: str) -> dict:
         "enable_utc": True,
         # Per-index queues, the maintenance queue and the default one; declared so `celery worker` without -Q consumes all of them.
         "task_default_queue": "optask",
-        "task_queues": [Queue("optask"), Queue(MAINTENANCE_QUEUE)] + [Queue(process_queue(i)) for i in settings.market.indices],
+        "task_queues": [Queue("optask"), Queue(MAINTENANCE_QUEUE), Queue(FALLBACK_QUEUE)]
+        + [Queue(process_queue(i)) for i in settings.market.indices],
         "task_routes": (route_task,),
         # Flower shows tasks live, including when they were sent and by whom.
         "worker_send_task_events": True,

@@ -8,6 +8,7 @@ import redis
 from celery.signals import task_revoked
 
 from optask import collector
+from optask.config import get_settings
 from optask.providers.base import TemporaryProviderError
 from optask.storage.archive import StorageError
 from tasks.application import app
@@ -15,7 +16,7 @@ from tasks.celeryconfig import (
     EOD_HARD_LIMIT_S,
     EOD_SOFT_LIMIT_S,
     MINUTE_EXPIRES_S,
-    process_queue,
+    live_process_queues,
 )
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,9 @@ RETRYABLE = (TemporaryProviderError, StorageError, redis.ConnectionError, redis.
 def collect_minute(ts: str) -> dict:
     """Fan a session minute out to one process_index per index; claimed once even if beat runs twice."""
     plan = collector.plan_minute(ts)
+    queues = live_process_queues(collector.ledger_for(get_settings()).redis, plan.indices)
     for index in plan.indices:
-        process_index.apply_async((index, ts), queue=process_queue(index), expires=MINUTE_EXPIRES_S)
+        process_index.apply_async((index, ts), queue=queues[index], expires=MINUTE_EXPIRES_S)
     day = collector.should_close_day(ts)
     if day:
         # Give the session's last minute time to land before the day is closed (90 s of the session's clock).

@@ -73,3 +73,27 @@ def test_disabled_without_url():
     from optask.config import load_settings
 
     assert InfluxSink.from_settings(load_settings()) is None
+
+
+def test_workers_replaying_one_spool_at_once_send_each_batch_once(victoria_metrics, tmp_path):
+    """Two pool processes flush when InfluxDB returns: each batch is claimed by a rename, so none is sent twice
+    (a store without deduplication, like VictoriaMetrics, would count it twice). A claim left by a dead
+    process is taken back."""
+    import os
+    import subprocess
+    import sys
+
+    down = sink(f"http://127.0.0.1:{free_port()}", tmp_path)
+    minutes = [minute(i, "MIDCPNIFTY") for i in range(10, 22)]
+    for m in minutes:
+        assert not down.write_minute(m.legs, m.summary)
+    dead = down.spooled()[-1]
+    os.rename(dead, dead.with_name(f"{dead.name}.sending-{2 ** 22 + 1}"))  # claimed by a pid that does not exist
+    code = ("import sys; from optask.storage.influx import InfluxSink; from pathlib import Path; "
+            "s = InfluxSink(sys.argv[1], 'optask', 'options', 't', Path(sys.argv[2])); print(s.flush_spool())")
+    procs = [subprocess.Popen([sys.executable, "-c", code, victoria_metrics.url, str(tmp_path / "spool")],
+                              stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    sent = [int(p.communicate(timeout=60)[0]) for p in procs]
+    assert sum(sent) == len(minutes) and down.spool_size()["files"] == 0, sent
+    series = victoria_metrics.export('{__name__="option_leg_ltp",index="MIDCPNIFTY"}')
+    assert sum(len(s["values"]) for s in series) == sum(m.legs.num_rows for m in minutes)

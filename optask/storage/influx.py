@@ -8,6 +8,7 @@ when `INFLUXDB_URL` is empty.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
 import os
@@ -122,13 +123,43 @@ class InfluxSink:
         return path
 
     def flush_spool(self) -> int:
-        """Replay spooled batches in order; stop at the first failure. Returns batches sent."""
+        """Replay spooled batches in order; stop at the first failure. Returns batches sent.
+
+        Each batch is claimed by renaming it first, so two workers replaying at once never send one batch
+        twice (InfluxDB would overwrite the copy, but a store without deduplication counts it twice); a
+        claim left by a process that died is taken back.
+        """
+        self._reclaim()
         sent = 0
         for path in self.spooled():
-            self._send(gzip.decompress(path.read_bytes()))
-            path.unlink(missing_ok=True)
+            claimed = path.with_name(f"{path.name}.sending-{os.getpid()}")
+            try:
+                os.rename(path, claimed)
+            except FileNotFoundError:
+                continue  # another worker is replaying it
+            try:
+                self._send(gzip.decompress(claimed.read_bytes()))
+            except BaseException:
+                os.rename(claimed, path)
+                raise
+            claimed.unlink(missing_ok=True)
             sent += 1
         return sent
+
+    def _reclaim(self) -> None:
+        if not self.spool_dir.is_dir():
+            return
+        for claimed in self.spool_dir.glob("*.lp.gz.sending-*"):
+            pid = int(claimed.name.rsplit("-", 1)[1])
+            try:
+                os.kill(pid, 0)
+                continue  # its replayer lives
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(claimed, claimed.with_name(claimed.name.split(".sending-")[0]))
 
     def write(self, lines: bytes) -> bool:
         """Send lines (after any spooled ones); on failure spool them. True if InfluxDB has them now."""

@@ -8,6 +8,7 @@ expected alert raised and resolved.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 
@@ -72,33 +73,60 @@ def test_optask_up_itself_killed_and_restarted_as_systemd_would(drill):
     play(drill(), fault, alert="supervisor.up")
 
 
-def test_venue_outage_5xx_then_timeouts(drill, tmp_path):
-    """30 s of 503s and hanging calls: longer than the provider's own retries (about 25 s), so tasks retry,
-    minutes expire and are rebuilt from the venue's minute candles once it answers."""
+@contextlib.contextmanager
+def kite_drill(drill, tmp_path, **kw):
+    """A drill against the Kite test server, which follows the drill's shared clock (so its Redis is
+    started here, outside the stack, before the stack)."""
+    import redis
+
     from optask.calendar import MarketCalendar
     from optask.clock import SessionReplayClock, anchor_key
     from optask.kite_testserver import KiteTestServer
     from optask.services import RedisServer
 
     redis_server = RedisServer(tmp_path / "redis").start()
+    d = drill(provider="kite", redis_url=redis_server.url, **kw)
     try:
-        d = drill(provider="kite", redis_url=redis_server.url, speed=20)
         d.write_calendar()
-        import redis
-
         clock = SessionReplayClock(d.day, MarketCalendar(d.data / "calendar_overrides.json"), d.speed,
                                    client=redis.Redis.from_url(redis_server.url), key=anchor_key(d.day, d.speed))
         d.kite = KiteTestServer(strikes_around_atm=d.strikes, clock=clock, calendar=clock.calendar).start()
-
-        def outage(d: Drill) -> None:
-            d.kite.faults.errors_until = time.time() + 10
-            d.kite.faults.hang_until = time.time() + 30
-
-        play(d, outage, alert="provider")
+        yield d
     finally:
+        d.stop()
         if d.kite is not None:
             d.kite.stop()
         redis_server.stop()
+
+
+def test_venue_outage_5xx_then_timeouts(drill, tmp_path):
+    """30 s of 503s and hanging calls: longer than the provider's own retries (about 25 s), so tasks retry,
+    minutes expire and are rebuilt from the venue's minute candles once it answers."""
+    def outage(d: Drill) -> None:
+        d.kite.faults.errors_until = time.time() + 10
+        d.kite.faults.hang_until = time.time() + 30
+
+    with kite_drill(drill, tmp_path, speed=20) as d:
+        play(d, outage, alert="provider")
+
+
+@slow
+def test_access_token_expires_then_a_new_one_is_set(drill, tmp_path):
+    """The day's token stops working: CRIT naming the fix; the operator runs `optask kite set-token`; the minutes
+    after it arrive live and the gap is rebuilt from Kite's history."""
+    def expire(d: Drill) -> None:
+        d.kite.faults.valid_tokens = {"drill-token-2"}
+        crit = d.wait(lambda: [a for a in d.alerts() if a["name"] == "provider" and a["kind"] == "firing"], 120,
+                      "the provider alert")
+        assert crit[0]["severity"] == "CRIT" and "optask kite set-token" in crit[0]["reason"], crit
+        stalled = d.position()
+        result = d.set_token("drill-token-2")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "drill-token-2" not in result.stdout + result.stderr  # a secret is never echoed
+        d.wait(lambda: d.position() >= stalled + 2, 60, "two minutes after the new token")
+
+    with kite_drill(drill, tmp_path, speed=15, minutes=24) as d:
+        play(d, expire, alert="provider")
 
 
 @slow
@@ -114,3 +142,154 @@ def test_two_beats_a_late_tick_and_a_clock_stepping_back(drill):
         d.step_clock_back(1)
 
     play(drill(), faults)
+
+
+@slow
+def test_influxdb_down_for_five_minutes(drill, tmp_path):
+    """VictoriaMetrics (the InfluxDB of the tests) gone for 5 session minutes: batches spool on disk and are
+    replayed once it answers; verification counts every point through its query API."""
+    from conftest import VictoriaMetrics, need
+
+    vm = VictoriaMetrics(tmp_path / "vm")
+    try:
+        vm.start()
+    except FileNotFoundError as exc:
+        need(False, f"{exc}; `apt-get install victoria-metrics` provides it")
+    try:
+        d = drill(speed=15, env={"INFLUXDB_URL": vm.url, "INFLUXDB_TOKEN": "drill", "INFLUXDB_TIMEOUT_MS": "2000"})
+
+        def outage(d: Drill) -> None:
+            vm.stop()
+            spooled = d.wait(lambda: list((d.data).rglob("*.lp.gz")), 60, "a spooled batch")
+            assert spooled
+            time.sleep(5 * 60 / d.speed)
+            vm.start()
+
+        play(d, outage, alert="influxdb")
+        assert not list(d.data.rglob("*.lp.gz")), "spool not replayed"
+        results = (d.data / "reports" / "eod" / d.day.isoformat() / "verification.json").read_text()
+        assert '"influx.legs"' in results  # verification counted InfluxDB's points (and scored 100 above)
+    finally:
+        vm.stop()
+
+
+@slow
+def test_memory_pressure_recycles_worker_children(drill):
+    """MAX_MEMORY_USAGE_MB at its floor: every pool child is over budget after a task and Celery replaces it
+    (worker_max_memory_per_child); no minute is lost to the churn."""
+    d = drill(env={"MAX_MEMORY_USAGE_MB": "64"})
+    children: set[int] = set()
+
+    def watch(d: Drill) -> None:
+        worker = d.child("--queues=optask,")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                children.update(p.pid for p in worker.children())
+            except Exception:  # noqa: BLE001 - a child gone between listing and reading
+                pass
+            time.sleep(0.2)
+
+    play(d, watch)
+    # two pool processes at the default budget live all day; at 64 MB each serves one task and is replaced
+    assert len(children) > 2 * 2, f"pool children were not recycled: {sorted(children)}"
+
+
+@slow
+def test_calendar_edges_early_close_and_a_holiday_declared_mid_session(drill):
+    """Every drill's session is a weekend special session (a Sunday, from the overrides). Here the exchange
+    also moves the close 8 minutes earlier during the day: the day closes at the new close, complete.
+    Then, on another drill, the day is declared a holiday mid-session: collection stops at once and
+    nothing pages anyone for the minutes that are no longer expected."""
+    import datetime as dt
+
+    d = drill(minutes=20)
+
+    def early_close(d: Drill) -> None:
+        d.minutes = 12
+        d.write_calendar()
+
+    play(d, early_close, at=5)
+
+    h = drill(minutes=20)
+    h.start()
+    h.wait_position(5)
+    h.write_calendar(sessions=[], holidays=[h.day.isoformat()])
+    at_change = max(h.stored().values())
+    h.wait_position(12)
+    time.sleep(10)
+    assert max(h.stored().values()) <= at_change + 2, (at_change, h.stored())
+    fired = [a for a in h.alerts() if a["kind"] == "firing" and a["name"] not in ("supervisor.up",)]
+    assert not fired, fired
+    assert h.up.poll() is None
+    assert dt.date.fromisoformat(h.day.isoformat()).weekday() == 6
+
+
+@slow
+def test_two_worker_nodes_one_lost_mid_session(drill):
+    """Node A (`optask up`, WORKER_INDICES=NIFTY) and node B (a worker for SENSEX), both on the fallback queue.
+    B is killed: SENSEX goes to the fallback queue once B's word expires, and the minutes in between are
+    repaired on their own. Every minute of every index is stored."""
+    from optask.coordination import live_consumers
+    from tasks.celeryconfig import FALLBACK_QUEUE, live_process_queues
+
+    d = drill(speed=10, minutes=16, env={"WORKER_INDICES": "NIFTY"})
+
+    def lose_node(d: Drill) -> None:
+        d.kill_node(node_b)
+        d.wait(lambda: live_process_queues(d.redis(), ["NIFTY", "SENSEX"]) == {"NIFTY": "process.NIFTY",
+                                                                              "SENSEX": FALLBACK_QUEUE},
+               30, "SENSEX rerouted to the fallback queue")
+
+    d.start()
+    node_b = d.start_node("node-b", ["SENSEX"])
+    d.wait(lambda: live_consumers(d.redis(), ["process.SENSEX"])["process.SENSEX"] == 1, 60, "node B consuming")
+    assert live_process_queues(d.redis(), ["NIFTY", "SENSEX"]) == {"NIFTY": "process.NIFTY", "SENSEX": "process.SENSEX"}
+    d.wait_position(5)
+    lose_node(d)
+    d.wait_eod(300)
+    v = d.verdict()
+    judge(d, v, None)
+
+
+@slow
+def test_disk_full_under_the_data_root(drill, tmp_path):
+    """The data root on a small tmpfs, filled to the last byte for 4 session minutes: writes fail with a
+    clear error, nothing half-written is left, disk CRIT is raised, and the minutes are stored once space
+    returns. Redis keeps its AOF elsewhere (as on a server whose broker has its own disk)."""
+    import errno
+    import subprocess
+
+    from conftest import need
+
+    from optask.services import RedisServer
+
+    redis_server = RedisServer(tmp_path / "redis").start()
+    d = drill(redis_url=redis_server.url, speed=15,
+              env={"DISK_WARN_FREE_GB": "0.005", "DISK_CRIT_FREE_GB": "0.002"})
+    d.data.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(d.data)], capture_output=True)
+    need(mounted.returncode == 0, f"cannot mount a tmpfs (root needed): {mounted.stderr.decode().strip()}")
+    ballast = d.data / "ballast"
+
+    def fill(d: Drill) -> None:
+        with open(ballast, "wb") as fh:
+            try:
+                while True:
+                    fh.write(b"\0" * (1 << 20))
+                    fh.flush()
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+        time.sleep(4 * 60 / d.speed)
+        ballast.unlink()
+
+    try:
+        play(d, fill, alert="system.disk")
+        from optask.metrics import KEY
+
+        retried = {k.decode(): int(v) for k, v in d.redis().hgetall(f"{KEY}:retries").items()}
+        assert retried.get("StorageError", 0) > 0, retried  # writes failed as StorageError and were retried
+    finally:
+        d.stop()
+        redis_server.stop()
+        subprocess.run(["umount", "-l", str(d.data)], check=False)
