@@ -247,6 +247,9 @@ def collect(
     console.print(table)
     dropped = ", ".join(f"{k}: {v}" for k, v in snap.issues.items()) or "none"
     console.print(f"{t.num_rows} legs in {took * 1000:.0f} ms; dropped or flagged: {dropped}")
+    if snap.sample_span_ms is not None:
+        offset = "" if snap.spot_offset_ms is None else f"; spot {snap.spot_offset_ms:+,.0f} ms from its options"
+        console.print(f"sampling span {snap.sample_span_ms:,.0f} ms (first to last quote call){offset}")
     if out:
         path = Path(out)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,8 @@ class MinuteResult:
     dropped: dict[str, int] = field(default_factory=dict)
     skipped: str = ""
     stages_ms: dict[str, float] = field(default_factory=dict)
+    sample_span_ms: float | None = None
+    spot_offset_ms: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -145,11 +147,18 @@ def store_minute(index: str, ts: str, settings: Settings | None = None, ledger: 
     from optask import metrics
 
     provider = provider or _provider(settings.market.provider)
-    snapshot = provider.snapshot(index, minute)
-    metrics.record_provider_ok(ledger.redis, provider.name)
-    lap("snapshot")
-    if settings.market.provider != "replay":  # a replayed payload is already in the archive
-        write_raw(settings.data.raw_root, index, minute, snapshot.provider, snapshot.raw)
+    archived = _archived(settings, index, minute)
+    if archived is not None:  # fetched with the whole minute (`fetch_minute`), or by an earlier try: archive first
+        from optask.providers.replay import record_snapshot
+
+        snapshot = record_snapshot(archived, source="live")
+        lap("snapshot")
+    else:
+        snapshot = provider.snapshot(index, minute)
+        metrics.record_provider_ok(ledger.redis, provider.name)
+        lap("snapshot")
+        if settings.market.provider != "replay":  # a replayed payload is already in the archive
+            write_raw(settings.data.raw_root, index, minute, snapshot.provider, snapshot.raw)
     lap("archive")
     processed = process_snapshot(snapshot)
     lap("process")
@@ -159,11 +168,56 @@ def store_minute(index: str, ts: str, settings: Settings | None = None, ledger: 
         processed.legs.num_rows, processed.merged.num_rows, processed.summary.num_rows,
     )
     result.dropped = {**snapshot.issues, **processed.report.removed}
+    result.sample_span_ms, result.spot_offset_ms = snapshot.sample_span_ms, snapshot.spot_offset_ms
     ledger.mark_stored(index, result.ts, legs=result.legs, stages_ms=result.stages_ms)
     dispatched = ledger.claimed_at("collect_minute", result.ts)
     if dispatched:
         metrics.record_latency(ledger.redis, index, time.time() - dispatched)
+    if snapshot.sample_span_ms is not None:
+        metrics.record_sampling(ledger.redis, index, snapshot.sample_span_ms, snapshot.spot_offset_ms)
     return result
+
+
+def _archived(settings: Settings, index: str, minute: dt.datetime):
+    """The minute's raw record when the archive already holds it (any provider but replay, which reads it anyway)."""
+    if settings.market.provider == "replay":
+        return None
+    from optask.storage.archive import raw_path, read_raw
+
+    path = raw_path(settings.data.raw_root, index, minute)
+    if not path.exists():
+        return None
+    try:
+        return read_raw(path)
+    except Exception:  # noqa: BLE001 - an unreadable archive file is fetched anew (and rewritten)
+        return None
+
+
+def fetch_minute(ts: str, indices: list[str], settings: Settings | None = None) -> dict:
+    """The whole minute in one fetch where the provider can (Kite with KITE_FETCH=minute): every index's
+    quotes in the fewest calls, archived per index before any processing task is sent, so payloads stay
+    off the broker and each process_index reads its index from the archive. A failed fetch is logged and
+    left to process_index, which fetches its index on its own."""
+    import logging
+
+    from optask.storage.archive import write_raw
+
+    settings = settings or get_settings()
+    if not indices or settings.market.provider != "kite" or settings.kite.fetch != "minute":
+        return {}
+    minute = parse_minute(ts)
+    provider = _provider("kite")
+    try:
+        snaps = provider.fetch_minute(list(indices), minute)
+    except Exception as exc:  # noqa: BLE001 - the per-index path (with its retries) still collects the minute
+        logging.getLogger(__name__).warning("one fetch for %s failed (%s: %s); each index fetches on its own",
+                                            ts, type(exc).__name__, exc)
+        record_fault(exc, "retries", settings)
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    for index, snap in snaps.items():
+        write_raw(settings.data.raw_root, index, minute, snap.provider, snap.raw)
+    return {i: {"legs": s.table.num_rows, "sample_span_ms": s.sample_span_ms, "spot_offset_ms": s.spot_offset_ms}
+            for i, s in snaps.items()}
 
 
 def store_minutes(index: str, minutes: list[str], provider_name: str | None = None,

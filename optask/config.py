@@ -102,6 +102,9 @@ class KiteSettings(BaseSettings):
     timeout_s: float = Field(7.0, gt=0, description="HTTP timeout per Kite request, seconds.")
     quote_rate_per_s: float = Field(1.0, gt=0, description="Quote requests per second, account-wide.")
     historical_rate_per_s: float = Field(3.0, gt=0, description="Historical requests per second, account-wide.")
+    fetch: Literal["minute", "index"] = Field(
+        "minute", description="minute: all indices of a minute in the fewest quote calls (500 instruments each, "
+        "each spot with its options); index: each index on its own, its spot one call before its options.")
 
 
 class DataSettings(BaseSettings):
@@ -115,6 +118,9 @@ class DataSettings(BaseSettings):
     use_memory_mapping: bool = Field(True, description="Memory-map Parquet files when reading.")
     compression_enabled: bool = Field(True, description="Compress old raw days into one archive at maintenance.")
     raw_retention_days: int = Field(30, ge=1, description="Days of raw snapshots kept after verification.")
+    max_sample_span_ms: float = Field(
+        10_000.0, ge=0, description="Verification flags a minute whose quotes were taken further apart than this, "
+        "ms (0: no check).")
 
     @property
     def root(self) -> Path:

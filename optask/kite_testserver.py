@@ -53,6 +53,7 @@ class KiteTestServer:
         self.sim = SimulatedProvider(seed=seed, strikes_around_atm=strikes_around_atm, calendar=self.calendar)
         self.faults = Faults()
         self.requests: list[tuple[float, str, int]] = []  # (time, path, instruments asked)
+        self.request_log: list[tuple[float, str, int, list[str]]] = []  # the same with the instruments themselves
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
 
@@ -197,6 +198,7 @@ class KiteTestServer:
                 keys = query.get("i", [])
                 with server._lock:
                     server.requests.append((time.time(), url.path, len(keys)))
+                    server.request_log.append((time.time(), url.path, len(keys), keys))
                     f = server.faults
                     if f.slow_s:
                         time.sleep(f.slow_s)

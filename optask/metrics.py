@@ -41,6 +41,15 @@ def count(client: redis.Redis, family: str, label: str, n: int = 1) -> None:
     client.hincrby(f"{KEY}:{family}", label, n)
 
 
+def record_sampling(client: redis.Redis, index: str, span_ms: float, offset_ms: float | None) -> None:
+    """The last stored minute's sampling span and spot offset per index (gauges)."""
+    with client.pipeline() as pipe:
+        pipe.hset(f"{KEY}:sample_span_ms", index, span_ms)
+        if offset_ms is not None:
+            pipe.hset(f"{KEY}:spot_offset_ms", index, offset_ms)
+        pipe.execute()
+
+
 def record_provider_error(client: redis.Redis, provider: str, exc: BaseException, permanent: bool) -> None:
     """The provider's last error, for the health check (an expired token is CRIT with its fix)."""
     client.set(f"{KEY}:provider:last_error", json.dumps({
@@ -118,6 +127,12 @@ class OptaskCollector:
             buckets.append(("+Inf", h.get("count", 0.0)))
             hist.add_metric([index], buckets, h.get("sum", 0.0))
         yield hist
+        for family, help_text in (("sample_span_ms", "First to last quote call behind the index's last stored minute, ms"),
+                                  ("spot_offset_ms", "The spot's call against its options' calls in that minute, ms")):
+            g = GaugeMetricFamily(f"optask_{family}", help_text, labels=["index"])
+            for index, v in _hash(c, f"{KEY}:{family}").items():
+                g.add_metric([index], v)
+            yield g
         yield from self._queues()
         yield from self._health()
 

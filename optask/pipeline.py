@@ -295,6 +295,7 @@ def summarize(legs: pa.Table, rate: float | None = None, merged: pa.Table | None
         "spot": spot[starts], "atm_strike": k[atm_row], "atm_iv": atm_iv, "pcr_oi": pcr_oi, "pcr_volume": pcr_vol,
         "max_pain": k[pain], "ce_oi_total": ce_tot.astype(np.int64), "pe_oi_total": pe_tot.astype(np.int64),
         "legs": legs_per_group.astype(np.int64),
+        "sample_span_ms": pa.nulls(len(starts), pa.float64()), "spot_offset_ms": pa.nulls(len(starts), pa.float64()),
     }, schema=SUMMARY_SCHEMA)
 
 
@@ -304,4 +305,10 @@ def process_snapshot(snapshot, rate: float | None = None, div: float | None = No
     clean, report = validate(table)
     legs = enrich(clean, rate, div)
     merged = merge(legs)
-    return ProcessedMinute(legs=legs, merged=merged, summary=summarize(legs, rate, merged), report=report)
+    summary = summarize(legs, rate, merged)
+    for name in ("sample_span_ms", "spot_offset_ms"):  # the snapshot's sampling times, on every expiry's row
+        value = getattr(snapshot, name, None)
+        if value is not None and summary.num_rows:
+            summary = summary.set_column(summary.schema.get_field_index(name), name,
+                                         pa.array([float(value)] * summary.num_rows, pa.float64()))
+    return ProcessedMinute(legs=legs, merged=merged, summary=summary, report=report)

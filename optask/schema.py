@@ -76,4 +76,8 @@ SUMMARY_SCHEMA = pa.schema([
     pa.field("ce_oi_total", pa.int64()),
     pa.field("pe_oi_total", pa.int64()),
     pa.field("legs", pa.int64()),
+    # When the quotes behind the minute were taken: first to last quote call (ms), and the spot's call
+    # against its options' (ms, positive when the spot was sampled later). Null when the source gives no times.
+    pa.field("sample_span_ms", pa.float64()),
+    pa.field("spot_offset_ms", pa.float64()),
 ])

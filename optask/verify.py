@@ -78,6 +78,7 @@ KINDS = {
     "not_monotonic": ("arbitrage", "warning"), "not_convex": ("arbitrage", "warning"),
     "parity": ("arbitrage", "warning"),
     "store_mismatch": ("consistency", "error"),
+    "slow_sample": ("values", "warning"),  # the minute's quotes taken further apart than MAX_SAMPLE_SPAN_MS
 }
 CORRUPTION = {"duplicate_key", "outside_session", "unaligned_ts", "ts_format", "sidecar_mismatch", "unreadable_file"}
 SUMMARY_CAP = 20
@@ -409,6 +410,25 @@ ROW_KINDS = ("duplicate_key", "outside_session", "unaligned_ts", "ts_format")
 FILE_KINDS = ("unreadable_file", "sidecar_mismatch")
 
 
+def check_sampling(index: str, parquet, day: dt.date, max_span_ms: float) -> list[Finding]:
+    """Minutes whose quotes were sampled further apart than `max_span_ms` (the summary's sample_span_ms)."""
+    if not max_span_ms:
+        return []
+    try:
+        t = parquet.read_table("summary", index, day, columns=["ts", "sample_span_ms"])
+    except (OSError, KeyError, pa.ArrowInvalid):
+        return []  # unreadable files are reported by the completeness pass; older files have no such column
+    if "sample_span_ms" not in t.column_names or not t.num_rows:
+        return []
+    per = t.group_by("ts").aggregate([("sample_span_ms", "max")])
+    span = per["sample_span_ms_max"].to_numpy(zero_copy_only=False).astype(float)
+    slow = np.flatnonzero(np.nan_to_num(span, nan=0.0) > max_span_ms)
+    minutes = _iso(per["ts"].take(pa.array(slow)).to_pylist())
+    return [Finding(index, "slow_sample", "parquet", "summary", minute=m,
+                    reason=f"quotes taken {span[i] / 1000:.1f} s apart (MAX_SAMPLE_SPAN_MS {max_span_ms:g})")
+            for m, i in zip(minutes, slow, strict=True)]
+
+
 def score_index(findings: list[Finding], denominators: dict[str, float]) -> tuple[float, dict[str, float]]:
     """100 minus the weighted category penalties (see the module docstring)."""
     penalties: dict[str, float] = {}
@@ -562,6 +582,7 @@ def verify_index(index: str, day: dt.date, settings: Settings, expected: pd.Date
             rows_total += text.num_rows
     if settings.influx.enabled:
         _influx(index, day, settings, expected, out, counts)
+    out.findings += check_sampling(index, parquet, day, settings.data.max_sample_span_ms)
     leg_findings, want, missing = check_legs_universe(index, legs, expected)
     out.findings += leg_findings
     value_findings, n_legs = check_values(index, legs)

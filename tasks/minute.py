@@ -30,6 +30,7 @@ RETRYABLE = (TemporaryProviderError, StorageError, redis.ConnectionError, redis.
 def collect_minute(ts: str) -> dict:
     """Fan a session minute out to one process_index per index; claimed once even if beat runs twice."""
     plan = collector.plan_minute(ts)
+    collector.fetch_minute(ts, plan.indices)  # Kite: the whole minute in the fewest calls, archived first
     queues = live_process_queues(collector.ledger_for(get_settings()).redis, plan.indices)
     for index in plan.indices:
         process_index.apply_async((index, ts), queue=queues[index], expires=MINUTE_EXPIRES_S)

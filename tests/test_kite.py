@@ -216,3 +216,92 @@ def test_a_new_access_token_is_picked_up_at_run_time(kite_server, tmp_path, redi
                           capture_output=True, text=True, timeout=60, env={**os.environ, "KITE_API_KEY": "api-key"})
     assert proc.returncode == 0 and "fres***" in proc.stdout and "0123456789" not in proc.stdout, proc.stderr
     assert p.snapshot("SENSEX", TS).table.num_rows > 0  # the same provider object, no restart
+
+
+def test_one_fetch_packs_a_whole_minute_in_the_fewest_calls_each_spot_with_its_options(kite_server, tmp_path):
+    """Full universe at ATM +/- 50: ceil(instruments / 500) quote calls for all six indices, every index's spot
+    in a call with its options (counted on the test server), the same chains as fetching each index alone."""
+    import math
+
+    from optask.schema import INDICES
+
+    kite_server.requests.clear()
+    p = provider(kite_server, tmp_path, strikes=50)
+    p.fetch_minute(list(INDICES), TS)  # the day's first fetch learns the spots in one extra call
+    kite_server.request_log.clear()
+    snaps = p.fetch_minute(list(INDICES), TS)
+    quotes = [(n, keys) for _, path, n, keys in kite_server.request_log if path == "/quote"]
+    instruments = sum(s.table.num_rows for s in snaps.values()) + len(INDICES)
+    assert len(quotes) == math.ceil(instruments / 500) == 6, [n for n, _ in quotes]
+    assert sum(n for n, _ in quotes) == instruments and max(n for n, _ in quotes) <= 500
+    from optask.providers.kite import SPOT_KEYS
+
+    for index, snap in snaps.items():
+        assert snap.issues == {}, (index, snap.issues)
+        symbols = set(snap.table["symbol"].to_pylist())
+        together = [keys for _, keys in quotes if SPOT_KEYS[index] in keys]
+        assert len(together) == 1 and any(k.split(":", 1)[1] in symbols for k in together[0]), index
+        calls_of_index = [keys for _, keys in quotes if any(k.split(":", 1)[1] in symbols for k in keys)]
+        if len(calls_of_index) == 1:  # sampled in one call with its spot: no offset at all
+            assert snap.spot_offset_ms == 0.0, index
+        assert abs(snap.spot_offset_ms) <= snap.sample_span_ms, index  # a straddler: within its own span
+    alone = provider(kite_server, tmp_path / "alone", strikes=50).snapshot("BANKEX", TS).table
+    assert sorted(alone["symbol"].to_pylist()) == sorted(snaps["BANKEX"].table["symbol"].to_pylist())
+    assert alone["spot"][0].as_py() == snaps["BANKEX"].table["spot"][0].as_py()
+
+
+def test_pack_batches_fills_calls_and_keeps_each_spot_with_most_of_its_options():
+    from optask.providers.kite import pack_batches
+
+    groups = {"A": ["A:spot"] + [f"A{i}" for i in range(459)], "B": ["B:spot"] + [f"B{i}" for i in range(39)],
+              "C": ["C:spot"] + [f"C{i}" for i in range(700)]}
+    calls = pack_batches(groups, 500)
+    assert [sum(len(p) for _, p in c) for c in calls] == [500, 500, 201]  # ceil(1201 / 500), filled in turn
+    for index, keys in groups.items():
+        parts = [p for c in calls for i, p in c if i == index]
+        assert sorted(k for p in parts for k in p) == sorted(keys)
+        holding = next(p for p in parts if f"{index}:spot" in p)
+        assert len(holding) == max(len(p) for p in parts), (index, [len(p) for p in parts])
+
+
+def test_sampling_span_is_stored_in_the_summary_and_flagged_by_verification(kite_server, isolated_settings,
+                                                                              redis_url, monkeypatch):
+    """The per-index path (spot one call before its options) and the one-fetch path, through store_minute:
+    the summary carries sample_span_ms and spot_offset_ms, the metric is set, and a span over
+    MAX_SAMPLE_SPAN_MS is a verification finding."""
+    from optask import collector
+    from optask.config import get_settings
+    from optask.metrics import KEY
+    from optask.storage.parquet import ParquetStore
+    from optask.verify import check_sampling
+
+    monkeypatch.setenv("OPTASK_PROVIDER", "kite")
+    monkeypatch.setenv("KITE_ROOT_URL", kite_server.url)
+    monkeypatch.setenv("KITE_API_KEY", "api-key")
+    monkeypatch.setenv("KITE_ACCESS_TOKEN", "access-token")
+    monkeypatch.setenv("KITE_QUOTE_RATE_PER_S", "4")
+    monkeypatch.setenv("OPTASK_STRIKES_AROUND_ATM", "3")
+    monkeypatch.setenv("KITE_FETCH", "index")
+    get_settings.cache_clear()
+    collector._provider.cache_clear()
+    one = collector.store_minute("NIFTY", TS.isoformat())
+    assert one.sample_span_ms >= 200 and one.spot_offset_ms < -100  # spot ~250 ms before its options at 4 calls/s
+    monkeypatch.setenv("KITE_FETCH", "minute")
+    get_settings.cache_clear()
+    nxt = TS + dt.timedelta(minutes=1)
+    kite_server.minute = nxt
+    fetched = collector.fetch_minute(nxt.isoformat(), ["NIFTY", "SENSEX"])
+    assert set(fetched) == {"NIFTY", "SENSEX"} and fetched["NIFTY"]["spot_offset_ms"] == 0.0
+    calls = len(kite_server.quote_times())
+    two = collector.store_minute("NIFTY", nxt.isoformat())
+    assert len(kite_server.quote_times()) == calls  # read from the archive: no second fetch
+    assert two.sample_span_ms < one.sample_span_ms and two.spot_offset_ms == 0.0
+    summary = ParquetStore(get_settings().data.parquet_root).read_table("summary", "NIFTY", DAY)
+    spans = dict(zip(summary["ts"].to_pylist(), summary["sample_span_ms"].to_pylist(), strict=True))
+    assert spans[TS] == pytest.approx(one.sample_span_ms) and spans[nxt] == pytest.approx(two.sample_span_ms)
+    client = redis.Redis.from_url(redis_url)
+    assert float(client.hget(f"{KEY}:sample_span_ms", "NIFTY")) == pytest.approx(two.sample_span_ms)
+    store = ParquetStore(get_settings().data.parquet_root)
+    flagged = check_sampling("NIFTY", store, DAY, max_span_ms=one.sample_span_ms - 1)
+    assert [f.minute for f in flagged] == [TS.isoformat()] and flagged[0].kind == "slow_sample"
+    assert check_sampling("NIFTY", store, DAY, max_span_ms=0) == []

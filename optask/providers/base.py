@@ -55,6 +55,8 @@ class Snapshot:
     table: pa.Table  # RAW_LEG_SCHEMA
     issues: dict[str, int] = field(default_factory=dict)  # dropped or flagged legs by reason
     elapsed_s: float = 0.0
+    sample_span_ms: float | None = None  # first to last quote call behind the minute (None: not known)
+    spot_offset_ms: float | None = None  # the spot's call against its options' calls
 
 
 @runtime_checkable

@@ -211,11 +211,8 @@ class KiteProvider:
         }
 
     def spot(self, index: str) -> tuple[float, bytes]:
-        data, raw = self._call("quote", self.kite().quote, [SPOT_KEYS[index]])
-        try:
-            return float(data[SPOT_KEYS[index]]["last_price"]), raw
-        except (TypeError, KeyError, ValueError):
-            raise TemporaryProviderError(f"Kite returned no usable spot for {SPOT_KEYS[index]}") from None
+        raw, _ = self._quote([SPOT_KEYS[index]])
+        return _spot_of(raw, SPOT_KEYS[index]), raw
 
     def _spot_range(self, index: str, day: dt.date, spot_now: float | None) -> tuple[float, float]:
         """The day's lowest and highest spot so far, `spot_now` included; shared by every worker through Redis
@@ -258,11 +255,9 @@ class KiteProvider:
 
     # --- one minute -----------------------------------------------------------------------------
 
-    def snapshot(self, index: str, ts: dt.datetime) -> Snapshot:
-        start = time.perf_counter()
-        day = ts.astimezone(IST).date()
-        spot, spot_raw = self.spot(index)
-        uni = self.universe(index, day, spot)
+    def _legs(self, index: str, day: dt.date, spot_range: tuple[float, float]) -> dict[str, tuple]:
+        """The minute's option instruments of an index: Kite key -> (token, expiry, strike, side, kind)."""
+        uni = self.universe(index, day, spot_range=spot_range)
         opts = self.options(index, day)
         kind_of: dict[str, str] = {}
         for kind in self.expiry_kinds:
@@ -274,22 +269,90 @@ class KiteProvider:
                 chosen |= (opts["expiry"] == e.isoformat()) & np.isin(opts["strike"], strikes)
         idx = np.flatnonzero(chosen)
         keys_arr = np.char.add(np.char.add(opts["exchange"][idx], ":"), opts["symbol"][idx])
-        meta: dict[str, list] = dict(zip(keys_arr.tolist(), zip(
+        return dict(zip(keys_arr.tolist(), zip(
             opts["token"][idx].tolist(), opts["expiry"][idx].tolist(), opts["strike"][idx].tolist(),
             opts["side"][idx].tolist(), [kind_of[e] for e in opts["expiry"][idx].tolist()], strict=True), strict=True))
+
+    def _quote(self, keys: list[str]) -> tuple[bytes, list[float]]:
+        """One quote call: its raw body and [sent, answered] epoch seconds."""
+        t0 = time.time()
+        _, raw = self._call("quote", self.kite().quote, keys)
+        return raw, [t0, time.time()]
+
+    def snapshot(self, index: str, ts: dt.datetime) -> Snapshot:
+        """One index on its own: its spot first (for ATM), then its options in batches of 500."""
+        start = time.perf_counter()
+        day = ts.astimezone(IST).date()
+        spot_raw, spot_at = self._quote([SPOT_KEYS[index]])
+        spot = _spot_of(spot_raw, SPOT_KEYS[index])
+        meta = self._legs(index, day, self._spot_range(index, day, spot))
         keys = sorted(meta)
-        bodies = []
+        bodies, fetched = [], []
         for b in range(0, len(keys), BATCH):
-            _, raw = self._call("quote", self.kite().quote, keys[b:b + BATCH])
+            raw, at = self._quote(keys[b:b + BATCH])
             bodies.append(raw.decode("utf-8", "replace"))
+            fetched.append(at)
         envelope = {"venue": "kite", "index": index, "ts": int(ts.timestamp()), "instruments": meta,
                     "spot_key": SPOT_KEYS[index], "spot_body": spot_raw.decode("utf-8", "replace"),
-                    "quote_bodies": bodies}
-        raw = orjson.dumps(envelope)
+                    "spot_fetched": spot_at, "quote_bodies": bodies, "fetched": fetched}
+        return self._snapshot(index, ts, orjson.dumps(envelope), start)
+
+    def fetch_minute(self, indices: list[str], ts: dt.datetime) -> dict[str, Snapshot]:
+        """Every index of the minute in the fewest quote calls: each index's options and its spot packed
+        together into calls of at most 500 instruments (first-fit, largest first), fired at the account's pace.
+
+        The strikes come from the day's spot range known before this minute (shared through Redis); the spot
+        quoted with the options widens it for the next minute. Only the first minute of a day, with no range
+        yet, costs one extra call for the spots of every index.
+        """
+        start = time.perf_counter()
+        day = ts.astimezone(IST).date()
+        ranges = {i: self._known_range(i, day) for i in indices}
+        unknown = [i for i in indices if ranges[i] is None]
+        if unknown:
+            raw, _ = self._quote([SPOT_KEYS[i] for i in unknown])
+            for i in unknown:
+                ranges[i] = self._spot_range(i, day, _spot_of(raw, SPOT_KEYS[i]))
+        metas = {i: self._legs(i, day, ranges[i]) for i in indices}
+        groups = {i: [SPOT_KEYS[i], *sorted(metas[i])] for i in indices}
+        calls = pack_batches(groups, BATCH)
+        answers = []
+        for call in calls:
+            keys = [k for _, part in call for k in part]
+            raw, at = self._quote(keys)
+            answers.append((call, keys, raw.decode("utf-8", "replace"), at))
+        out = {}
+        for index in indices:
+            mine = [(keys, body, at) for call, keys, body, at in answers if any(i == index for i, _ in call)]
+            envelope = {"venue": "kite", "index": index, "ts": int(ts.timestamp()), "instruments": metas[index],
+                        "spot_key": SPOT_KEYS[index], "quote_bodies": [body for _, body, _ in mine],
+                        "fetched": [at for _, _, at in mine], "requested": [keys for keys, _, _ in mine],
+                        "spot_fetched": next(at for keys, _, at in mine if SPOT_KEYS[index] in keys)}
+            out[index] = self._snapshot(index, ts, orjson.dumps(envelope), start)
+            try:  # the spot taken with the options widens the range for the next minute
+                self._spot_range(index, day, float(out[index].table["spot"][0].as_py()))
+            except (IndexError, TypeError, ValueError):
+                pass
+        return out
+
+    def _known_range(self, index: str, day: dt.date) -> tuple[float, float] | None:
+        if self.redis_client is not None:
+            from optask.coordination import PREFIX
+
+            try:
+                got = self.redis_client.hmget(f"{PREFIX}:kite:spot:{day}:{index}", "lo", "hi")
+                if all(got):
+                    return float(got[0]), float(got[1])
+            except Exception:  # noqa: BLE001 - no Redis for a moment: this process's own range
+                pass
+        return self._opening_spot.get((index, day))
+
+    def _snapshot(self, index: str, ts: dt.datetime, raw: bytes, start: float) -> Snapshot:
         table, issues = parse_quote_payload(raw, index, ts)
         if issues:
             log.warning("Kite %s %s: %s", index, ts.isoformat(), issues)
-        return Snapshot(index, ts, "kite", raw, table, issues, time.perf_counter() - start)
+        span, offset = sampling(raw)
+        return Snapshot(index, ts, "kite", raw, table, issues, time.perf_counter() - start, span, offset)
 
     def spot_token(self, index: str, day: dt.date) -> int:
         """The index's own instrument token, from the dump's INDICES rows (Kite's known token otherwise)."""
@@ -345,6 +408,54 @@ class KiteProvider:
             raw = orjson.dumps({"venue": "kite-historical", "index": index, "ts": int(ts.timestamp()),
                                 "spot": spot.get(ts), "candles": rows[ts]})
             yield Snapshot(index, ts, "kite", raw, _candles_table(index, ts, rows[ts], spot.get(ts)), {})
+
+
+def _spot_of(raw: bytes, key: str) -> float:
+    try:
+        return float(orjson.loads(raw)["data"][key]["last_price"])
+    except (orjson.JSONDecodeError, TypeError, KeyError, ValueError):
+        raise TemporaryProviderError(f"Kite returned no usable spot for {key}") from None
+
+
+def pack_batches(groups: dict[str, list[str]], size: int = BATCH) -> list[list[tuple[str, list[str]]]]:
+    """Pack every index's instruments (the first of each group is its spot) into ceil(total / size) calls,
+    filled in turn. An index that straddles two calls has its spot placed in the call holding most of its
+    options, so the spot is sampled with them."""
+    flat: list[tuple[str, str]] = []
+    for index, keys in groups.items():
+        spot, options = keys[0], keys[1:]
+        start, n = len(flat), len(keys)
+        cuts = sorted({start, start + n, *range((start // size + 1) * size, start + n, size)})
+        lo, hi = max(zip(cuts, cuts[1:], strict=False), key=lambda part: part[1] - part[0])
+        at = lo - start  # the spot opens the largest part of this index
+        flat += [(index, k) for k in options[:at] + [spot] + options[at:]]
+    calls: list[list[tuple[str, list[str]]]] = []
+    for c in range(0, len(flat), size):
+        parts: dict[str, list[str]] = {}
+        for index, key in flat[c:c + size]:
+            parts.setdefault(index, []).append(key)
+        calls.append(list(parts.items()))
+    return calls
+
+
+def sampling(raw: bytes) -> tuple[float | None, float | None]:
+    """(sample span, spot offset) in ms from an envelope's call times: first call sent to last answered, and
+    the spot call's midpoint against the option calls' midpoint. None for envelopes without times."""
+    try:
+        env = orjson.loads(raw)
+        calls = [tuple(map(float, at)) for at in env.get("fetched") or []]
+        spot_at = env.get("spot_fetched")
+    except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError):
+        return None, None
+    if not calls:
+        return None, None
+    every = calls + ([tuple(map(float, spot_at))] if spot_at else [])
+    span = (max(t1 for _, t1 in every) - min(t0 for t0, _ in every)) * 1000
+    if not spot_at:
+        return round(span, 1), None
+    options_mid = sum((t0 + t1) / 2 for t0, t1 in calls) / len(calls)
+    spot_mid = (float(spot_at[0]) + float(spot_at[1])) / 2
+    return round(span, 1), round((spot_mid - options_mid) * 1000, 1)
 
 
 _SPOT_RANGE_LUA = """
@@ -417,11 +528,6 @@ def parse_quote_payload(raw: bytes, index: str, ts: dt.datetime, source: str = "
         bodies: list[str] = env["quote_bodies"]
     except (orjson.JSONDecodeError, KeyError, TypeError):
         return RAW_LEG_SCHEMA.empty_table(), {"malformed_payload": 1}
-    try:
-        spot = _num(orjson.loads(env.get("spot_body", ""))["data"][env["spot_key"]]["last_price"])
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        spot = float("nan")
-        count("missing_spot")
     quotes: dict[str, dict] = {}
     for body in bodies:
         try:
@@ -434,6 +540,13 @@ def parse_quote_payload(raw: bytes, index: str, ts: dt.datetime, source: str = "
                 quotes[key] = q
         except (orjson.JSONDecodeError, KeyError, TypeError):
             count("malformed_body")
+    try:  # its own call (one index at a time) or the options' call (a whole minute in the fewest calls)
+        spot_quote = orjson.loads(env["spot_body"])["data"][env["spot_key"]] if env.get("spot_body") \
+            else quotes[env["spot_key"]]
+        spot = _num(spot_quote["last_price"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        spot = float("nan")
+        count("missing_spot")
     rows = []
     for key, (token, expiry, strike, side, kind) in meta.items():  # per instrument: Kite's nested JSON
         q = quotes.get(key)
@@ -458,7 +571,8 @@ def parse_quote_payload(raw: bytes, index: str, ts: dt.datetime, source: str = "
                      ltt if isinstance(ltt, str) else None))
         if not np.isfinite(rows[-1][6]):
             count("non_numeric_price")
-    unknown = set(quotes) - set(meta)
+    requested = set(meta) | {env.get("spot_key")} | {k for keys in env.get("requested") or [] for k in keys}
+    unknown = set(quotes) - requested
     if unknown:
         count("unrequested_instrument", len(unknown))
     n = len(rows)

@@ -33,6 +33,23 @@ def parse_record(record: RawRecord, source: str = "replay"):
                                  f"{record.provider!r}; cannot parse it")
 
 
+def sampling_of(record: RawRecord) -> tuple[float | None, float | None]:
+    """The sampling span and spot offset (ms) the payload itself records; the simulator's every quote is
+    of one instant."""
+    if record.provider == "kite":
+        from optask.providers.kite import sampling
+
+        return sampling(record.payload)
+    return (0.0, 0.0) if record.provider == "simulated" else (None, None)
+
+
+def record_snapshot(record: RawRecord, source: str = "replay", started: float | None = None) -> Snapshot:
+    table, issues = parse_record(record, source)
+    span, offset = sampling_of(record)
+    return Snapshot(record.index, record.ts, record.provider, record.payload, table, issues,
+                    time.perf_counter() - started if started else 0.0, span, offset)
+
+
 @dataclass
 class ReplayProvider:
     """Snapshots from the archive under `root`; `speed` x real time between minutes (0 = as fast as possible)."""
@@ -66,9 +83,7 @@ class ReplayProvider:
         path = raw_path(self.root, index, ts)
         if not path.exists():
             raise TemporaryProviderError(f"no archived snapshot for {index} at {ts.astimezone(IST):%Y-%m-%d %H:%M} IST")
-        record = read_raw(path)
-        table, issues = parse_record(record)
-        return Snapshot(index, ts, record.provider, record.payload, table, issues, time.perf_counter() - start)
+        return record_snapshot(read_raw(path), started=start)
 
     def history(self, index: str, day: dt.date, minutes: Iterable[dt.datetime] | None = None) -> Iterator[Snapshot]:
         """The archived minutes of a day (all, or those asked for that exist), paced by `speed`."""

@@ -306,7 +306,7 @@ class SimulatedProvider:
         raw = self.payload(index, ts)
         table, issues = parse_payload(raw, index, ts, source=self.source)
         return Snapshot(index=index, ts=ts, provider="simulated", raw=raw, table=table, issues=issues,
-                        elapsed_s=time.perf_counter() - start)
+                        elapsed_s=time.perf_counter() - start, sample_span_ms=0.0, spot_offset_ms=0.0)
 
     def history(self, index: str, day: dt.date, minutes: Iterable[dt.datetime]) -> Iterator[Snapshot]:
         """The same chains rebuilt after the fact (the simulation is deterministic), for backfill."""

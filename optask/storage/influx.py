@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 LEG_TAGS = ("index", "expiry", "strike", "side")
 LEG_FIELDS = ("spot", "ltp", "bid", "ask", "bid_qty", "ask_qty", "volume", "oi", "iv", "delta", "gamma", "theta", "vega")
 SUMMARY_TAGS = ("index", "expiry")
-SUMMARY_FIELDS = ("spot", "atm_strike", "atm_iv", "pcr_oi", "pcr_volume", "max_pain", "ce_oi_total", "pe_oi_total", "legs")
+SUMMARY_FIELDS = ("spot", "atm_strike", "atm_iv", "pcr_oi", "pcr_volume", "max_pain", "ce_oi_total", "pe_oi_total", "legs",
+                  "sample_span_ms", "spot_offset_ms")
 
 
 def _escape_tag(values: pa.Array) -> pa.Array:

@@ -293,3 +293,21 @@ def test_disk_full_under_the_data_root(drill, tmp_path):
         d.stop()
         redis_server.stop()
         subprocess.run(["umount", "-l", str(d.data)], check=False)
+
+
+@slow
+def test_soak_command_prints_its_table(tmp_path):
+    """`optask soak` on a short session: the faults of its schedule, a verified day, and the table."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "optask.cli", "soak", "--minutes", "24", "--strikes", "3",
+                          "--index", "NIFTY", "--speed", "20", "--root", str(tmp_path / "soak"),
+                          "--markdown", str(tmp_path / "soak.md")], capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    table = (tmp_path / "soak.md").read_text()
+    for row in ("faults injected", "alerts raised", "minutes self-healed", "final score per index", "duplicate keys",
+                "wall time", "peak RSS per process"):
+        assert f"| {row} |" in table, table
+    assert "NIFTY 100" in table and "| duplicate keys | 0 |" in table
+    assert "Redis SIGKILL" in table and "optask up SIGKILL" in table
