@@ -151,7 +151,7 @@ def store_minute(index: str, ts: str, settings: Settings | None = None, ledger: 
     if archived is not None:  # fetched with the whole minute (`fetch_minute`), or by an earlier try: archive first
         from optask.providers.replay import record_snapshot
 
-        snapshot = record_snapshot(archived, source="live")
+        snapshot = record_snapshot(archived, source=getattr(provider, "source", "live"))  # as the provider labels it
         lap("snapshot")
     else:
         snapshot = provider.snapshot(index, minute)
