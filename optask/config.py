@@ -104,7 +104,7 @@ class KiteSettings(BaseSettings):
     historical_rate_per_s: float = Field(3.0, gt=0, description="Historical requests per second, account-wide.")
     fetch: Literal["minute", "index"] = Field(
         "minute", description="minute: all indices of a minute in the fewest quote calls (500 instruments each, "
-        "each spot with its options); index: each index on its own, its spot one call before its options.")
+        "each spot with its options); index: each index fetched on its own by its processing task.")
 
 
 class DataSettings(BaseSettings):

@@ -214,7 +214,7 @@ class KiteTestServer:
                     if f.server_errors > 0:
                         f.server_errors -= 1
                         return self.error(503, "GeneralException", "Service unavailable")
-                    spot_request = any(k in SPOT_KEYS.values() for k in keys)
+                    spot_request = all(k in SPOT_KEYS.values() for k in keys)
                     malformed = url.path == "/quote" and f.malformed_quotes > 0 and not spot_request
                     if malformed:
                         f.malformed_quotes -= 1
