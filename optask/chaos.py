@@ -245,8 +245,9 @@ class Drill:
         return p.pid
 
     def kill_up(self) -> None:
-        """SIGKILL `optask up` itself; its children die with it (PR_SET_PDEATHSIG)."""
-        family = self.family()
+        """SIGKILL `optask up` itself; its children die with it (PR_SET_PDEATHSIG). Processes the drill started
+        beside it (a second beat, another node) are not its children and live on."""
+        family = [psutil.Process(self.up.pid), *psutil.Process(self.up.pid).children(recursive=True)]
         self.up.kill()
         self.up.wait(10)
         _, alive = psutil.wait_procs(family, timeout=30)

@@ -473,11 +473,13 @@ def run_health(mode: str) -> int:
         for h in history:
             console.print(f"{_when(h['at'])}  {h['kind']:<9} {h['name']}: {h['reason']}", highlight=False)
         return 1 if active else 0
+    import os
+
     # start: in the foreground until a signal, which ends it at once: a round of checks blocked on a server
     # that is gone (the stack's own Redis, when `up` was killed) must not hold the process. Checks only read,
     # and alert state changes are single Redis commands, so an abandoned round leaves nothing half-done.
     def stop(signum, frame):
-        raise SystemExit(0)
+        os._exit(0)  # not SystemExit: interpreter shutdown would join threads still blocked on the dead server
 
     for sig in (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP):
         _signal.signal(sig, stop)
