@@ -540,6 +540,37 @@ def metrics() -> None:
 
 
 @app.command()
+def ticker() -> None:
+    """Stream the day's universe from KiteTicker and cut every session minute (KITE_FETCH=ticker) until a signal.
+
+    `optask up` starts it when OPTASK_PROVIDER=kite and KITE_FETCH=ticker. It needs Redis (the stack's) and
+    Kite's API key and access token; a minute it cannot cut is fetched over REST by collect_minute.
+    """
+    import logging
+    import signal as _signal
+
+    from optask.health import redis_url_if_running
+    from optask.providers.base import ProviderError
+    from optask.ticker import Ticker
+
+    settings = get_settings()
+    if settings.market.provider != "kite" or settings.kite.fetch != "ticker":
+        fail("optask ticker streams Kite: set OPTASK_PROVIDER=kite and KITE_FETCH=ticker")
+    url, why = redis_url_if_running(settings)
+    if url is None:
+        fail(why)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        t = Ticker(settings)
+    except ProviderError as exc:
+        fail(str(exc))
+    for sig in (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP):
+        _signal.signal(sig, lambda *_: t.stop_event.set())
+    console.print(f"ticker: {settings.kite.ticker_url} for {', '.join(settings.market.indices)}")
+    t.run()
+
+
+@app.command()
 def bench(
     json_file: str = typer.Option(None, "--json", help="Also write every measure, with its runs, to this file."),
     only: list[str] = typer.Option([], "--only", help="Run only these scripts (e.g. bench_storage.py); repeatable."),

@@ -155,6 +155,8 @@ def store_minute(index: str, ts: str, settings: Settings | None = None, ledger: 
         lap("snapshot")
     else:
         snapshot = provider.snapshot(index, minute)
+        if settings.market.provider == "kite" and settings.kite.fetch == "ticker":  # neither cut nor fallback came
+            snapshot = _relabel(snapshot, "rest_fallback")
         metrics.record_provider_ok(ledger.redis, provider.name)
         lap("snapshot")
         if settings.market.provider != "replay":  # a replayed payload is already in the archive
@@ -178,6 +180,16 @@ def store_minute(index: str, ts: str, settings: Settings | None = None, ledger: 
     return result
 
 
+def _relabel(snapshot, source: str):
+    import dataclasses
+
+    import pyarrow as pa
+
+    t = snapshot.table
+    return dataclasses.replace(snapshot, table=t.set_column(t.schema.get_field_index("source"), "source",
+                                                            pa.array([source] * t.num_rows, pa.string())))
+
+
 def _archived(settings: Settings, index: str, minute: dt.datetime):
     """The minute's raw record when the archive already holds it (any provider but replay, which reads it anyway)."""
     if settings.market.provider == "replay":
@@ -194,30 +206,61 @@ def _archived(settings: Settings, index: str, minute: dt.datetime):
 
 
 def fetch_minute(ts: str, indices: list[str], settings: Settings | None = None) -> dict:
-    """The whole minute in one fetch where the provider can (Kite with KITE_FETCH=minute): every index's
-    quotes in the fewest calls, archived per index before any processing task is sent, so payloads stay
-    off the broker and each process_index reads its index from the archive. A failed fetch is logged and
-    left to process_index, which fetches its index on its own."""
+    """The whole minute in one fetch where the provider can, archived per index before any processing task is
+    sent, so payloads stay off the broker and each process_index reads its index from the archive.
+
+    Kite with KITE_FETCH=minute: every index's quotes in the fewest calls. KITE_FETCH=ticker: the minute is
+    cut by `optask ticker`; this waits for its archive while the ticker reports itself healthy (at most
+    KITE_TICKER_WAIT_S), and fetches what is still missing over REST, archived as a `rest_fallback`
+    minute and counted. A failed fetch is logged and left to process_index, which fetches on its own.
+    """
     import logging
 
-    from optask.storage.archive import write_raw
+    from optask.storage.archive import raw_path, write_raw, write_raw_once
 
     settings = settings or get_settings()
-    if not indices or settings.market.provider != "kite" or settings.kite.fetch != "minute":
+    fetch = settings.kite.fetch
+    if not indices or settings.market.provider != "kite" or fetch == "index":
         return {}
     minute = parse_minute(ts)
+    todo = list(indices)
+    fallback = ""
+    if fetch == "ticker":
+        from optask import metrics
+        from optask.ticker import ticker_healthy
+
+        client = ledger_for(settings).redis
+        deadline = time.time() + settings.kite.ticker_wait_s
+        while True:
+            todo = [i for i in indices if not raw_path(settings.data.raw_root, i, minute).exists()]
+            if not todo:
+                return {i: {"source": "stream"} for i in indices}
+            healthy = ticker_healthy(client)
+            if not healthy or time.time() >= deadline:
+                break
+            time.sleep(0.02)
+        fallback = "ticker down or stale" if not healthy else f"no cut within {settings.kite.ticker_wait_s:g} s"
+        logging.getLogger(__name__).warning("%s: %s for %s; fetching them over REST", ts, fallback, ", ".join(todo))
+        for index in todo:
+            metrics.count(client, "ticker_fallback", index)
     provider = _provider("kite")
     try:
-        snaps = provider.fetch_minute(list(indices), minute)
+        snaps = provider.fetch_minute(todo, minute)
     except Exception as exc:  # noqa: BLE001 - the per-index path (with its retries) still collects the minute
         logging.getLogger(__name__).warning("one fetch for %s failed (%s: %s); each index fetches on its own",
                                             ts, type(exc).__name__, exc)
         record_fault(exc, "retries", settings)
         return {"error": f"{type(exc).__name__}: {exc}"}
     for index, snap in snaps.items():
-        write_raw(settings.data.raw_root, index, minute, snap.provider, snap.raw)
-    return {i: {"legs": s.table.num_rows, "sample_span_ms": s.sample_span_ms, "spot_offset_ms": s.spot_offset_ms}
-            for i, s in snaps.items()}
+        if fallback:  # marked in the payload, so the minute's rows say `rest_fallback`, even when replayed
+            import orjson
+
+            raw = orjson.dumps({**orjson.loads(snap.raw), "fallback": fallback})
+            write_raw_once(settings.data.raw_root, index, minute, snap.provider, raw)
+        else:
+            write_raw(settings.data.raw_root, index, minute, snap.provider, snap.raw)
+    return {i: {"legs": s.table.num_rows, "sample_span_ms": s.sample_span_ms, "spot_offset_ms": s.spot_offset_ms,
+                "source": "rest_fallback" if fallback else "live"} for i, s in snaps.items()}
 
 
 def store_minutes(index: str, minutes: list[str], provider_name: str | None = None,

@@ -102,9 +102,18 @@ class KiteSettings(BaseSettings):
     timeout_s: float = Field(7.0, gt=0, description="HTTP timeout per Kite request, seconds.")
     quote_rate_per_s: float = Field(1.0, gt=0, description="Quote requests per second, account-wide.")
     historical_rate_per_s: float = Field(3.0, gt=0, description="Historical requests per second, account-wide.")
-    fetch: Literal["minute", "index"] = Field(
+    fetch: Literal["minute", "index", "ticker"] = Field(
         "minute", description="minute: all indices of a minute in the fewest quote calls (500 instruments each, "
-        "each spot with its options); index: each index fetched on its own by its processing task.")
+        "each spot with its options); index: each index fetched on its own by its processing task; ticker: "
+        "streamed by `optask ticker` (KiteTicker, full mode) and cut at each minute, REST when it is down.")
+    ticker_url: str = Field("wss://ws.kite.trade", description="KiteTicker websocket root.")
+    ticker_stale_s: float = Field(
+        10.0, gt=0, description="A socket silent this long (seconds) is reconnected, and its minutes fetched over REST.")
+    ticker_wait_s: float = Field(
+        3.0, ge=0, description="How long collect_minute waits for the ticker's cut of a minute before fetching it "
+        "over REST, seconds (only while the ticker reports itself healthy).")
+    ticker_cut_delay_ms: float = Field(
+        200.0, ge=0, description="The cut waits this long after the minute boundary for packets still in flight, ms.")
 
 
 class DataSettings(BaseSettings):

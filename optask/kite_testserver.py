@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from optask.calendar import MarketCalendar
 from optask.providers.kite import SPOT_KEYS, SPOT_TOKENS
-from optask.providers.simulated import SPECS, SimulatedProvider
+from optask.providers.simulated import SPECS, SimulatedProvider, index_of_token
 from optask.timeutils import IST
 
 
@@ -160,7 +160,7 @@ class KiteTestServer:
                 out.append([stamp, px, px, px, px, 0])
                 continue
             for index in SPOT_KEYS:
-                if token // 10**9 != list(SPOT_KEYS).index(index) + 1:
+                if index_of_token(token) != index:
                     continue
                 t = self.sim.snapshot(index, ts).table
                 for r in t.to_pylist():

@@ -133,6 +133,10 @@ class Stack:
         """The Prometheus exporter (`optask metrics`) on METRICS_ADDRESS:METRICS_PORT."""
         return self._spawn("metrics", [sys.executable, "-m", "optask.cli", "metrics"])
 
+    def start_ticker(self) -> subprocess.Popen:
+        """The KiteTicker process (`optask ticker`) that cuts each minute from the stream."""
+        return self._spawn("ticker", [sys.executable, "-m", "optask.cli", "ticker"])
+
     def alive(self) -> dict[str, bool]:
         return {name: p.poll() is None for name, p in self.procs.items()}
 
@@ -395,6 +399,8 @@ def _supervise(settings: Settings, console, err, stop_after_minutes: int | None,
             time.sleep(0.1)
         stack.start_metrics()
         stack.start_monitor()
+        if settings.market.provider == "kite" and settings.kite.fetch == "ticker":
+            stack.start_ticker()
         user, _, password = auth.partition(":")
         console.print(f"Flower:  http://{mon.flower_address}:{mon.flower_port}  user [bold]{user}[/bold]"
                       + ("" if mon.flower_basic_auth.get_secret_value() else f"  password [bold]{password}[/bold] (generated)"))

@@ -533,6 +533,8 @@ def parse_quote_payload(raw: bytes, index: str, ts: dt.datetime, source: str = "
         bodies: list[str] = env["quote_bodies"]
     except (orjson.JSONDecodeError, KeyError, TypeError):
         return RAW_LEG_SCHEMA.empty_table(), {"malformed_payload": 1}
+    if source == "live" and env.get("fallback"):  # taken over REST while the ticker was down
+        source = "rest_fallback"
     quotes: dict[str, dict] = {}
     for body in bodies:
         try:

@@ -29,6 +29,10 @@ def parse_record(record: RawRecord, source: str = "replay"):
         from optask.providers.kite import parse_quote_payload
 
         return parse_quote_payload(record.payload, record.index, record.ts, source=source)
+    if record.provider == "kite-ticker":
+        from optask.providers.kite_ticker import parse_ticker_payload
+
+        return parse_ticker_payload(record.payload, record.index, record.ts, source=source)
     raise PermanentProviderError(f"archive entry {record.index} {record.ts} was written by unknown provider "
                                  f"{record.provider!r}; cannot parse it")
 
@@ -40,6 +44,10 @@ def sampling_of(record: RawRecord) -> tuple[float | None, float | None]:
         from optask.providers.kite import sampling
 
         return sampling(record.payload)
+    if record.provider == "kite-ticker":
+        from optask.providers.kite_ticker import sampling as streamed
+
+        return streamed(record.payload)
     return (0.0, 0.0) if record.provider == "simulated" else (None, None)
 
 

@@ -66,6 +66,22 @@ SPECS: dict[str, IndexSpec] = {
 _INDEX_ID = {name: i + 1 for i, name in enumerate(INDICES)}
 
 
+def sim_token(index: str, expiry_days, strike_steps, is_put):
+    """Kite-shaped instrument tokens (32 bits: exchange token << 8 | segment code, NFO 2 / BFO 5), so a
+    simulated contract streams through KiteTicker's packets like a real one: index in bits 29-31, expiry
+    (days mod 128) in 22-28, strike steps (mod 8192) in 9-21, put in bit 8."""
+    segment = 2 if SPECS[index].exchange == "NFO" else 5
+    exchange_token = (_INDEX_ID[index] << 21 | (np.asarray(expiry_days) % 128) << 14
+                      | (np.asarray(strike_steps) % 8192) << 1 | np.asarray(is_put).astype(np.int64))
+    return exchange_token << 8 | segment
+
+
+def index_of_token(token: int) -> str | None:
+    """The index a simulated option token belongs to."""
+    i = (int(token) >> 29) - 1
+    return INDICES[i] if 0 <= i < len(INDICES) else None
+
+
 @dataclass(frozen=True)
 class SimFaults:
     """Fault knobs for tests of later stages; fractions are of legs per minute."""
@@ -244,8 +260,7 @@ class SimulatedProvider:
         low = np.maximum(_tick(np.minimum.reduce([open_px, ltp, mid]) - _tick(mid * 0.02 * base_rng)), TICK)
         ts_epoch = int(ts.timestamp())
         ltt = ts_epoch - rng.integers(0, 60, n)
-        token = (_INDEX_ID[index] * 10**9 + (exp_dates.astype(np.int64) % 10_000) * 10**5
-                 + np.round(k / spec.strike_step).astype(np.int64) % 50_000 * 2 + (~is_call))
+        token = sim_token(index, exp_dates.astype(np.int64), np.round(k / spec.strike_step).astype(np.int64), ~is_call)
         cols = {
             "expiry": [e.isoformat() for e in expiries],  # dictionary: legs carry the position
             "expiry_idx": e_idx, "strike": k, "side": np.where(is_call, "CE", "PE").tolist(), "token": token,

@@ -75,6 +75,25 @@ def write_raw(root: Path, index: str, ts: dt.datetime, provider: str, payload: b
     return path
 
 
+def write_raw_once(root: Path, index: str, ts: dt.datetime, provider: str, payload: bytes) -> bool:
+    """Archive a payload unless the minute is archived already (two sources racing for one minute, the
+    ticker's cut and a REST fallback: the first wins, atomically). Returns whether this one was written."""
+    path = raw_path(root, index, ts)
+    if path.exists():
+        return False
+    envelope = {"index": index, "ts": format_ts(ts), "provider": provider,
+                "received_at": format_ts(dt.datetime.now(UTC).replace(microsecond=0)), "payload": payload.decode()}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.once.tmp")
+    atomic_write_bytes(tmp, gzip.compress(orjson.dumps(envelope), 3, mtime=0))
+    try:
+        os.link(tmp, path)  # fails if the file exists: create-if-absent, atomic
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def read_raw(path: Path) -> RawRecord:
     raw = gzip.decompress(Path(path).read_bytes())
     try:
