@@ -66,6 +66,7 @@ class Drill:
     env: dict[str, str] = field(default_factory=dict)
     redis_url: str | None = None  # a Redis outside the data root (else `up` runs the bundled one inside it)
     kite: object | None = None
+    ticker: object | None = None  # a KiteTickerTestServer: the stack streams (KITE_FETCH=ticker)
     up: subprocess.Popen | None = None
     extra: list[subprocess.Popen] = field(default_factory=list)
     _out: object | None = None
@@ -106,6 +107,9 @@ class Drill:
             env.update(KITE_ROOT_URL=self.kite.url, KITE_API_KEY="drill-key", KITE_QUOTE_RATE_PER_S="50",
                        KITE_HISTORICAL_RATE_PER_S="200", KITE_TIMEOUT_S="2")
             env.setdefault("KITE_ACCESS_TOKEN", "drill-token-1")
+        if self.ticker is not None:
+            env.update(KITE_FETCH="ticker", KITE_TICKER_URL=self.ticker.url, KITE_TICKER_STALE_S="2",
+                       KITE_TICKER_WAIT_S="1.5", KITE_TICKER_CUT_DELAY_MS="100")
         env.update(self.env)
         return env
 

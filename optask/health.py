@@ -166,6 +166,25 @@ def check_provider(name: str, last_error: dict | None, last_ok: dict | None, now
     return CheckResult("provider", WARN if age < 600 else OK, text, last_error["kind"])
 
 
+def check_ticker(streaming: bool, in_session: bool, state: dict[str, str], now: float, fallbacks: int) -> CheckResult | None:
+    """KITE_FETCH=ticker: the stream's own heartbeat. Down or stale in session is WARN, not CRIT: those
+    minutes are fetched over REST (`fallbacks` counts them), so nothing is lost, only freshness."""
+    if not streaming:
+        return None
+    from optask.ticker import STATE_TTL_S
+
+    if not state or now - float(state.get("at", 0)) > STATE_TTL_S:
+        status = WARN if in_session else OK
+        return CheckResult("ticker", status, f"no `optask ticker` running; minutes come over REST ({fallbacks} so far)",
+                           fallbacks)
+    if state.get("healthy") != "1":
+        return CheckResult("ticker", WARN if in_session else OK,
+                           f"stream down or stale ({state.get('last_error') or 'no data'}); minutes come over REST "
+                           f"({fallbacks} so far)", fallbacks)
+    return CheckResult("ticker", OK, f"streaming {state.get('subscribed')} instruments on {state.get('connected')} "
+                       f"connection(s), last cut {state.get('last_cut') or 'none yet'}", fallbacks)
+
+
 def check_influx(enabled: bool, reachable: bool | None, error: str | None, spool: dict[str, int]) -> CheckResult:
     if not enabled:
         return CheckResult("influxdb", OK, "disabled (INFLUXDB_URL empty)", None)
@@ -253,6 +272,8 @@ class Measurements:
     eod: dict | None = None
     last_session: dt.date | None = None
     last_session_has_data: bool = False
+    ticker: dict[str, str] = field(default_factory=dict)
+    ticker_fallbacks: int = 0
 
 
 def _disk_free(root: Path) -> tuple[float, str]:
@@ -345,6 +366,12 @@ def measure(settings: Settings | None = None, worker_timeout_s: float = 1.0) -> 
         m.minutes_since[index] = round((m.now - float(beat["at"])) * speed / 60, 2) if beat else None
         m.unrepaired[index] = len(ledger.missed(index, today))
     m.provider_error, m.provider_ok = provider_state(client)
+    if settings.market.provider == "kite" and settings.kite.fetch == "ticker":
+        from optask.metrics import KEY
+        from optask.ticker import ticker_state
+
+        m.ticker = ticker_state(client)
+        m.ticker_fallbacks = sum(int(v) for v in client.hvals(f"{KEY}:ticker_fallback"))
     m.consumers, m.workers_error = _consumers(settings, url, names, worker_timeout_s)
     return m
 
@@ -392,6 +419,10 @@ def evaluate(m: Measurements, settings: Settings | None = None) -> list[CheckRes
         results.append(check_beat(m.beat_age_s, beat_interval_s(settings)))
         results += check_freshness(m.in_session, m.minutes_since, m.unrepaired, mon)
         results.append(check_provider(settings.market.provider, m.provider_error, m.provider_ok, m.now))
+        ticker = check_ticker(settings.market.provider == "kite" and settings.kite.fetch == "ticker", m.in_session,
+                              m.ticker, m.now, m.ticker_fallbacks)
+        if ticker is not None:
+            results.append(ticker)
     else:
         results.append(CheckResult("workers.alive", CRIT, m.workers_error or "unknown", None))
     results.append(check_influx(settings.influx.enabled, m.influx_reachable, m.influx_error, m.spool))

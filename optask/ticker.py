@@ -167,6 +167,7 @@ class Ticker:
         self.day: dt.date | None = None
         self.cuts = 0
         self.skipped: dict[str, str] = {}
+        self._celery = None
 
     def _url(self) -> str:
         self.provider._fresh_token()  # a token set with `optask kite set-token` is used at the next connect
@@ -242,6 +243,19 @@ class Ticker:
         self.cuts += 1
         return out
 
+    def dispatch(self, minute: dt.datetime) -> None:
+        """Send the minute's collect_minute at once rather than at beat's next tick: the minute is claimed once
+        (`plan_minute`), so beat's own send for it is a no-op, and beat still dispatches when no cut comes."""
+        try:
+            if self._celery is None:
+                from optask.stack import celery_client
+
+                self._celery = celery_client(self.settings, self.settings.redis.effective_url() or _url_of(self.redis))
+            self._celery.send_task("tasks.collect_minute", args=(minute.isoformat(),), queue="optask", expires=55)
+        except Exception as exc:  # noqa: BLE001 - beat's tick dispatches the minute anyway
+            log.warning("could not send collect_minute for %s (%s: %s); beat will", minute.isoformat(),
+                        type(exc).__name__, exc)
+
     def beat(self, minute: dt.datetime | None) -> None:
         """The ticker's state in Redis: `collect_minute` waits for a cut only while it is healthy."""
         state = {"pid": os.getpid(), "healthy": int(self.healthy), "at": time.time(),
@@ -281,6 +295,8 @@ class Ticker:
                 if session is not None and session.open <= minute < session.close and self.healthy:
                     wrote = self.cut(minute)
                     last_cut = minute
+                    if wrote:
+                        self.dispatch(minute)
                     log.info("cut %s: %s", minute.astimezone(IST).strftime("%H:%M"), wrote or self.skipped)
                 last = minute
                 self._refresh(minute)
@@ -306,6 +322,11 @@ class Ticker:
             self.redis.delete(STATE_KEY)
         except Exception:  # noqa: BLE001 - stopping anyway
             pass
+
+
+def _url_of(client) -> str:
+    kw = client.connection_pool.connection_kwargs
+    return f"redis://{kw.get('host', '127.0.0.1')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
 
 
 def ticker_state(client) -> dict[str, str]:

@@ -56,42 +56,61 @@ class KiteTickerTestServer:
         self.clients: list[_Client] = []
         self.connects = 0
         self.messages_sent = 0
-        self._cache: tuple[dt.datetime, np.ndarray, dict[int, bytes]] | None = None
+        self._cache: dict[dt.datetime, tuple[dt.datetime, np.ndarray, dict[int, bytes]]] = {}
         self._lock = threading.Lock()
+        self._stopped = threading.Event()
         self._server = None
 
     # --- market state -----------------------------------------------------------------------------
 
-    def packets(self) -> tuple[dt.datetime, np.ndarray, dict[int, bytes]]:
-        """The current minute's full-mode option packets (structured, sorted by token) and index packets."""
-        minute = self.rest.minute
+    def packets(self, minute: dt.datetime | None = None) -> tuple[dt.datetime, np.ndarray, dict[int, bytes]]:
+        """A minute's full-mode option packets (structured, sorted by token) and index packets; the current
+        minute's by default. Cached, and the next minute's made ahead (`_warm`), so a new minute streams
+        the moment the clock enters it."""
+        minute = minute or self.rest.minute
         with self._lock:
-            if self._cache is not None and self._cache[0] == minute:
-                return self._cache
-            day = minute.astimezone(IST).date()
-            sim, cal = self.rest.sim, self.rest.calendar
-            minutes = cal.session_minutes(day)
-            pos = max(0, int((minute - minutes[0].to_pydatetime()).total_seconds() // 60)) if len(minutes) else 0
-            stamp = int(minute.timestamp())
-            parts, spots = [], {}
-            for index, token in SPOT_TOKENS.items():
-                path = sim.day_path(index, day)
-                p = min(pos, len(path) - 1)
-                spots[token] = kt.encode_index(token, float(path[p]), float(path[: p + 1].max()),
-                                               float(path[: p + 1].min()), float(path[0]), float(path[0]), stamp)
-                t = sim.snapshot(index, minute).table
-                cols = {c: t[c].to_numpy(zero_copy_only=False) for c in
-                        ("token", "ltp", "bid", "ask", "bid_qty", "ask_qty", "volume", "oi", "open", "high", "low", "close")}
-                cols["avg_price"], cols["oi_high"], cols["oi_low"] = cols["ltp"], cols["oi"], cols["oi"]
-                cols["buy_qty"], cols["sell_qty"] = cols["bid_qty"] * 10, cols["ask_qty"] * 10
-                cols["last_qty"] = np.full(len(cols["token"]), 1)
-                cols["ltt"] = t["last_trade_time"].cast("int64").to_numpy(zero_copy_only=False) // 1_000_000_000
-                cols["exchange_ts"] = np.full(len(cols["token"]), stamp)
-                parts.append(kt.encode_options(cols))
-            options = np.concatenate(parts).astype(kt.FULL)  # concatenate yields native byte order
-            options = options[np.argsort(options["token"])]
-            self._cache = (minute, options, spots)
-            return self._cache
+            if minute in self._cache:
+                return self._cache[minute]
+        built = self._build(minute)
+        with self._lock:
+            self._cache[minute] = built
+            for old in sorted(self._cache)[:-3]:
+                del self._cache[old]
+        return built
+
+    def _build(self, minute: dt.datetime) -> tuple[dt.datetime, np.ndarray, dict[int, bytes]]:
+        day = minute.astimezone(IST).date()
+        sim, cal = self.rest.sim, self.rest.calendar
+        minutes = cal.session_minutes(day)
+        pos = max(0, int((minute - minutes[0].to_pydatetime()).total_seconds() // 60)) if len(minutes) else 0
+        stamp = int(minute.timestamp())
+        parts, spots = [], {}
+        for index, token in SPOT_TOKENS.items():
+            path = sim.day_path(index, day)
+            p = min(pos, len(path) - 1)
+            spots[token] = kt.encode_index(token, float(path[p]), float(path[: p + 1].max()),
+                                           float(path[: p + 1].min()), float(path[0]), float(path[0]), stamp)
+            t = sim.snapshot(index, minute).table
+            cols = {c: t[c].to_numpy(zero_copy_only=False) for c in
+                    ("token", "ltp", "bid", "ask", "bid_qty", "ask_qty", "volume", "oi", "open", "high", "low", "close")}
+            cols["avg_price"], cols["oi_high"], cols["oi_low"] = cols["ltp"], cols["oi"], cols["oi"]
+            cols["buy_qty"], cols["sell_qty"] = cols["bid_qty"] * 10, cols["ask_qty"] * 10
+            cols["last_qty"] = np.full(len(cols["token"]), 1)
+            cols["ltt"] = t["last_trade_time"].cast("int64").to_numpy(zero_copy_only=False) // 1_000_000_000
+            cols["exchange_ts"] = np.full(len(cols["token"]), stamp)
+            parts.append(kt.encode_options(cols))
+        options = np.concatenate(parts).astype(kt.FULL)  # concatenate yields native byte order
+        return minute, options[np.argsort(options["token"])], spots
+
+    def _warm(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                now = self.rest.minute
+                self.packets(now)
+                self.packets(now + dt.timedelta(minutes=1))
+            except Exception:  # noqa: BLE001 - a day without a session: nothing to make ahead
+                pass
+            self._stopped.wait(0.1)
 
     def messages_for(self, modes: dict[int, str]) -> list[bytes]:
         """The binary messages a client subscribed to `modes` gets this tick: each token's packet cut to
@@ -209,6 +228,7 @@ class KiteTickerTestServer:
         self._server = serve(self._handle, "127.0.0.1", 0, process_request=self._process_request,
                              max_size=None, compression=None)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        threading.Thread(target=self._warm, daemon=True).start()
         return self
 
     @property
@@ -217,6 +237,7 @@ class KiteTickerTestServer:
         return f"ws://127.0.0.1:{self._server.socket.getsockname()[1]}"
 
     def stop(self) -> None:
+        self._stopped.set()
         if self._server is not None:
             self.disconnect()
             self._server.shutdown()

@@ -27,6 +27,7 @@ from optask.health import (
     check_freshness,
     check_provider,
     check_redis,
+    check_ticker,
     check_workers,
 )
 from optask.services import free_port
@@ -98,6 +99,14 @@ def test_checks_are_pure_functions_of_their_inputs():
     token = check_provider("kite", expired, {"at": now - 60}, now)
     assert token.status == CRIT and "KITE_ACCESS_TOKEN" in token.reason
     assert check_provider("kite", expired, {"at": now}, now).status == OK  # a fetch succeeded since
+    assert check_ticker(False, True, {}, now, 0) is None  # not streaming: no check
+    assert check_ticker(True, True, {}, now, 3).status == WARN  # none running: minutes come over REST
+    assert "3 so far" in check_ticker(True, True, {}, now, 3).reason
+    assert check_ticker(True, False, {}, now, 0).status == OK  # market closed: nothing to stream
+    stale = {"at": str(now), "healthy": "0", "last_error": "Kite refused the websocket with HTTP 403"}
+    assert check_ticker(True, True, stale, now, 1).status == WARN and "403" in check_ticker(True, True, stale, now, 1).reason
+    up = {"at": str(now), "healthy": "1", "subscribed": "2750", "connected": "1", "last_cut": "x"}
+    assert check_ticker(True, True, up, now, 0).status == OK and "2750" in check_ticker(True, True, up, now, 0).reason
     assert check_eod(None, dt.date(2026, 11, 23), last_session_has_data=False).status == OK
     assert check_eod(None, dt.date(2026, 11, 23), last_session_has_data=True).status == WARN
     passed = {"day": "2026-11-23", "overall_status": "PASS", "summary": {"data_quality_score": 100.0}}

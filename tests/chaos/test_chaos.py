@@ -74,7 +74,7 @@ def test_optask_up_itself_killed_and_restarted_as_systemd_would(drill):
 
 
 @contextlib.contextmanager
-def kite_drill(drill, tmp_path, **kw):
+def kite_drill(drill, tmp_path, ticker: bool = False, **kw):
     """A drill against the Kite test server, which follows the drill's shared clock (so its Redis is
     started here, outside the stack, before the stack)."""
     import redis
@@ -91,9 +91,15 @@ def kite_drill(drill, tmp_path, **kw):
         clock = SessionReplayClock(d.day, MarketCalendar(d.data / "calendar_overrides.json"), d.speed,
                                    client=redis.Redis.from_url(redis_server.url), key=anchor_key(d.day, d.speed))
         d.kite = KiteTestServer(strikes_around_atm=d.strikes, clock=clock, calendar=clock.calendar).start()
+        if ticker:
+            from optask.ticker_testserver import KiteTickerTestServer
+
+            d.ticker = KiteTickerTestServer(d.kite, tick_interval_s=0.5).start()
         yield d
     finally:
         d.stop()
+        if d.ticker is not None:
+            d.ticker.stop()
         if d.kite is not None:
             d.kite.stop()
         redis_server.stop()
@@ -108,6 +114,31 @@ def test_venue_outage_5xx_then_timeouts(drill, tmp_path):
 
     with kite_drill(drill, tmp_path, speed=20) as d:
         play(d, outage, alert="provider")
+
+
+def test_streaming_through_a_dropped_socket_and_a_silence(drill, tmp_path):
+    """KITE_FETCH=ticker under `optask up`: the ticker streams and cuts each minute; the venue drops the
+    socket, later goes silent for a few minutes: those minutes come over REST, marked, and none is lost."""
+    import pyarrow.compute as pc
+
+    from optask.storage.parquet import ParquetStore
+
+    def faults(d: Drill) -> None:
+        d.wait(lambda: d.ticker.connects >= 1, 30, "the ticker connected")
+        d.ticker.disconnect()
+        d.wait_position(10)
+        d.ticker.silence(4 * 60 / d.speed)  # four minutes of the session's clock
+
+    with kite_drill(drill, tmp_path, ticker=True, speed=20, minutes=18) as d:
+        play(d, faults)
+        sources: dict[str, int] = {}
+        store = ParquetStore(d.data / "parquet")
+        for index in d.indices:
+            summary = store.read_table("legs", index, d.day)
+            for s, n in zip(*pc.value_counts(summary["source"]).flatten(), strict=True):
+                sources[s.as_py()] = sources.get(s.as_py(), 0) + n.as_py()
+        assert sources.get("stream", 0) > 0 and sources.get("rest_fallback", 0) > 0, sources
+        assert "ticker" in d.output() or d.ticker.connects >= 2, d.ticker.connects
 
 
 @slow
