@@ -97,6 +97,12 @@ class OptaskCollector:
             for index in indices:
                 m.add_metric([index], values.get(index, 0.0))
             yield m
+        fallback = CounterMetricFamily("optask_ticker_fallback_minutes",
+                                       "Minutes fetched over REST because the ticker was down or stale, per index",
+                                       labels=["index"])
+        for index, v in _hash(c, f"{KEY}:ticker_fallback").items():
+            fallback.add_metric([index], v)
+        yield fallback
         for family, help_text in (("retries", "Task retries, by exception kind"),
                                   ("failures", "Tasks failed for good, by exception kind"),
                                   ("actions", "Self-healing actions taken, by action")):

@@ -401,6 +401,7 @@ def _supervise(settings: Settings, console, err, stop_after_minutes: int | None,
         stack.start_monitor()
         if settings.market.provider == "kite" and settings.kite.fetch == "ticker":
             stack.start_ticker()
+            console.print(f"Ticker:  {settings.kite.ticker_url} (optask ticker; a minute it cannot cut comes over REST)")
         user, _, password = auth.partition(":")
         console.print(f"Flower:  http://{mon.flower_address}:{mon.flower_port}  user [bold]{user}[/bold]"
                       + ("" if mon.flower_basic_auth.get_secret_value() else f"  password [bold]{password}[/bold] (generated)"))

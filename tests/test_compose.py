@@ -21,6 +21,8 @@ def test_services_present():
     # live minutes and catch-up work on separate workers, together consuming every queue
     assert "--exclude-queues=maintenance" in services["worker"]["command"]
     assert "--queues=maintenance" in services["maintenance"]["command"]
+    # the KiteTicker process, for KITE_FETCH=ticker: `docker compose --profile ticker up`
+    assert services["ticker"]["command"] == ["optask", "ticker"] and services["ticker"]["profiles"] == ["ticker"]
 
 
 def test_commands_are_real_invocations(redis_url):

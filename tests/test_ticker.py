@@ -252,6 +252,13 @@ def test_a_ticker_that_is_down_means_rest_for_those_minutes_marked_and_counted(k
     assert legs.num_rows and set(legs["source"].to_pylist()) == {"rest_fallback"}
     client = redis.Redis.from_url(settings.redis.effective_url())
     assert client.hgetall(f"{KEY}:ticker_fallback") == {b"NIFTY": b"1", b"SENSEX": b"1"}
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from optask.metrics import OptaskCollector
+
+    registry = CollectorRegistry()
+    registry.register(OptaskCollector(settings, client))
+    assert 'optask_ticker_fallback_minutes_total{index="NIFTY"} 1.0' in generate_latest(registry).decode()
     # a late cut of the same minute does not replace what was stored
     from optask.storage.archive import write_raw_once
 
