@@ -226,7 +226,8 @@ class Ticker:
         from optask.storage.archive import write_raw_once
 
         at = time.time()
-        out = {}
+        out: dict[str, int] = {}
+        self.skipped = {}
         for index in self.indices:
             meta = self.metas.get(index)
             if not meta:
@@ -284,7 +285,7 @@ class Ticker:
         ends = time.time() + stop_after if stop_after else None
         last: dt.datetime | None = None
         last_cut: dt.datetime | None = None
-        self.subscribe(self.universe(self.clock.now().astimezone(IST).date()))
+        self._refresh(floor_minute(self.clock.now()))  # the dump unreachable now: tried again every second
         next_beat = 0.0
         while not self.stop_event.is_set() and (ends is None or time.time() < ends):
             minute = floor_minute(self.clock.now())

@@ -218,6 +218,13 @@ def test_check_exit_codes_follow_the_worst_check(isolated_settings, redis_url):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not client.hexists("optask:heartbeats", "beat"):
             time.sleep(0.2)
+        # as `optask up` does: the current minute now, not at beat's next boundary (during market hours the
+        # freshness check is CRIT until a minute of this session is stored)
+        from optask.clock import current_minute_iso
+        from optask.stack import celery_client
+
+        celery_client(load_settings(), redis_url).send_task("tasks.collect_minute", args=(current_minute_iso(),),
+                                                             queue="optask", expires=55)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             proc = optask("health", "--check", **quiet)

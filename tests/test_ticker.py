@@ -263,3 +263,29 @@ def test_a_ticker_that_is_down_means_rest_for_those_minutes_marked_and_counted(k
     from optask.storage.archive import write_raw_once
 
     assert write_raw_once(settings.data.raw_root, "NIFTY", TS, "kite-ticker", b"{}") is False
+
+
+def test_optask_ticker_as_a_process_stops_on_sigterm_and_refuses_bad_settings(kite_env, monkeypatch):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    rest, stream, settings = kite_env
+    env = {**os.environ, "OPTASK_PROVIDER": "simulated"}
+    wrong = subprocess.run([sys.executable, "-m", "optask.cli", "ticker"], env=env, capture_output=True, text=True,
+                           timeout=60)
+    assert wrong.returncode == 2 and "KITE_FETCH=ticker" in wrong.stderr + wrong.stdout
+    proc = subprocess.Popen([sys.executable, "-m", "optask.cli", "ticker"], env=dict(os.environ),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        client = redis.Redis.from_url(settings.redis.effective_url())
+        wait(lambda: ticker_state(client).get("healthy") == "1", timeout=30, what="the ticker streaming")
+        assert stream.subscribed()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        assert ticker_state(client) == {}  # its heartbeat withdrawn: collect_minute stops waiting for it
+        assert "access-token" not in proc.stdout.read()  # the token is never logged
+    finally:
+        if proc.poll() is None:
+            proc.kill()
