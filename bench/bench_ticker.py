@@ -95,8 +95,10 @@ def play(work: Path, mode: str) -> dict:
         t = store.read_table("summary", index, d.day)
         t = t.filter(pc.is_in(t["ts"], value_set=pc.cast(list(wanted), t["ts"].type)))
         spans += [x for x in t["sample_span_ms"].to_pylist() if x is not None]
-        for s in t["source"].to_pylist() if "source" in t.column_names else []:
-            sources[s] = sources.get(s, 0) + 1
+        legs = store.read_table("legs", index, d.day, columns=["source"])
+        legs = legs.filter(pc.is_in(legs["ts"], value_set=pc.cast(list(wanted), legs["ts"].type)))
+        for s, n in zip(*pc.value_counts(legs["source"]).flatten(), strict=True):
+            sources[s.as_py()] = sources.get(s.as_py(), 0) + n.as_py()
     return {"p99_s": float(np.percentile(latencies, 99)), "median_latency_s": float(np.median(latencies)),
             "span_median_ms": float(np.median(spans)) if spans else float("nan"),
             "span_max_ms": float(max(spans)) if spans else float("nan"), "minutes": len(latencies),

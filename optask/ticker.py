@@ -63,14 +63,16 @@ class Connection(threading.Thread):
     longer than `stale_s`, reconnect with exponential backoff and jitter and subscribe again."""
 
     def __init__(self, name: str, url, state: LatestState, stale_s: float, stop: threading.Event,
-                 max_backoff_s: float = 30.0):
+                 max_backoff_s: float = 30.0, in_session=lambda: True):
         super().__init__(name=name, daemon=True)
         self.url, self.state, self.stale_s, self.stop_event, self.max_backoff_s = url, state, stale_s, stop, max_backoff_s
+        self.in_session = in_session  # in session a socket must bring ticks; outside, Kite's heartbeats suffice
         self.tokens: set[int] = set()
         self._wanted: set[int] = set()
         self._lock = threading.Lock()
         self.connected = False
-        self.last_message = 0.0
+        self.last_message = 0.0  # any frame, Kite's 1-byte heartbeats included
+        self.last_data = 0.0  # packets
         self.reconnects = 0
         self.stale_events = 0
         self.last_error = ""
@@ -79,9 +81,13 @@ class Connection(threading.Thread):
         with self._lock:
             self._wanted = set(tokens)
 
+    def _quiet_for(self) -> float:
+        now = time.time()
+        return now - (self.last_data if self.in_session() else self.last_message)
+
     @property
     def healthy(self) -> bool:
-        return self.connected and time.time() - self.last_message < self.stale_s
+        return self.connected and self._quiet_for() < self.stale_s
 
     def _sync(self, ws) -> None:
         """Send the subscription changes since the last call (all of it after a reconnect)."""
@@ -103,7 +109,8 @@ class Connection(threading.Thread):
         while not self.stop_event.is_set():
             try:
                 with connect(self.url(), open_timeout=5, close_timeout=1, max_size=None, compression=None) as ws:
-                    self.connected, self.last_message, attempt = True, time.time(), 0
+                    self.connected, attempt = True, 0
+                    self.last_message = self.last_data = time.time()
                     self.tokens = set()
                     log.info("%s connected", self.name)
                     while not self.stop_event.is_set():
@@ -111,15 +118,17 @@ class Connection(threading.Thread):
                         try:
                             msg = ws.recv(timeout=0.2)
                         except TimeoutError:
-                            if time.time() - self.last_message > self.stale_s:
-                                self.stale_events += 1
-                                raise ConnectionError(f"no data for {self.stale_s:g} s") from None
-                            continue
-                        self.last_message = time.time()
-                        if isinstance(msg, bytes):
-                            self.state.update(msg, self.last_message)
-                        else:
-                            self._text(msg)
+                            msg = None
+                        if msg is not None:
+                            self.last_message = time.time()
+                            if isinstance(msg, bytes):
+                                if self.state.update(msg, self.last_message):
+                                    self.last_data = self.last_message
+                            else:
+                                self._text(msg)
+                        if self._quiet_for() > self.stale_s:
+                            self.stale_events += 1
+                            raise ConnectionError(f"no ticks for {self.stale_s:g} s") from None
             except InvalidStatus as exc:
                 code = exc.response.status_code
                 self.last_error = (f"Kite refused the websocket with HTTP {code}"
@@ -169,6 +178,14 @@ class Ticker:
         self.skipped: dict[str, str] = {}
         self._celery = None
 
+    def _in_session(self) -> bool:
+        from optask.calendar import get_calendar
+
+        try:
+            return get_calendar(self.settings.data.calendar_overrides).in_session(floor_minute(self.clock.now()))
+        except Exception:  # noqa: BLE001 - an unreadable calendar: expect ticks, the safe side
+            return True
+
     def _url(self) -> str:
         self.provider._fresh_token()  # a token set with `optask kite set-token` is used at the next connect
         k = self.settings.kite
@@ -213,7 +230,7 @@ class Ticker:
         shards = [set(ordered[i:i + PER_CONNECTION]) for i in range(0, len(ordered), PER_CONNECTION)] or [set()]
         while len(self.connections) < len(shards):
             c = Connection(f"ticker-{len(self.connections) + 1}", self._url, self.state, self.settings.kite.ticker_stale_s,
-                           self.stop_event)
+                           self.stop_event, in_session=self._in_session)
             c.start()
             self.connections.append(c)
         for i, c in enumerate(self.connections):
@@ -263,6 +280,7 @@ class Ticker:
                  "connections": len(self.connections), "connected": sum(c.connected for c in self.connections),
                  "subscribed": sum(len(c.tokens) for c in self.connections),
                  "last_message": max((c.last_message for c in self.connections), default=0.0),
+                 "last_data": max((c.last_data for c in self.connections), default=0.0),
                  "reconnects": sum(c.reconnects for c in self.connections),
                  "stale_events": sum(c.stale_events for c in self.connections),
                  "last_error": next((c.last_error for c in self.connections if c.last_error), ""),

@@ -35,6 +35,7 @@ class TickerFaults:
     token_expired: bool = False  # the handshake is refused with 403, as Kite does
     valid_tokens: set[str] | None = None  # when set, only these access tokens connect
     silent_until: float = 0.0  # connections stay open but nothing is sent until then (wall time)
+    heartbeats_only_until: float = 0.0  # only Kite's 1-byte heartbeats until then: a feed that has stalled
     truncated_messages: int = 0  # the next messages are cut in the middle of a packet
     refuse_until: float = 0.0  # new connections are refused (503) until then: a venue that is down
 
@@ -147,8 +148,12 @@ class KiteTickerTestServer:
                 pass
         return len(clients)
 
-    def silence(self, seconds: float) -> None:
-        self.faults.silent_until = time.time() + seconds
+    def silence(self, seconds: float, heartbeats: bool = False) -> None:
+        """Nothing at all for `seconds` (a dead socket), or only heartbeats (a stalled feed on a live socket)."""
+        if heartbeats:
+            self.faults.heartbeats_only_until = time.time() + seconds
+        else:
+            self.faults.silent_until = time.time() + seconds
 
     # --- websocket --------------------------------------------------------------------------------
 
@@ -186,7 +191,7 @@ class KiteTickerTestServer:
                 last_sent, last_minute = time.time(), minute
                 with client.lock:
                     modes = dict(client.modes)
-                if not modes:
+                if not modes or time.time() < self.faults.heartbeats_only_until:
                     connection.send(b"\x00")  # Kite's 1-byte heartbeat
                     continue
                 for message in self.messages_for(modes):

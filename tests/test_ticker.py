@@ -192,6 +192,10 @@ def test_survives_a_disconnect_a_silence_torn_messages_and_an_expired_token(kite
         wait(lambda: not t.healthy, timeout=5, what="silence noticed")
         wait(lambda: t.connections[0].stale_events >= 1, timeout=3, what="the silent socket dropped")
         wait(lambda: t.healthy and stream.subscribed() == subscribed, timeout=15, what="streaming after the silence")
+        stalls = t.connections[0].stale_events
+        stream.silence(3.0, heartbeats=True)  # the socket lives (heartbeats) but no tick comes, in session
+        wait(lambda: t.connections[0].stale_events > stalls, timeout=5, what="the stalled feed dropped")
+        wait(lambda: t.healthy and stream.subscribed() == subscribed, timeout=15, what="streaming after the stall")
         stream.faults.truncated_messages = 3
         time.sleep(1.0)
         assert t.healthy and thread.is_alive()
