@@ -95,7 +95,7 @@ def play(work: Path, mode: str) -> dict:
         t = store.read_table("summary", index, d.day)
         t = t.filter(pc.is_in(t["ts"], value_set=pc.cast(list(wanted), t["ts"].type)))
         spans += [x for x in t["sample_span_ms"].to_pylist() if x is not None]
-        legs = store.read_table("legs", index, d.day, columns=["source"])
+        legs = store.read_table("legs", index, d.day).select(["ts", "source"])
         legs = legs.filter(pc.is_in(legs["ts"], value_set=pc.cast(list(wanted), legs["ts"].type)))
         for s, n in zip(*pc.value_counts(legs["source"]).flatten(), strict=True):
             sources[s.as_py()] = sources.get(s.as_py(), 0) + n.as_py()

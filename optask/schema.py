@@ -51,6 +51,8 @@ COMPUTED_FIELDS: list[pa.Field] = [
     pa.field("vega", pa.float64()),
     pa.field("iv_source", pa.string()),  # "mid" (two-sided sane book) or "ltp": which price the iv came from
 ]
+#: live (REST), stream (cut from KiteTicker), rest_fallback (REST while the stream was down), simulated, replay,
+#: backfill (rebuilt from history)
 SOURCE_FIELD = pa.field("source", pa.string())
 
 RAW_LEG_SCHEMA = pa.schema([*RAW_LEG_FIELDS, SOURCE_FIELD])

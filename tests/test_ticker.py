@@ -293,3 +293,18 @@ def test_optask_ticker_as_a_process_stops_on_sigterm_and_refuses_bad_settings(ki
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_outside_the_session_heartbeats_keep_a_socket_alive(kite_env):
+    """After the close Kite sends only heartbeats: that is a live socket, not a stalled feed to reopen."""
+    rest, stream, settings = kite_env
+    after_close = MINUTES[-1].to_pydatetime() + dt.timedelta(minutes=30)
+    t, thread = running_ticker(settings, ManualClock(after_close))
+    try:
+        wait(lambda: t.healthy and stream.subscribed(), what="subscribed")
+        stream.silence(2.5, heartbeats=True)  # longer than KITE_TICKER_STALE_S
+        time.sleep(2.5)
+        assert t.connections[0].stale_events == 0 and t.healthy
+    finally:
+        t.stop_event.set()
+        thread.join(10)
