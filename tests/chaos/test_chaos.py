@@ -4,6 +4,8 @@ verification 100 after self-healing, no duplicated key in any store, no unreadab
 expected alert raised and resolved.
 
 `make test` runs the fast ones (Redis, worker and up killed, a venue outage); `make chaos` runs all.
+(tests/test_ticker.py covers the stream's faults against real servers in `make test`; the drill under
+`optask up` is in `make chaos`.)
 """
 
 from __future__ import annotations
@@ -117,6 +119,7 @@ def test_venue_outage_5xx_then_timeouts(drill, tmp_path):
         play(d, outage, alert="provider")
 
 
+@slow
 def test_streaming_through_a_dropped_socket_and_a_silence(drill, tmp_path):
     """KITE_FETCH=ticker under `optask up`: the ticker streams and cuts each minute; the venue drops the
     socket, later goes silent for a few minutes: those minutes come over REST, marked, and none is lost."""
