@@ -578,7 +578,8 @@ def bench(
 ) -> None:
     """Run every benchmark (bench/bench_*.py, from a clone) and print one table: each measure, optask's
     figure and the baseline measured in the same run as median (min-max), their ratio, the goal, and whether
-    every repeat meets it. Takes about 20 minutes on 2 cores. Exit 1 when a script failed."""
+    every repeat meets it. Takes about 40 minutes on 2 cores (bench_ticker.py alone plays six sessions through
+    the stack, 17 minutes). Exit 1 when a script failed."""
     import json
     import os
     import platform
