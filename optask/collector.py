@@ -15,6 +15,8 @@ import functools
 import time
 from dataclasses import asdict, dataclass, field
 
+import orjson
+
 from optask.calendar import get_calendar
 from optask.config import Settings, get_settings
 from optask.ledger import Ledger
@@ -253,8 +255,6 @@ def fetch_minute(ts: str, indices: list[str], settings: Settings | None = None) 
         return {"error": f"{type(exc).__name__}: {exc}"}
     for index, snap in snaps.items():
         if fallback:  # marked in the payload, so the minute's rows say `rest_fallback`, even when replayed
-            import orjson
-
             raw = orjson.dumps({**orjson.loads(snap.raw), "fallback": fallback})
             write_raw_once(settings.data.raw_root, index, minute, snap.provider, raw)
         else:

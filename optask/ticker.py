@@ -177,14 +177,12 @@ class Ticker:
         self.cuts = 0
         self.skipped: dict[str, str] = {}
         self._celery = None
+        self.session_open = True  # until `run` has read the calendar: expect ticks, the safe side
 
     def _in_session(self) -> bool:
-        from optask.calendar import get_calendar
-
-        try:
-            return get_calendar(self.settings.data.calendar_overrides).in_session(floor_minute(self.clock.now()))
-        except Exception:  # noqa: BLE001 - an unreadable calendar: expect ticks, the safe side
-            return True
+        """Whether the current minute is in session, as `run` last saw it (the connections ask after every
+        message: no calendar read or clock round trip on that path)."""
+        return self.session_open
 
     def _url(self) -> str:
         self.provider._fresh_token()  # a token set with `optask kite set-token` is used at the next connect
@@ -303,15 +301,17 @@ class Ticker:
         ends = time.time() + stop_after if stop_after else None
         last: dt.datetime | None = None
         last_cut: dt.datetime | None = None
-        self._refresh(floor_minute(self.clock.now()))  # the dump unreachable now: tried again every second
+        now = floor_minute(self.clock.now())
+        self.session_open = calendar.in_session(now)
+        self._refresh(now)  # the dump unreachable now: tried again every second
         next_beat = 0.0
         while not self.stop_event.is_set() and (ends is None or time.time() < ends):
             minute = floor_minute(self.clock.now())
             if minute != last:
                 if last is not None:
                     self.stop_event.wait(cut_delay)  # packets stamped at the boundary still in flight
-                session = calendar.session(minute.astimezone(IST).date())
-                if session is not None and session.open <= minute < session.close and self.healthy:
+                self.session_open = calendar.in_session(minute)
+                if self.session_open and self.healthy:
                     wrote = self.cut(minute)
                     last_cut = minute
                     if wrote:

@@ -149,7 +149,7 @@ def parse_ticker_payload(raw: bytes, index: str, ts: dt.datetime, source: str = 
     def price(values) -> np.ndarray:
         return values.astype(np.float64) / PRICE_DIVISOR
 
-    bid, ask = price(rows["depth"][:, 0]["price"]) if n else np.empty(0), price(rows["depth"][:, 5]["price"]) if n else np.empty(0)
+    bid, ask = price(rows["depth"][:, 0]["price"]), price(rows["depth"][:, 5]["price"])  # best level each side
     empty = (bid == 0) & (ask == 0)
     if empty.any():
         issues["empty_book"] = int(empty.sum())
@@ -166,8 +166,8 @@ def parse_ticker_payload(raw: bytes, index: str, ts: dt.datetime, source: str = 
         "spot": pa.array(np.full(n, spot), pa.float64()),
         "ltp": pa.array(price(rows["ltp"]), pa.float64()), "bid": pa.array(bid, pa.float64(), from_pandas=True),
         "ask": pa.array(ask, pa.float64(), from_pandas=True),
-        "bid_qty": pa.array(rows["depth"][:, 0]["qty"].astype(np.int64) if n else [], pa.int64()),
-        "ask_qty": pa.array(rows["depth"][:, 5]["qty"].astype(np.int64) if n else [], pa.int64()),
+        "bid_qty": pa.array(rows["depth"][:, 0]["qty"].astype(np.int64), pa.int64()),
+        "ask_qty": pa.array(rows["depth"][:, 5]["qty"].astype(np.int64), pa.int64()),
         "volume": pa.array(rows["volume"].astype(np.int64), pa.int64()),
         "oi": pa.array(rows["oi"].astype(np.int64), pa.int64()),
         "open": pa.array(price(rows["open"]), pa.float64()), "high": pa.array(price(rows["high"]), pa.float64()),

@@ -62,6 +62,12 @@ def write_raw(root: Path, index: str, ts: dt.datetime, provider: str, payload: b
                 return path
         except (OSError, ValueError, KeyError, EOFError):
             pass  # unreadable: replace it
+    atomic_write_bytes(path, _archive_file(index, ts, provider, payload))
+    return path
+
+
+def _archive_file(index: str, ts: dt.datetime, provider: str, payload: bytes) -> bytes:
+    """One archive file's bytes: the payload in its envelope, gzipped."""
     envelope = {
         "index": index, "ts": format_ts(ts), "provider": provider,
         "received_at": format_ts(dt.datetime.now(UTC).replace(microsecond=0)),
@@ -71,8 +77,7 @@ def write_raw(root: Path, index: str, ts: dt.datetime, provider: str, payload: b
         body = orjson.dumps(envelope)
     except TypeError:  # a payload that is not valid UTF-8 keeps its bytes via surrogate escapes
         body = json.dumps(envelope).encode("utf-8", "surrogateescape")
-    atomic_write_bytes(path, gzip.compress(body, 3, mtime=0))
-    return path
+    return gzip.compress(body, 3, mtime=0)
 
 
 def write_raw_once(root: Path, index: str, ts: dt.datetime, provider: str, payload: bytes) -> bool:
@@ -81,10 +86,8 @@ def write_raw_once(root: Path, index: str, ts: dt.datetime, provider: str, paylo
     path = raw_path(root, index, ts)
     if path.exists():
         return False
-    envelope = {"index": index, "ts": format_ts(ts), "provider": provider,
-                "received_at": format_ts(dt.datetime.now(UTC).replace(microsecond=0)), "payload": payload.decode()}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.once.tmp")
-    atomic_write_bytes(tmp, gzip.compress(orjson.dumps(envelope), 3, mtime=0))
+    atomic_write_bytes(tmp, _archive_file(index, ts, provider, payload))
     try:
         os.link(tmp, path)  # fails if the file exists: create-if-absent, atomic
         return True
