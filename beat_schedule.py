@@ -11,22 +11,31 @@ from __future__ import annotations
 import datetime as dt
 import os
 
+import redis
 from celery.beat import BeatLazyFunc
 from celery.schedules import crontab
 from celery.signals import beat_init
 
-from optask.clock import current_day_iso, current_minute_iso
-from optask.config import get_settings
+from optask.core.clock import clock_speed
+from optask.core.config import get_settings
+from optask.infra.coordination import heartbeat
+from optask.infra.queues import (
+    EOD_SWEEP_EXPIRES_S,
+    HEALTH_EXPIRES_S,
+    REPAIR_EXPIRES_S,
+    TICK_EXPIRES_S,
+)
+from optask.infra.redis_client import connect
+from optask.infra.redis_server import url_if_running
+from optask.infra.session_clock import current_day_iso, current_minute_iso
 
 TIMEZONE = "Asia/Kolkata"
 
 
 def _minute_schedule():
     """Once per clock minute: a crontab live; every 60/speed seconds in an accelerated simulated session."""
-    market = get_settings().market
-    if market.simulated_session_day is not None and market.simulated_session_speed > 1:
-        return dt.timedelta(seconds=60.0 / market.simulated_session_speed)
-    return crontab()
+    speed = clock_speed(get_settings())
+    return dt.timedelta(seconds=60.0 / speed) if speed > 1 else crontab()
 
 
 def _repair_schedule():
@@ -42,14 +51,11 @@ _beat_redis = None
 def beat_heartbeat(**_) -> None:
     """Beat's own heartbeat, at start and every tick: health reads it (beat alive)."""
     global _beat_redis
-    import redis
 
-    from optask.coordination import connect, heartbeat
-    from optask.health import redis_url_if_running
 
     try:
         if _beat_redis is None:
-            url, _ = redis_url_if_running(get_settings())
+            url, _ = url_if_running(get_settings())
             _beat_redis = connect(url) if url else None
         if _beat_redis is not None:
             heartbeat(_beat_redis, "beat", pid=os.getpid())
@@ -69,7 +75,7 @@ BEAT_SCHEDULE = {
         "schedule": _minute_schedule(),  # every minute; the calendar decides, not a mon-fri crontab
         "args": (BeatLazyFunc(tick_minute),),
         # A tick nobody picked up within the minute is useless: the next tick is already due.
-        "options": {"expires": 55},
+        "options": {"expires": TICK_EXPIRES_S},
     },
     # Self-healing in session: minutes not stored a few minutes after their time are rebuilt from the
     # archive or the provider's history (on the maintenance queue), at most a few attempts each.
@@ -77,7 +83,7 @@ BEAT_SCHEDULE = {
         "task": "tasks.repair_missed",
         "schedule": _repair_schedule(),
         "args": (BeatLazyFunc(current_minute_iso),),
-        "options": {"expires": 110},
+        "options": {"expires": REPAIR_EXPIRES_S},
     },
     # end_of_day is also enqueued by the last minute of each session; this late sweep catches a
     # day whose last minute was lost. It is idempotent, so running twice is harmless.
@@ -85,7 +91,7 @@ BEAT_SCHEDULE = {
         "task": "tasks.end_of_day",
         "schedule": crontab(hour=23, minute=30),
         "args": (BeatLazyFunc(current_day_iso),),
-        "options": {"expires": 3 * 3600},
+        "options": {"expires": EOD_SWEEP_EXPIRES_S},
     },
 }
 
@@ -96,5 +102,5 @@ if get_settings().monitoring.health_in_beat:
     BEAT_SCHEDULE["health-check"] = {
         "task": "tasks.health_check",
         "schedule": dt.timedelta(seconds=get_settings().monitoring.health_check_interval),
-        "options": {"expires": 120},
+        "options": {"expires": HEALTH_EXPIRES_S},
     }

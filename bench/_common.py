@@ -8,8 +8,8 @@ import os
 import platform
 import resource
 
-from optask.calendar import MarketCalendar
-from optask.schema import INDICES
+from optask.core.calendar import MarketCalendar
+from optask.core.schema import INDICES
 
 DAY = dt.date(2026, 11, 23)
 FULL_ATM = 50

@@ -20,10 +20,11 @@ import redis
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import DAY, FULL_ATM, INDICES, REPEATS, machine, record  # noqa: E402
 
-from optask.calendar import MarketCalendar  # noqa: E402
-from optask.kite_testserver import KiteTestServer  # noqa: E402
+from optask.core.calendar import MarketCalendar  # noqa: E402
+from optask.infra.redis_server import RedisServer  # noqa: E402
 from optask.providers.kite import KiteProvider  # noqa: E402
-from optask.services import RedisServer  # noqa: E402
+from optask.testkit.baselines import snapshot_spot_first  # noqa: E402
+from optask.testkit.kite_server import KiteTestServer  # noqa: E402
 
 RATE = 1.0
 
@@ -34,7 +35,7 @@ def one_minute(server: KiteTestServer, provider: KiteProvider, mode: str, ts) ->
     if mode == "minute":
         snaps = provider.fetch_minute(list(INDICES), ts)
     else:
-        snaps = {i: provider.snapshot_spot_first(i, ts) for i in INDICES}
+        snaps = {i: snapshot_spot_first(provider, i, ts) for i in INDICES}
     quotes = [t for t, path, _, _ in server.request_log if path == "/quote"]
     legs = sum(s.table.num_rows for s in snaps.values())
     return {"calls": len(quotes), "span_s": max(quotes) - min(quotes) + 1e-3, "legs": legs,

@@ -32,14 +32,15 @@ def stored(ledger) -> int:
 
 def main() -> None:
     os.environ["OPTASK_STRIKES_AROUND_ATM"] = str(FULL_ATM)
-    from optask.config import get_settings
+    from optask.core.config import get_settings
 
     get_settings.cache_clear()
     settings = get_settings()
-    from optask.demo import run_demo
-    from optask.ledger import Ledger
-    from optask.services import RedisServer
-    from optask.stack import Stack, celery_client, wait_for_workers
+    from optask.infra.celery_client import celery_client
+    from optask.infra.ledger import Ledger
+    from optask.infra.redis_server import RedisServer
+    from optask.ops.stack import Stack, wait_for_workers
+    from optask.testkit.demo import run_demo
 
     work = Path(tempfile.mkdtemp(prefix="optask-bench-pipeline-"))
     print(f"machine: {machine()}")
@@ -57,7 +58,7 @@ def main() -> None:
     record("tick -> stored p99, full universe, 2 worker processes", "ms", p99s, goal=("ours", "<", 2000.0))
     # 2. replay the archived minutes through the broker and worker as fast as they go:
     #    per minute (collect_minute fan-out, as live), then in batches (backfill_minutes)
-    from optask.calendar import MarketCalendar
+    from optask.core.calendar import MarketCalendar
 
     mins = [m.isoformat() for m in MarketCalendar().session_minutes(DAY)[:LIVE_MINUTES]]
     rates: dict[str, list[float]] = {"per-minute": [], "batched": []}

@@ -12,8 +12,8 @@ import numpy as np
 import pyarrow as pa
 from _common import INDICES, REPEATS, full_universe_provider, machine, minutes, one_core, peak_rss_mb, record
 
+from optask.core.pricing import bs_price, greeks, implied_vol, year_fraction
 from optask.pipeline import process_snapshot
-from optask.pricing import bs_price, greeks, implied_vol, year_fraction
 
 RATE = 0.065
 

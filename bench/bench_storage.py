@@ -194,7 +194,7 @@ def bench_parquet(root: Path) -> None:
 
 
 def main() -> None:
-    from optask.services import RedisServer
+    from optask.infra.redis_server import RedisServer
 
     print(f"machine: {machine()}")
     work = Path(tempfile.mkdtemp(prefix="optask-bench-"))

@@ -33,12 +33,13 @@ import redis
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import FULL_ATM, INDICES, REPEATS, machine, record  # noqa: E402
 
-from optask.calendar import MarketCalendar  # noqa: E402
-from optask.chaos import Drill  # noqa: E402
-from optask.clock import SessionReplayClock, anchor_key  # noqa: E402
-from optask.kite_testserver import KiteTestServer  # noqa: E402
-from optask.services import RedisServer  # noqa: E402
-from optask.ticker_testserver import KiteTickerTestServer  # noqa: E402
+from optask.core.calendar import MarketCalendar  # noqa: E402
+from optask.core.clock import SessionReplayClock  # noqa: E402
+from optask.infra.redis_server import RedisServer  # noqa: E402
+from optask.infra.session_clock import anchor_key
+from optask.testkit.chaos import Drill  # noqa: E402
+from optask.testkit.kite_server import KiteTestServer  # noqa: E402
+from optask.testkit.ticker_server import KiteTickerTestServer  # noqa: E402
 
 SPEED = float(os.environ.get("BENCH_TICKER_SPEED", "6"))
 MINUTES = int(os.environ.get("BENCH_TICKER_MINUTES", "10"))
@@ -74,7 +75,7 @@ def play(work: Path, mode: str) -> dict:
             last = max(json.loads(s)["stored_at"] for s in stored)
             start = anchor + pos * 60 / SPEED
             if mode != "ticker":
-                from optask.ledger import Ledger
+                from optask.infra.ledger import Ledger
 
                 start = Ledger(client).claimed_at("collect_minute", ts) or start
             latencies.append(last - start)

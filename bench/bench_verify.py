@@ -36,22 +36,23 @@ def empty_stores(root: Path, client) -> None:
 
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="optask-bench-verify-"))
-    from optask.services import RedisServer
+    from optask.infra.redis_server import RedisServer
 
     server = RedisServer(work / "redis").start()
     os.environ.update(BASE_DATA_DIR=str(work / "data"), REDIS_URL=server.url, OPTASK_STRIKES_AROUND_ATM=str(FULL_ATM),
                       OPTASK_INDICES=",".join(INDICES))
-    from optask.config import get_settings
+    from optask.core.config import get_settings
 
     get_settings.cache_clear()
     settings = get_settings()
     import redis
 
-    from optask.backfill import plan_backfill, run_here
-    from optask.collector import store_minutes
-    from optask.stack import Stack, celery_client, wait_for_workers
+    from optask.infra.celery_client import celery_client
+    from optask.jobs.backfill import plan_backfill, run_here
+    from optask.jobs.batch import store_minutes
+    from optask.ops.stack import Stack, wait_for_workers
+    from optask.quality.verify import verify_day
     from optask.storage.sinks import compact_day
-    from optask.verify import verify_day
 
     client = redis.Redis.from_url(server.url)
     print(f"machine: {machine()}")
@@ -59,7 +60,7 @@ def main() -> None:
         minutes = None
         t0 = time.perf_counter()
         for index in INDICES:  # build the day once: simulated venue -> raw archive -> Parquet and CSV
-            from optask.calendar import MarketCalendar
+            from optask.core.calendar import MarketCalendar
 
             minutes = [m.isoformat() for m in MarketCalendar().session_minutes(DAY)]
             store_minutes(index, minutes, settings=settings)
@@ -88,7 +89,7 @@ def main() -> None:
             stack.start_worker("worker-maintenance", concurrency=2, queues=["maintenance"])
             app = celery_client(settings, server.url)
             wait_for_workers(app)
-            from optask.backfill import enqueue, wait
+            from optask.jobs.backfill import enqueue, wait
 
             for _ in range(REPEATS):
                 empty_stores(settings.data.root, client)

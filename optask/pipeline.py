@@ -10,11 +10,13 @@ import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from optask.pricing import greeks, implied_vol, year_fraction
-from optask.schema import LEG_SCHEMA, PER_SIDE_COLUMNS, RAW_LEG_SCHEMA, SUMMARY_SCHEMA
+from optask.core.config import get_settings
+from optask.core.pricing import greeks, implied_vol, year_fraction
+from optask.core.schema import LEG_SCHEMA, PER_SIDE_COLUMNS, RAW_LEG_SCHEMA, SUMMARY_SCHEMA
 
 REQUIRED = ("ts", "index", "expiry", "strike", "side", "ltp")
 #: A book whose spread is wider than this fraction of its mid is not trusted for the iv.
@@ -41,8 +43,6 @@ class ProcessedMinute:
 
 
 def _settings_rates() -> tuple[float, float]:
-    from optask.config import get_settings
-
     m = get_settings().market
     return m.risk_free_rate, m.dividend_yield
 
@@ -103,8 +103,6 @@ def as_leg_table(legs) -> pa.Table:
         return legs
     if isinstance(legs, pa.RecordBatch):
         return pa.Table.from_batches([legs])
-    import pandas as pd
-
     if isinstance(legs, pd.DataFrame):
         return pa.Table.from_pandas(legs, preserve_index=False)
     if isinstance(legs, list | tuple):

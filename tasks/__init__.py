@@ -4,11 +4,11 @@
 """
 
 from tasks.application import app
+from tasks.health import health_check
 from tasks.minute import (
     backfill_minutes,
     collect_minute,
     end_of_day,
-    health_check,
     process_index,
     repair_missed,
 )

@@ -12,9 +12,11 @@ from celery import Celery
 from celery.signals import worker_ready, worker_shutting_down
 
 import beat_schedule
-from optask.config import get_settings
-from optask.services import ensure_redis
-from tasks.celeryconfig import celery_config
+from optask.core.config import get_settings
+from optask.infra.celery_client import celery_config
+from optask.infra.coordination import CONSUMER_TTL_S, announce_consumer, withdraw_consumer
+from optask.infra.redis_client import connect
+from optask.infra.redis_server import ensure_redis
 
 
 def _configuration() -> dict:
@@ -41,13 +43,9 @@ _announcing = threading.Event()
 def announce_queues(sender, **_) -> None:
     """Tell Redis which queues this worker consumes, every few seconds while it lives, so a minute of an
     index whose only worker was lost goes to the shared fallback queue (`live_process_queues`)."""
-    import redis
-
-    from optask.coordination import CONSUMER_TTL_S, announce_consumer
-
     hostname = sender.hostname
     queues = [q.name for q in sender.task_consumer.queues]
-    client = redis.Redis.from_url(sender.app.conf.broker_url, socket_timeout=5, socket_connect_timeout=5)
+    client = connect(sender.app.conf.broker_url, timeout_s=5)
 
     def beat() -> None:
         while not _announcing.wait(CONSUMER_TTL_S / 3):
@@ -65,8 +63,6 @@ def announce_queues(sender, **_) -> None:
 
 
 def _withdraw(client, hostname: str, queues: list[str]) -> None:
-    from optask.coordination import withdraw_consumer
-
     _announcing.set()
     try:
         withdraw_consumer(client, hostname, queues)

@@ -1,124 +1,23 @@
-"""Every Celery setting of optask, in one place, each with why (DESIGN section 5)."""
+"""Celery's settings for `-A tasks`: they live in `optask.infra.celery_client` (which `optask up`'s client shares)
+and the queues, routes and limits in `optask.infra.queues`; re-exported here for existing imports."""
 
-from __future__ import annotations
+from optask.infra.celery_client import celery_config, stamp_sent_at
+from optask.infra.queues import (
+    EOD_HARD_LIMIT_S,
+    EOD_SOFT_LIMIT_S,
+    FALLBACK_QUEUE,
+    MAINTENANCE_QUEUE,
+    MAINTENANCE_TASKS,
+    MINUTE_EXPIRES_S,
+    MINUTE_HARD_LIMIT_S,
+    MINUTE_SOFT_LIMIT_S,
+    live_process_queues,
+    process_queue,
+    route_task,
+)
 
-import time
-
-from celery.signals import before_task_publish
-from kombu import Queue
-
-from optask.backfill import MAINTENANCE_QUEUE
-from optask.config import Settings
-
-#: Longest a minute task may run. A minute that takes longer is late anyway; it is retried or backfilled.
-MINUTE_SOFT_LIMIT_S = 45
-MINUTE_HARD_LIMIT_S = 55
-#: End of day compacts and verifies whole days: minutes, not seconds.
-EOD_SOFT_LIMIT_S = 900
-EOD_HARD_LIMIT_S = 960
-#: A queued minute older than this is stale: fresh minutes go first, the stale one is recorded for backfill.
-MINUTE_EXPIRES_S = 120
-
-
-#: Long, catch-up work: never on the queues live minutes use.
-MAINTENANCE_TASKS = ("tasks.backfill_minutes", "tasks.end_of_day", "tasks.repair_missed")
-
-
-#: Every node also consumes this queue: an index whose own queue has lost its last worker is sent here.
-FALLBACK_QUEUE = "process.any"
-
-
-def process_queue(index: str) -> str:
-    """Each index has its own queue so it can have its own workers, on any machine."""
-    return f"process.{index}"
-
-
-def live_process_queues(client, indices: list[str]) -> dict[str, str]:
-    """Where each index's minute goes now: its own queue, or the shared fallback when no live worker consumes
-    its own and one consumes the fallback (a node lost). Workers announce their queues every few seconds
-    (`optask.coordination.announce_consumer`); with no announcement at all, nothing is rerouted."""
-    from optask.coordination import live_consumers
-
-    own = {i: process_queue(i) for i in indices}
-    try:
-        live = live_consumers(client, [*own.values(), FALLBACK_QUEUE])
-    except Exception:  # noqa: BLE001 - no view of the workers: the index's own queue, as always
-        return own
-    return {i: q if live[q] or not live[FALLBACK_QUEUE] else FALLBACK_QUEUE for i, q in own.items()}
-
-
-def route_task(name, args, kwargs, options, task=None, **kw):
-    """process_index to its index's queue; backfill and end of day to the maintenance queue (its own
-    worker under `optask up`, so repairs never starve live minutes); everything else to the default queue."""
-    if name == "tasks.process_index":
-        index = args[0] if args else kwargs.get("index")
-        return {"queue": process_queue(index)}
-    if name in MAINTENANCE_TASKS:
-        return {"queue": MAINTENANCE_QUEUE}
-    return None
-
-
-def celery_config(settings: Settings, broker_url: str) -> dict:
-    # Longer than the longest task (EOD), so Redis never hands a running task to a second worker;
-    # a task of a worker killed whole comes back after it (or at the next worker start past it).
-    visibility_timeout = settings.service.celery_visibility_timeout_s
-    transport = {
-        "visibility_timeout": visibility_timeout,
-        # Every network call has a timeout: a Redis that vanishes without closing TCP is noticed.
-        "socket_timeout": 30,
-        "socket_connect_timeout": 10,
-        "socket_keepalive": True,
-        "health_check_interval": 25,
-        # Sweep for tasks of dead workers every few seconds, not every 100 (kombu's 10 s x throttle 10).
-        "unacked_restore_interval": min(10, max(1, visibility_timeout // 2)),
-        "unacked_restore_throttle": 1,
-    }
-    return {
-        "broker_url": broker_url,
-        "result_backend": broker_url,
-        # JSON only: pickle would let anyone who can write to Redis run code in the workers.
-        "task_serializer": "json",
-        "result_serializer": "json",
-        "accept_content": ["json"],
-        "result_accept_content": ["json"],
-        # Ack after the task ran, and requeue when the worker process dies mid-task: every task is
-        # idempotent, so a redelivery is harmless and a kill loses nothing.
-        "task_acks_late": True,
-        "task_reject_on_worker_lost": True,
-        # One message at a time per process: a slow minute does not hold others hostage in its prefetch.
-        "worker_prefetch_multiplier": 1,
-        # Set identically for broker and result backend (Celery's Redis caveat).
-        "broker_transport_options": transport,
-        "result_backend_transport_options": transport,
-        "visibility_timeout": visibility_timeout,
-        # Defaults for minute tasks; end_of_day declares its own, longer limits.
-        "task_soft_time_limit": MINUTE_SOFT_LIMIT_S,
-        "task_time_limit": MINUTE_HARD_LIMIT_S,
-        # Replace a worker child that grew past the memory budget (kilobytes) after its current task.
-        "worker_max_memory_per_child": settings.service.max_memory_usage_mb * 1024,
-        # Keep retrying the broker at start instead of dying when Redis is a moment late.
-        "broker_connection_retry_on_startup": True,
-        "broker_connection_max_retries": None,
-        # Beat's crontabs are in market time.
-        "timezone": "Asia/Kolkata",
-        "enable_utc": True,
-        # Per-index queues, the maintenance queue and the default one; declared so `celery worker` without -Q consumes all of them.
-        "task_default_queue": "optask",
-        "task_queues": [Queue("optask"), Queue(MAINTENANCE_QUEUE), Queue(FALLBACK_QUEUE)]
-        + [Queue(process_queue(i)) for i in settings.market.indices],
-        "task_routes": (route_task,),
-        # Flower shows tasks live, including when they were sent and by whom.
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
-        "task_track_started": True,
-        # Results are small status dicts; keep them an hour for Flower and the CLI, then let Redis drop them.
-        "result_expires": 3600,
-        "worker_hijack_root_logger": False,
-    }
-
-
-@before_task_publish.connect
-def stamp_sent_at(headers=None, **_):
-    """Every message carries when it was sent: the health check reads the oldest waiting task's age from it."""
-    if headers is not None:
-        headers.setdefault("sent_at", time.time())
+__all__ = [
+    "EOD_HARD_LIMIT_S", "EOD_SOFT_LIMIT_S", "FALLBACK_QUEUE", "MAINTENANCE_QUEUE", "MAINTENANCE_TASKS",
+    "MINUTE_EXPIRES_S", "MINUTE_HARD_LIMIT_S", "MINUTE_SOFT_LIMIT_S", "celery_config", "live_process_queues",
+    "process_queue", "route_task", "stamp_sent_at",
+]

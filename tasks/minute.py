@@ -1,56 +1,51 @@
-"""Minute and day tasks: a few lines each, calling `optask.collector` with primitive arguments."""
+"""Minute and day tasks: a few lines each, calling `optask.jobs` with primitive arguments."""
 
 from __future__ import annotations
 
 import logging
 
-import redis
 from celery.signals import task_revoked
 
-from optask import collector
-from optask.config import get_settings
-from optask.providers.base import TemporaryProviderError
-from optask.storage.archive import StorageError
-from tasks.application import app
-from tasks.celeryconfig import (
+from optask.core.config import get_settings
+from optask.infra.ledger import ledger_for
+from optask.infra.queues import (
     EOD_HARD_LIMIT_S,
     EOD_SOFT_LIMIT_S,
     MINUTE_EXPIRES_S,
+    REPAIR_EXPIRES_S,
     live_process_queues,
 )
+from optask.jobs import RETRYABLE, batch, eod, minute, repair
+from tasks.application import app
 
 log = logging.getLogger(__name__)
-
-#: Faults worth retrying: the provider or a store is briefly unavailable. An expired token
-#: (PermanentProviderError) is not among them: retrying cannot fix it.
-RETRYABLE = (TemporaryProviderError, StorageError, redis.ConnectionError, redis.TimeoutError)
 
 
 @app.task(name="tasks.collect_minute", ignore_result=True)
 def collect_minute(ts: str) -> dict:
     """Fan a session minute out to one process_index per index; claimed once even if beat runs twice."""
-    plan = collector.plan_minute(ts)
-    collector.fetch_minute(ts, plan.indices)  # Kite: the whole minute in the fewest calls, archived first
-    queues = live_process_queues(collector.ledger_for(get_settings()).redis, plan.indices)
+    plan = minute.plan_minute(ts)
+    minute.fetch_minute(ts, plan.indices)  # Kite: the whole minute in the fewest calls, archived first
+    queues = live_process_queues(ledger_for(get_settings()).redis, plan.indices)
     for index in plan.indices:
         process_index.apply_async((index, ts), queue=queues[index], expires=MINUTE_EXPIRES_S)
-    day = collector.should_close_day(ts)
+    day = minute.should_close_day(ts)
     if day:
         # Give the session's last minute time to land before the day is closed (90 s of the session's clock).
-        end_of_day.apply_async((day,), countdown=collector.close_delay_s())
+        end_of_day.apply_async((day,), countdown=minute.close_delay_s())
     return plan.as_dict()
 
 
 class ProcessIndexTask(app.Task):
     def on_retry(self, exc, task_id, args, kwargs, einfo):
-        collector.record_fault(exc, "retries")
+        minute.record_fault(exc, "retries")
 
     def on_failure(self, exc, task_id, args, kwargs, einfo):
         """Retries exhausted or a permanent fault: the minute is recorded for backfill, never silently lost."""
-        collector.record_fault(exc, "failures")
+        minute.record_fault(exc, "failures")
         index, ts = (list(args) + [kwargs.get("index"), kwargs.get("ts") or kwargs.get("minutes")])[:2]
-        for minute in ts if isinstance(ts, list) else [ts]:
-            collector.record_missed(index, minute, f"{type(exc).__name__}: {exc}")
+        for one in ts if isinstance(ts, list) else [ts]:
+            minute.record_missed(index, one, f"{type(exc).__name__}: {exc}")
 
 
 @app.task(
@@ -60,7 +55,7 @@ class ProcessIndexTask(app.Task):
 )
 def process_index(index: str, ts: str) -> dict:
     """Snapshot -> raw archive -> process -> Parquet, CSV, InfluxDB -> heartbeat; idempotent per (index, ts)."""
-    return collector.store_minute(index, ts).as_dict()
+    return minute.store_minute(index, ts).as_dict()
 
 
 @app.task(
@@ -70,20 +65,20 @@ def process_index(index: str, ts: str) -> dict:
 )
 def backfill_minutes(index: str, minutes: list[str], provider: str | None = None) -> dict:
     """A batch of one index's minutes of one day from the source's history (backfill, replay)."""
-    return collector.store_minutes(index, minutes, provider)
+    return batch.store_minutes(index, minutes, provider)
 
 
 @app.task(name="tasks.end_of_day", soft_time_limit=EOD_SOFT_LIMIT_S, time_limit=EOD_HARD_LIMIT_S)
-def end_of_day(day: str, repair: bool = True) -> dict:
+def end_of_day(day: str, repair: bool = True) -> dict:  # noqa: F811 - the argument shadows the module here only
     """Compaction, verification, repair of what is missing, verification again, the report."""
-    return collector.end_of_day(day, repair=repair)
+    return eod.end_of_day(day, repair=repair)
 
 
 @app.task(name="tasks.repair_missed", ignore_result=True, soft_time_limit=EOD_SOFT_LIMIT_S,
-          time_limit=EOD_HARD_LIMIT_S, expires=110)
+          time_limit=EOD_HARD_LIMIT_S, expires=REPAIR_EXPIRES_S)
 def repair_missed(ts: str) -> dict:
     """In session: minutes not stored a few minutes after their time are rebuilt, a bounded number of times."""
-    return collector.repair_missed(ts)
+    return repair.repair_missed(ts)
 
 
 @task_revoked.connect
@@ -91,13 +86,4 @@ def _record_expired(request=None, expired=False, **_):
     """An expired minute (stale behind a backlog) is left for backfill: record it, don't lose it."""
     if expired and request is not None and request.task == "tasks.process_index":
         index, ts = request.args[:2]
-        collector.record_missed(index, ts, "expired in queue")
-
-
-@app.task(name="tasks.health_check", ignore_result=True, expires=120)
-def health_check() -> dict:
-    """Checks, alerts and self-healing actions: a Celery deployment monitors itself."""
-    from optask.health import get_enhanced_monitor
-
-    report = get_enhanced_monitor().run_once()
-    return {"status": report.status, "actions": len(report.actions)}
+        minute.record_missed(index, ts, "expired in queue")

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from optask.config import get_settings
-from optask.services import RedisServer, free_port
+from optask.core.config import get_settings
+from optask.infra.procutil import free_port
+from optask.infra.redis_server import RedisServer
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -47,10 +48,11 @@ def isolated_settings(tmp_path, monkeypatch):
 
 def _clear_process_caches() -> None:
     """Providers and Redis pools are cached per process for the workers' sake; a test starts afresh."""
-    from optask import collector
+    from optask.infra.redis_server import forget_clients
+    from optask.jobs.context import provider_for
 
-    collector._provider.cache_clear()
-    collector._ledger.cache_clear()
+    provider_for.cache_clear()
+    forget_clients()
 
 
 @pytest.fixture(scope="session")

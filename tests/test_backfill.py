@@ -13,7 +13,7 @@ import pytest
 import redis
 from test_verify import DAY, _day_file, build, session  # noqa: F401 - the fixture is used by name
 
-from optask.config import load_settings
+from optask.core.config import load_settings
 
 
 def backfill(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -39,7 +39,7 @@ def parquet_minutes(settings) -> int:
 @pytest.mark.parametrize("with_worker", [False, True], ids=["no worker: runs here", "a maintenance worker"])
 def test_only_missing_wait_restores_deleted_minutes_then_does_nothing(session, redis_url, isolated_settings,  # noqa: F811
                                                                       with_worker):
-    from optask.stack import Stack
+    from optask.ops.stack import Stack
 
     build(session, redis_url)
     delete_minutes(session, 4, 10)
@@ -47,7 +47,8 @@ def test_only_missing_wait_restores_deleted_minutes_then_does_nothing(session, r
     stack = Stack(load_settings(), redis_url, isolated_settings)
     try:
         if with_worker:
-            from optask.stack import celery_client, wait_for_workers
+            from optask.infra.celery_client import celery_client
+            from optask.ops.stack import wait_for_workers
 
             stack.start_worker("worker-maintenance", concurrency=1, queues=["maintenance"])
             client = celery_client(load_settings(), redis_url)

@@ -6,7 +6,7 @@ import shutil
 import textwrap
 from pathlib import Path
 
-from optask.benchmarks import BENCH_DIR, Measure, fmt, run_all
+from optask.testkit.bench_report import BENCH_DIR, Measure, fmt, run_all
 
 
 def test_verdict_says_straddles_when_repeats_fall_on_both_sides_of_the_goal():

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from optask.calendar import CalendarError, MarketCalendar, get_calendar
-from optask.timeutils import IST, UTC
+from optask.core.calendar import CalendarError, MarketCalendar, get_calendar
+from optask.core.timeutils import IST, UTC
 
 
 def test_republic_day_is_closed():

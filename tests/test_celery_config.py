@@ -6,9 +6,9 @@ import datetime as dt
 
 import pytest
 
-from optask.collector import plan_minute
-from optask.config import load_settings
-from optask.ledger import Ledger
+from optask.core.config import load_settings
+from optask.infra.ledger import Ledger
+from optask.jobs.minute import plan_minute
 from tasks.celeryconfig import celery_config, route_task
 
 
@@ -59,10 +59,10 @@ def test_beat_schedule_fires_every_minute_with_expiry():
 
 
 def test_beat_stamps_the_minute(monkeypatch):
-    from optask.clock import current_minute_iso
+    from optask.infra.session_clock import current_minute_iso
 
     monkeypatch.setenv("OPTASK_SIMULATED_SESSION_DAY", "2025-10-21")
-    from optask.config import get_settings
+    from optask.core.config import get_settings
 
     get_settings.cache_clear()
     assert current_minute_iso() == "2025-10-21T08:15:00+00:00"  # Muhurat open, 13:45 IST

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from optask.config import SettingsError, get_settings, load_settings
+from optask.core.config import SettingsError, get_settings, load_settings
 
 OPTASK = [sys.executable, "-m", "optask.cli"]
 
@@ -99,7 +99,7 @@ def test_get_settings_is_cached_and_clearable(monkeypatch):
 
 
 def test_env_example_documents_every_variable():
-    from optask.config import _GROUPS, env_name
+    from optask.core.config import _GROUPS, env_name
 
     example = (Path(__file__).resolve().parents[1] / ".env.example").read_text()
     documented = {line.split("=", 1)[0].strip() for line in example.splitlines() if "=" in line and not line.startswith("#")}
@@ -109,7 +109,7 @@ def test_env_example_documents_every_variable():
 
 
 def test_env_example_is_current():
-    from optask.config import env_example_text
+    from optask.core.config import env_example_text
 
     example = (Path(__file__).resolve().parents[1] / ".env.example").read_text()
     assert example.strip() == env_example_text().strip(), "regenerate: optask config --example > .env.example"

@@ -17,8 +17,9 @@ import pytest
 import redis
 from conftest import need
 
-from optask.config import get_settings, load_settings
-from optask.health import (
+from optask.core.config import get_settings, load_settings
+from optask.infra.procutil import free_port
+from optask.ops.health.checks import (
     CRIT,
     OK,
     WARN,
@@ -30,7 +31,6 @@ from optask.health import (
     check_ticker,
     check_workers,
 )
-from optask.services import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -128,7 +128,7 @@ def good() -> list[CheckResult]:
 
 
 def test_one_alert_and_one_resolved_notice_however_many_monitors_check(redis_url, inbox, monkeypatch):
-    from optask.alerts import Alerter
+    from optask.ops.alerts import Alerter
 
     smtp_env(monkeypatch, inbox.port, ALERT_FOR_S="1", ALERT_REPEAT_S="3600")
     settings = load_settings()
@@ -151,7 +151,7 @@ def test_one_alert_and_one_resolved_notice_however_many_monitors_check(redis_url
 
 
 def test_reminders_come_at_a_growing_interval(redis_url, inbox, monkeypatch):
-    from optask.alerts import Alerter
+    from optask.ops.alerts import Alerter
 
     smtp_env(monkeypatch, inbox.port, ALERT_FOR_S="0", ALERT_REPEAT_S="60")
     alerter = Alerter(load_settings(), redis.Redis.from_url(redis_url))
@@ -164,7 +164,7 @@ def test_reminders_come_at_a_growing_interval(redis_url, inbox, monkeypatch):
 
 
 def test_smtp_down_is_logged_shown_and_retried_and_changes_nothing_else(redis_url, monkeypatch):
-    from optask.alerts import Alerter
+    from optask.ops.alerts import Alerter
 
     port = free_port()  # nothing listens here yet
     smtp_env(monkeypatch, port, ALERT_FOR_S="0")
@@ -204,7 +204,7 @@ def test_check_with_nothing_running_says_what_is_down(isolated_settings):
 
 
 def test_check_exit_codes_follow_the_worst_check(isolated_settings, redis_url):
-    from optask.stack import Stack
+    from optask.ops.stack import Stack
 
     quiet = {"CPU_WARN_PCT": "100", "CPU_CRIT_PCT": "100", "MEMORY_WARN_PCT": "100", "MEMORY_CRIT_PCT": "100",
              "OPTASK_INDICES": "NIFTY", "DISK_WARN_FREE_GB": "0", "DISK_CRIT_FREE_GB": "0"}
@@ -220,8 +220,8 @@ def test_check_exit_codes_follow_the_worst_check(isolated_settings, redis_url):
             time.sleep(0.2)
         # as `optask up` does: the current minute now, not at beat's next boundary (during market hours the
         # freshness check is CRIT until a minute of this session is stored)
-        from optask.clock import current_minute_iso
-        from optask.stack import celery_client
+        from optask.infra.celery_client import celery_client
+        from optask.infra.session_clock import current_minute_iso
 
         celery_client(load_settings(), redis_url).send_task("tasks.collect_minute", args=(current_minute_iso(),),
                                                              queue="optask", expires=55)
@@ -261,8 +261,8 @@ def _query(url: str, expr: str) -> list[dict]:
 def test_a_real_prometheus_scrapes_optask_and_flower(isolated_settings, redis_url, tmp_path, monkeypatch):
     import yaml
 
-    from optask.ledger import Ledger
-    from optask.stack import Stack
+    from optask.infra.ledger import Ledger
+    from optask.ops.stack import Stack
 
     exe = shutil.which("prometheus")
     need(exe is not None, "prometheus missing: `apt-get install prometheus` (make test-servers does)")

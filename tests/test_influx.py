@@ -6,10 +6,10 @@ import datetime as dt
 
 import pyarrow as pa
 
-from optask.calendar import MarketCalendar
+from optask.core.calendar import MarketCalendar
+from optask.infra.procutil import free_port
 from optask.pipeline import process_snapshot
 from optask.providers.simulated import SimulatedProvider
-from optask.services import free_port
 from optask.storage.influx import LEG_FIELDS, LEG_TAGS, InfluxSink, to_line_protocol
 
 DAY = dt.date(2026, 11, 23)
@@ -70,7 +70,7 @@ def test_outage_spools_then_replays_in_order(victoria_metrics, tmp_path):
 
 
 def test_disabled_without_url():
-    from optask.config import load_settings
+    from optask.core.config import load_settings
 
     assert InfluxSink.from_settings(load_settings()) is None
 

@@ -14,11 +14,11 @@ import orjson
 import pytest
 import redis
 
-from optask.calendar import MarketCalendar
-from optask.kite_testserver import KiteTestServer
+from optask.core.calendar import MarketCalendar
+from optask.infra.ratelimit import RedisPacer
 from optask.providers.base import PermanentProviderError, TemporaryProviderError
 from optask.providers.kite import KiteProvider, parse_quote_payload
-from optask.ratelimit import RedisPacer
+from optask.testkit.kite_server import KiteTestServer
 
 DAY = dt.date(2026, 11, 23)
 TS = MarketCalendar().session_minutes(DAY)[15].to_pydatetime()
@@ -99,12 +99,17 @@ def test_429_and_too_many_requests_back_off(kite_server, tmp_path):
     assert kite_server.faults.too_many_requests == 0
 
 
-def test_5xx_retried_then_temporary(kite_server, tmp_path):
-    kite_server.faults.server_errors = 2
-    assert provider(kite_server, tmp_path).snapshot("NIFTY", TS).table.num_rows == 66
-    kite_server.faults.server_errors = 100
-    with pytest.raises(TemporaryProviderError, match="failed 5 times"):
-        provider(kite_server, tmp_path).snapshot("NIFTY", TS)
+def test_5xx_is_temporary_at_once_and_left_to_celerys_retry(kite_server, tmp_path):
+    """One retry layer: a 5xx is not retried inside the provider (Celery's autoretry_for owns it), so one task
+    attempt costs one call, never five with their timeouts."""
+    p = provider(kite_server, tmp_path)
+    p.snapshot("NIFTY", TS)  # the dump and the day's first spot
+    kite_server.faults.server_errors = 1
+    before = len(kite_server.requests)
+    with pytest.raises(TemporaryProviderError, match="the task is retried"):
+        p.snapshot("NIFTY", TS)
+    assert len(kite_server.requests) - before == 1
+    assert p.snapshot("NIFTY", TS).table.num_rows == 66  # the retry (Celery's) then succeeds
 
 
 def test_token_expiry_is_permanent_and_clear(kite_server, tmp_path):
@@ -223,7 +228,7 @@ def test_one_fetch_packs_a_whole_minute_in_the_fewest_calls_each_spot_with_its_o
     in a call with its options (counted on the test server), the same chains as fetching each index alone."""
     import math
 
-    from optask.schema import INDICES
+    from optask.core.schema import INDICES
 
     kite_server.requests.clear()
     p = provider(kite_server, tmp_path, strikes=50)
@@ -269,11 +274,12 @@ def test_sampling_span_is_stored_in_the_summary_and_flagged_by_verification(kite
     """The per-index path (spot one call before its options) and the one-fetch path, through store_minute:
     the summary carries sample_span_ms and spot_offset_ms, the metric is set, and a span over
     MAX_SAMPLE_SPAN_MS is a verification finding."""
-    from optask import collector
-    from optask.config import get_settings
-    from optask.metrics import KEY
+    from optask.core.config import get_settings
+    from optask.infra.counters import KEY
+    from optask.jobs import minute as collector
+    from optask.jobs.context import provider_for
+    from optask.quality.verify import check_sampling
     from optask.storage.parquet import ParquetStore
-    from optask.verify import check_sampling
 
     monkeypatch.setenv("OPTASK_PROVIDER", "kite")
     monkeypatch.setenv("KITE_ROOT_URL", kite_server.url)
@@ -283,7 +289,7 @@ def test_sampling_span_is_stored_in_the_summary_and_flagged_by_verification(kite
     monkeypatch.setenv("OPTASK_STRIKES_AROUND_ATM", "3")
     monkeypatch.setenv("KITE_FETCH", "index")
     get_settings.cache_clear()
-    collector._provider.cache_clear()
+    provider_for.cache_clear()
     one = collector.store_minute("NIFTY", TS.isoformat())  # its own fetch: the day's spots first, then one call
     assert one.sample_span_ms is not None and one.spot_offset_ms == 0.0
     monkeypatch.setenv("KITE_FETCH", "minute")

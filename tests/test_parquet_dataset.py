@@ -14,7 +14,7 @@ import pyarrow.dataset as ds
 import pytest
 import redis
 
-from optask.calendar import MarketCalendar
+from optask.core.calendar import MarketCalendar
 from optask.pipeline import process_snapshot
 from optask.providers.simulated import SimulatedProvider
 from optask.storage.parquet import ParquetStore

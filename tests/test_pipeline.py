@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from optask.core.pricing import bs_price, year_fraction
+from optask.core.schema import LEG_SCHEMA, RAW_LEG_SCHEMA
 from optask.pipeline import ChainError, enrich, merge, process_snapshot, summarize, validate
-from optask.pricing import bs_price, year_fraction
-from optask.schema import LEG_SCHEMA, RAW_LEG_SCHEMA
 
 TS = dt.datetime(2026, 11, 23, 4, 0, tzinfo=dt.UTC)
 EXPIRY = dt.date(2026, 12, 1)

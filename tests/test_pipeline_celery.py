@@ -11,10 +11,11 @@ import psutil
 import pytest
 import redis
 
-from optask.calendar import MarketCalendar
-from optask.config import get_settings, load_settings
-from optask.ledger import Ledger
-from optask.stack import Stack, celery_client, wait_for_workers
+from optask.core.calendar import MarketCalendar
+from optask.core.config import get_settings, load_settings
+from optask.infra.celery_client import celery_client
+from optask.infra.ledger import Ledger
+from optask.ops.stack import Stack, wait_for_workers
 
 DAY = dt.date(2026, 11, 23)
 MINUTES = [m.isoformat() for m in MarketCalendar().session_minutes(DAY)]
@@ -54,9 +55,9 @@ def wait_stored(ledger: Ledger, pairs, timeout=90.0):
 
 
 def expected_legs(settings, index, ts):
+    from optask.core.timeutils import parse_minute
     from optask.pipeline import process_snapshot
     from optask.providers.simulated import SimulatedProvider
-    from optask.timeutils import parse_minute
 
     snap = SimulatedProvider.from_settings(settings).snapshot(index, parse_minute(ts))
     return process_snapshot(snap).legs.num_rows
@@ -97,7 +98,7 @@ def snapshot_files(root) -> dict[str, tuple[str, int]]:
 
 
 def test_retried_minute_changes_no_file(redis_url, pipeline_env, isolated_settings, monkeypatch):
-    from optask.collector import store_minute
+    from optask.jobs.minute import store_minute
 
     monkeypatch.delenv("INFLUXDB_URL")
     get_settings.cache_clear()
@@ -192,7 +193,7 @@ def test_two_beats_produce_each_minute_once(redis_url, pipeline_env, isolated_se
 
 def test_redis_restart_mid_session(pipeline_env, isolated_settings, tmp_path_factory, monkeypatch):
     """The bundled Redis (AOF) restarts mid-session: the worker reconnects by itself and nothing stored is lost."""
-    from optask.services import RedisServer
+    from optask.infra.redis_server import RedisServer
 
     server = RedisServer(tmp_path_factory.mktemp("redis-restart")).start()
     monkeypatch.setenv("REDIS_URL", server.url)

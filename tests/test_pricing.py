@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from optask.pricing import bs_price, greeks, implied_vol, year_fraction
+from optask.core.pricing import bs_price, greeks, implied_vol, year_fraction
 
 SPOT = 25_000.0
 MINUTE = 1.0 / (365 * 24 * 60)

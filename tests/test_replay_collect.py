@@ -11,12 +11,12 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from optask.calendar import MarketCalendar
+from optask.core.calendar import MarketCalendar
 from optask.providers.base import TemporaryProviderError
 from optask.providers.replay import ReplayProvider
 from optask.providers.simulated import SimulatedProvider
 from optask.storage.archive import write_raw
-from optask.testing import MockDataGenerator
+from optask.testkit.mock import MockDataGenerator
 
 DAY = dt.date(2026, 11, 23)
 MINUTES = [m.to_pydatetime() for m in MarketCalendar().session_minutes(DAY)]

@@ -9,11 +9,11 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from optask.config import get_settings
+from optask.core.config import get_settings
+from optask.core.timeutils import IST
 from optask.pipeline import ChainError
 from optask.storage.csv import CsvStore, get_consolidated_writer
-from optask.testing import MockDataGenerator, run_performance_test
-from optask.timeutils import IST
+from optask.testkit.mock import MockDataGenerator, run_performance_test
 
 
 def test_guide_imports_run_performance_test_as_a_function():

@@ -15,8 +15,8 @@ import redis
 from test_health import Inbox
 from test_up import Up, gone_within, up_env
 
-from optask.calendar import MarketCalendar
-from optask.config import get_settings, load_settings
+from optask.core.calendar import MarketCalendar
+from optask.core.config import get_settings, load_settings
 
 DAY = dt.date(2026, 11, 23)
 
@@ -75,9 +75,9 @@ def test_killed_redis_is_restarted_alerted_resolved_and_given_up_past_the_limit(
 
 def test_an_index_whose_worker_stops_goes_warn_then_crit_and_its_minutes_are_repaired(
         isolated_settings, redis_url, monkeypatch):
-    from optask.health import get_enhanced_monitor
-    from optask.ledger import Ledger
-    from optask.stack import Stack
+    from optask.infra.ledger import Ledger
+    from optask.ops.health.monitor import get_enhanced_monitor
+    from optask.ops.stack import Stack
 
     env = {"OPTASK_INDICES": "NIFTY,SENSEX", "OPTASK_STRIKES_AROUND_ATM": "2", "OPTASK_PROVIDER": "simulated",
            "OPTASK_SIMULATED_SESSION_DAY": DAY.isoformat(), "OPTASK_SIMULATED_SESSION_SPEED": "20",

@@ -9,8 +9,9 @@ import sys
 import pytest
 import redis
 
-from optask.config import load_settings
-from optask.services import RedisUnavailable, bundled_redis_url, ensure_redis, free_port
+from optask.core.config import load_settings
+from optask.infra.procutil import free_port
+from optask.infra.redis_server import RedisUnavailable, bundled_redis_url, ensure_redis
 
 
 def optask(*args, env=None):

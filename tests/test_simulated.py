@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from optask.calendar import MarketCalendar
+from optask.core.calendar import MarketCalendar
+from optask.core.schema import INDICES, RAW_LEG_SCHEMA
 from optask.providers.base import PermanentProviderError, TemporaryProviderError
 from optask.providers.simulated import SPECS, SimFaults, SimulatedProvider, parse_payload
-from optask.schema import INDICES, RAW_LEG_SCHEMA
 
 CAL = MarketCalendar()
 DAYS = CAL.sessions(dt.date(2025, 1, 1), dt.date(2026, 12, 31))
@@ -121,7 +121,7 @@ def test_no_static_arbitrage_within_the_tick(d, m, index):
         assert (p_[:-2] - 2 * p_[1:-1] + p_[2:] >= -2 * TICK - 1e-9).all()
         # put-call parity within the spread
         spot = g["spot"].iloc[0]
-        from optask.pricing import year_fraction
+        from optask.core.pricing import year_fraction
 
         t = float(year_fraction(minute(d, m), np.array([expiry], dtype="datetime64[D]"))[0])
         k = calls["strike"].to_numpy()

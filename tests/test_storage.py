@@ -15,11 +15,12 @@ import pyarrow.compute as pc
 import pytest
 import redis
 
-from optask.calendar import MarketCalendar
+from optask.core.calendar import MarketCalendar
+from optask.core.schema import LEG_KEY
+from optask.infra.fsutil import StorageError
 from optask.pipeline import process_snapshot
 from optask.providers.simulated import SimulatedProvider
-from optask.schema import LEG_KEY
-from optask.storage.archive import StorageError, maintain, read_raw, write_raw
+from optask.storage.archive import maintain, read_raw, write_raw
 from optask.storage.csv import CsvStore, Sidecar, get_consolidated_writer
 from optask.storage.parquet import ParquetStore
 
@@ -153,7 +154,7 @@ def test_csv_read_new_costs_only_new_rows(tmp_path, redis_url, monkeypatch):
 
 
 def test_seed_entry_point(redis_url, isolated_settings):
-    from optask.config import get_settings
+    from optask.core.config import get_settings
 
     writer = get_consolidated_writer(get_settings())
     snap = SIM.snapshot("NIFTY", MINUTES[5])

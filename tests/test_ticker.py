@@ -12,12 +12,12 @@ import orjson
 import pytest
 import redis
 
-from optask.calendar import MarketCalendar
-from optask.kite_testserver import KiteTestServer
+from optask.core.calendar import MarketCalendar
+from optask.jobs.ticker import Ticker, ticker_state
 from optask.providers import kite_ticker as kt
 from optask.providers.kite import SPOT_TOKENS, KiteProvider
-from optask.ticker import Ticker, ticker_state
-from optask.ticker_testserver import KiteTickerTestServer
+from optask.testkit.kite_server import KiteTestServer
+from optask.testkit.ticker_server import KiteTickerTestServer, encode_index
 
 DAY = dt.date(2026, 11, 23)
 MINUTES = MarketCalendar().session_minutes(DAY)
@@ -100,11 +100,11 @@ def kite_env(venue, monkeypatch, redis_url, isolated_settings):
                  "KITE_QUOTE_RATE_PER_S": "50", "OPTASK_STRIKES_AROUND_ATM": "4", "OPTASK_INDICES": "NIFTY,SENSEX",
                  "KITE_TICKER_STALE_S": "1.5", "KITE_TICKER_WAIT_S": "2"}.items():
         monkeypatch.setenv(k, v)
-    from optask import collector
-    from optask.config import get_settings
+    from optask.core.config import get_settings
+    from optask.jobs.context import provider_for
 
     get_settings.cache_clear()
-    collector._provider.cache_clear()
+    provider_for.cache_clear()
     return rest, stream, get_settings()
 
 
@@ -138,7 +138,7 @@ def wait(predicate, timeout=20.0, what="condition"):
 def test_a_cut_minute_is_the_venues_minute_and_flows_through_the_pipeline(kite_env):
     """Subscribed in full mode to the universe, the ticker cuts the minute when the clock enters it; the
     stored legs equal the market's (what REST would have returned), with a sub-second sampling span."""
-    from optask import collector
+    from optask.jobs import minute as collector
     from optask.storage.archive import raw_path, read_raw
 
     rest, stream, settings = kite_env
@@ -222,9 +222,9 @@ def test_subscriptions_roll_with_the_spot_and_the_expiry(kite_env):
     assert set(SPOT_TOKENS[i] for i in t.indices) <= first
     assert not t.metas  # options follow once the spots have streamed
     spot = rest.sim.snapshot("NIFTY", TS).table["spot"][0].as_py()
-    t.state.update(kt.frame([kt.encode_index(SPOT_TOKENS["NIFTY"], spot, 0, 0, 0, 0, 0)]), time.time())
+    t.state.update(kt.frame([encode_index(SPOT_TOKENS["NIFTY"], spot, 0, 0, 0, 0, 0)]), time.time())
     near = t.universe(DAY)
-    t.state.update(kt.frame([kt.encode_index(SPOT_TOKENS["NIFTY"], spot + 150, 0, 0, 0, 0, 0)]), time.time())
+    t.state.update(kt.frame([encode_index(SPOT_TOKENS["NIFTY"], spot + 150, 0, 0, 0, 0, 0)]), time.time())
     wider = t.universe(DAY)  # ATM three strikes up (the dump lists ATM +/- 8)
     assert near < wider  # the day's range widened: strikes around the new ATM added, none dropped
     expiries = {m[1] for m in t.metas["NIFTY"].values()}
@@ -235,15 +235,15 @@ def test_subscriptions_roll_with_the_spot_and_the_expiry(kite_env):
     rest.minute = dt.datetime.combine(after, dt.time(4, 0), dt.UTC)
     rolled = t.universe(after)
     assert t.metas["NIFTY"] and first_expiry not in {m[1] for m in t.metas["NIFTY"].values()}
-    gone = {m[0] for m in provider._legs("NIFTY", DAY, (spot, spot + 150)).values() if m[1] == first_expiry}
+    gone = {m[0] for m in provider.contracts("NIFTY", DAY, (spot, spot + 150)).values() if m[1] == first_expiry}
     assert gone and not gone & rolled
 
 
 def test_a_ticker_that_is_down_means_rest_for_those_minutes_marked_and_counted(kite_env):
     """No ticker running: collect_minute fetches the minute over REST at once (it does not wait), the rows
     say `rest_fallback`, and the fallback is counted per index."""
-    from optask import collector
-    from optask.metrics import KEY
+    from optask.infra.counters import KEY
+    from optask.jobs import minute as collector
     from optask.storage.parquet import ParquetStore
 
     rest, stream, settings = kite_env
@@ -258,7 +258,7 @@ def test_a_ticker_that_is_down_means_rest_for_those_minutes_marked_and_counted(k
     assert client.hgetall(f"{KEY}:ticker_fallback") == {b"NIFTY": b"1", b"SENSEX": b"1"}
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from optask.metrics import OptaskCollector
+    from optask.ops.metrics import OptaskCollector
 
     registry = CollectorRegistry()
     registry.register(OptaskCollector(settings, client))

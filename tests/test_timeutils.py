@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from optask.timeutils import (
+from optask.core.timeutils import (
     IST,
     UTC,
     TimestampParseError,

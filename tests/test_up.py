@@ -17,7 +17,7 @@ import urllib.request
 import psutil
 import pytest
 
-from optask.services import free_port
+from optask.infra.procutil import free_port
 
 
 def get(url: str, auth: str | None = None) -> tuple[int, bytes]:
@@ -229,8 +229,8 @@ def test_minute_line_counts_what_the_ledger_holds(redis_url):
     a late completion says so. (The old reporter printed "1/3 indices" for a minute stored complete.)"""
     import redis as redis_lib
 
-    from optask.ledger import Ledger
-    from optask.stack import MinuteReporter
+    from optask.infra.ledger import Ledger
+    from optask.ops.reporter import MinuteReporter
 
     ledger = Ledger(redis_lib.Redis.from_url(redis_url))
     indices = ["NIFTY", "BANKNIFTY", "SENSEX"]

@@ -17,9 +17,9 @@ import pytest
 import redis
 from conftest import need
 
-from optask.calendar import MarketCalendar
-from optask.config import get_settings, load_settings
-from optask.verify import compare_minutes, missing_ranges
+from optask.core.calendar import MarketCalendar
+from optask.core.config import get_settings, load_settings
+from optask.quality.verify import compare_minutes, missing_ranges
 
 DAY = dt.date(2026, 11, 8)  # a Sunday: a short special session from the overrides file, so tests stay quick
 OPEN, CLOSE = "18:00", "18:30"
@@ -64,8 +64,8 @@ def session(isolated_settings, redis_url, monkeypatch):
 
 def build(settings, redis_url, faults=None, influx_skip: tuple[int, ...] = ()) -> list[str]:
     """Store the session through process_snapshot and the sinks; mark it stored in the ledger; compact."""
-    from optask.calendar import get_calendar
-    from optask.ledger import Ledger
+    from optask.core.calendar import get_calendar
+    from optask.infra.ledger import Ledger
     from optask.pipeline import process_snapshot
     from optask.providers.simulated import SimFaults, SimulatedProvider
     from optask.storage import sinks
@@ -90,7 +90,7 @@ def build(settings, redis_url, faults=None, influx_skip: tuple[int, ...] = ()) -
 
 
 def verify(settings) -> dict:
-    from optask.verify import verify_day
+    from optask.quality.verify import verify_day
 
     return verify_day(DAY, settings=settings)
 
@@ -240,7 +240,7 @@ def test_each_planted_fault_lowers_the_score_and_is_named(session, redis_url, fa
     r = verify(session)
     assert kinds(r).get(kind, 0) > 0, (fault, kinds(r))
     assert r["indices"]["NIFTY"]["score"] < 100.0, r["indices"]["NIFTY"]
-    from optask.verify import KINDS
+    from optask.quality.verify import KINDS
 
     if KINDS[kind][1] == "error":  # loss, corruption or impossible values are never a PASS
         assert r["overall_status"] in ("WARN", "FAIL"), r["indices"]["NIFTY"]
@@ -251,7 +251,7 @@ def test_each_planted_fault_lowers_the_score_and_is_named(session, redis_url, fa
 
 @pytest.mark.parametrize("knob, kind", [("drop_legs", "missing_legs"), ("missing_minutes", "missing_minute")])
 def test_the_simulated_markets_fault_knobs_are_caught(session, redis_url, knob, kind):
-    from optask.calendar import get_calendar
+    from optask.core.calendar import get_calendar
     from optask.providers.simulated import SimFaults
 
     minutes = [m.to_pydatetime() for m in get_calendar(session.data.calendar_overrides).session_minutes(DAY)]
@@ -278,7 +278,7 @@ def test_influxdb_missing_points_are_found(session, redis_url, victoria_metrics,
     assert comp["influx.summary"]["missing"] == [minutes[4], minutes[9]]
     assert kinds(r, "BANKEX")["missing_minute"] == 4 and r["indices"]["BANKEX"]["score"] < 100
     # end of day re-sends them from Parquet
-    from optask.collector import end_of_day
+    from optask.jobs.eod import end_of_day
 
     out = end_of_day(DAY.isoformat(), settings)
     victoria_metrics.flush()
@@ -288,8 +288,8 @@ def test_influxdb_missing_points_are_found(session, redis_url, victoria_metrics,
 
 @pytest.mark.parametrize("ledger_too", [False, True], ids=["store only", "store and ledger"])
 def test_end_of_day_repairs_20_deleted_minutes_to_100(session, redis_url, ledger_too):
-    from optask.collector import end_of_day
-    from optask.ledger import Ledger
+    from optask.infra.ledger import Ledger
+    from optask.jobs.eod import end_of_day
     from optask.storage.csv import CsvStore
 
     minutes = build(session, redis_url)
@@ -300,7 +300,7 @@ def test_end_of_day_repairs_20_deleted_minutes_to_100(session, redis_url, ledger
     keep = store.read_day("merged", "NIFTY", DAY)
     path.unlink()
     path.with_name(path.name + ".meta.json").unlink()
-    from optask.storage.sinks import _split_by_minute
+    from optask.storage.base import split_by_minute as _split_by_minute
 
     typed = keep.set_column(0, "ts", pa.array(pd.to_datetime(keep["ts"].to_pandas(), utc=True)))
     parts = [(ts, t) for ts, t in _split_by_minute(typed) if ts.isoformat() not in gone]
@@ -324,7 +324,7 @@ def test_end_of_day_repairs_20_deleted_minutes_to_100(session, redis_url, ledger
 def test_the_report_renders_in_headless_chromium(session, redis_url, tmp_path):
     exe = shutil.which("chromium")
     need(exe is not None, "chromium missing: `apt-get install chromium` (make test-servers does)")
-    from optask.verify import EODDataVerificationSystem
+    from optask.quality.verify import EODDataVerificationSystem
 
     build(session, redis_url)
     plant_iv_outlier(session)

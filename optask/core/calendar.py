@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from optask.timeutils import IST, UTC
+from optask.core.timeutils import IST, UTC
 
 
 class CalendarError(ValueError):
@@ -136,6 +136,12 @@ class MarketCalendar:
             d -= dt.timedelta(days=1)
         return d
 
+    def last_closed_session(self, now: dt.datetime) -> dt.date:
+        """The most recent day whose session has closed by `now` (a whole day to replay, verify or show)."""
+        ist = now.astimezone(IST)
+        s = self.session(ist.date())
+        return ist.date() if s and s.close <= ist else self.previous_trading_day(ist.date())
+
     def trading_day_on_or_before(self, day: dt.date) -> dt.date:
         """Where an expiry falling on a holiday moves to."""
         return day if self.is_trading_day(day) else self.previous_trading_day(day)
@@ -144,20 +150,7 @@ class MarketCalendar:
 def get_calendar(overrides_file: Path | None = None) -> MarketCalendar:
     """The calendar with the configured data root's override file."""
     if overrides_file is None:
-        from optask.config import get_settings
+        from optask.core.config import get_settings
 
         overrides_file = get_settings().data.calendar_overrides
     return MarketCalendar(overrides_file)
-
-
-def is_trading_day(day: dt.date) -> bool:
-    return get_calendar().is_trading_day(day)
-
-
-def session(day: dt.date) -> tuple[dt.datetime, dt.datetime] | None:
-    s = get_calendar().session(day)
-    return (s.open, s.close) if s else None
-
-
-def session_minutes(day: dt.date) -> pd.DatetimeIndex:
-    return get_calendar().session_minutes(day)

@@ -1,11 +1,11 @@
-"""Clocks: the one place that reads "now", so everything else receives a minute.
+"""Clocks: the one place that reads "now", so everything else receives a minute or a clock.
 
-Beat asks a clock which collection minute it is. Live, that is the wall clock. With
-`OPTASK_SIMULATED_SESSION_DAY` set (how `optask up` shows minutes outside market hours, and how
-the chaos suite and the soak run a session at an accelerated clock), the clock plays that day's
-session from its open at `OPTASK_SIMULATED_SESSION_SPEED` x real time and goes on past its close
-(the market is then closed, as on a real day). The session's start (its anchor) is kept in Redis, so
-beat, workers, health checks, a test's venue and a restarted stack all read the same clock.
+Live, the clock is the wall clock. With `OPTASK_SIMULATED_SESSION_DAY` set (how `optask up` shows
+minutes outside market hours, and how the chaos suite and the soak run a session at an accelerated
+clock), `SessionReplayClock` plays that day's session from its open at `OPTASK_SIMULATED_SESSION_SPEED`
+x real time and goes on past its close (the market is then closed, as on a real day). Its anchor can be
+read from a shared store at every `now()` (`optask.infra.session_clock` shares it through Redis), so every
+process reads the same clock. Pure: nothing here opens a connection.
 """
 
 from __future__ import annotations
@@ -13,11 +13,14 @@ from __future__ import annotations
 import datetime as dt
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from optask.calendar import MarketCalendar, get_calendar
-from optask.timeutils import UTC, floor_minute
+from optask.core.calendar import MarketCalendar
+from optask.core.timeutils import UTC
 
-ANCHOR_TTL_S = 2 * 24 * 3600
+
+class Clock(Protocol):
+    def now(self) -> dt.datetime: ...
 
 
 class WallClock:
@@ -25,11 +28,19 @@ class WallClock:
         return dt.datetime.now(UTC)
 
 
+def clock_speed(settings) -> float:
+    """How many times real time the process's clock runs: the simulated session's speed, else 1.
+
+    The one place that scales: beat's interval, the close delay, health's minutes since a store."""
+    market = settings.market
+    return market.simulated_session_speed if market.simulated_session_day is not None else 1.0
+
+
 @dataclass
 class SessionReplayClock:
     """Maps wall time since `anchor` onto the minutes of `day`'s session, at `speed` x real time.
 
-    With `client`, the anchor is read from Redis at every `now()` (one GET), so a shared clock that is
+    With `client` (anything with `get(key)`), the anchor is read at every `now()`, so a shared clock that is
     moved (a restart that resumes, a drill that steps it back) moves for every process.
     """
 
@@ -46,7 +57,7 @@ class SessionReplayClock:
                 raw = self.client.get(self.key)
                 if raw is not None:
                     self.anchor = float(raw)
-            except Exception:  # noqa: BLE001 - Redis away for a moment: the last anchor read still holds
+            except Exception:  # noqa: BLE001 - the store away for a moment: the last anchor read still holds
                 pass
         return self.anchor
 
@@ -64,67 +75,3 @@ class SessionReplayClock:
         if pos < len(minutes):
             return minutes[pos].to_pydatetime()
         return (minutes[-1] + dt.timedelta(minutes=1 + pos - len(minutes))).to_pydatetime()
-
-
-_REPLAY_CLOCKS: dict[tuple, SessionReplayClock] = {}
-
-
-def anchor_key(day: dt.date, speed: float) -> str:
-    from optask.coordination import PREFIX
-
-    return f"{PREFIX}:clock:{day.isoformat()}:{speed:g}"
-
-
-def start_session_clock(client, day: dt.date, speed: float, minutes: int, resume: bool = True) -> tuple[float, bool]:
-    """Anchor the shared clock of a simulated session: (anchor, resumed).
-
-    With `resume`, a session still in progress on this Redis (a restarted stack) continues where it was;
-    otherwise, or when none is, it starts now from the open.
-    """
-    key = anchor_key(day, speed)
-    raw = client.get(key)
-    if resume and raw is not None and (time.time() - float(raw)) * speed / 60 < minutes:
-        return float(raw), True
-    now = time.time()
-    client.set(key, repr(now), ex=ANCHOR_TTL_S)
-    return now, False
-
-
-def get_clock(settings=None) -> WallClock | SessionReplayClock:
-    """The process's clock. A simulated session's anchor is shared through Redis when one answers."""
-    from optask.config import get_settings
-
-    settings = settings or get_settings()
-    day = settings.market.simulated_session_day
-    if day is None:
-        return WallClock()
-    speed = settings.market.simulated_session_speed
-    cache_key = (day, speed, str(settings.data.calendar_overrides), settings.redis.effective_url())
-    if cache_key not in _REPLAY_CLOCKS:
-        client, key, anchor = None, anchor_key(day, speed), time.time()
-        from optask.health import redis_url_if_running
-
-        url, _ = redis_url_if_running(settings)
-        if url:
-            import redis
-
-            try:
-                client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-                client.set(key, repr(anchor), nx=True, ex=ANCHOR_TTL_S)  # the first process to ask starts it
-            except (redis.RedisError, OSError):
-                client = None
-        _REPLAY_CLOCKS[cache_key] = SessionReplayClock(
-            day, get_calendar(settings.data.calendar_overrides), speed, anchor, client, key)
-    return _REPLAY_CLOCKS[cache_key]
-
-
-def current_minute_iso() -> str:
-    """The collection minute beat stamps on `collect_minute` (a second's slack for early wake-ups)."""
-    return floor_minute(get_clock().now() + dt.timedelta(seconds=1)).isoformat()
-
-
-def current_day_iso() -> str:
-    """The IST day beat stamps on `end_of_day`."""
-    from optask.timeutils import IST
-
-    return get_clock().now().astimezone(IST).date().isoformat()

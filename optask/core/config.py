@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from optask.schema import EXPIRY_KINDS, INDICES
+from optask.core.schema import EXPIRY_KINDS, INDICES
 
 ENV_FILE = ".env"
 
@@ -96,7 +96,8 @@ class KiteSettings(BaseSettings):
 
     model_config = _group("KITE_")
     api_key: str = Field("", description="Kite Connect API key.")
-    api_secret: SecretStr = Field(SecretStr(""), description="Kite Connect API secret.")
+    api_secret: SecretStr = Field(SecretStr(""), description="Kite Connect API secret (accepted, not used yet: "
+                                  "no login flow; `optask config` says so when it is set).")
     access_token: SecretStr = Field(SecretStr(""), description="Daily Kite access token.")
     root_url: str = Field("https://api.kite.trade", description="Kite REST API root.")
     timeout_s: float = Field(7.0, gt=0, description="HTTP timeout per Kite request, seconds.")
@@ -124,7 +125,7 @@ class DataSettings(BaseSettings):
     csv_data_root: str = Field("", description="CSV root; empty means BASE_DATA_DIR/csv_data.")
     json_snapshots_root: str = Field("", description="Raw snapshot archive; empty means BASE_DATA_DIR/raw_snapshots.")
     enable_incremental: bool = Field(True, description="Readers resume from their Redis cursor.")
-    use_memory_mapping: bool = Field(True, description="Memory-map Parquet files when reading.")
+    use_memory_mapping: bool = Field(True, description="Memory-map Parquet files when reading them.")
     compression_enabled: bool = Field(True, description="Compress old raw days into one archive at maintenance.")
     raw_retention_days: int = Field(30, ge=1, description="Days of raw snapshots kept after verification.")
     max_sample_span_ms: float = Field(
@@ -213,10 +214,11 @@ class ServiceSettings(BaseSettings):
     """Worker sizing and batching."""
 
     model_config = _group()
-    processing_batch_size: int = Field(1000, ge=1, description="Rows per processing batch (>= 1).")
+    processing_batch_size: int = Field(1000, ge=1, description="Accepted for the seed's .env and ignored (optask "
+                                       "batches by minutes); `optask config` says so when it is set.")
     processing_max_workers: int = Field(2, ge=1, le=256, description="Worker processes (1-256).")
     max_memory_usage_mb: int = Field(2048, ge=64, description="Memory per worker child before it is replaced, MB.")
-    debug: bool = Field(False, description="Verbose logging.")
+    debug: bool = Field(False, description="Debug logging in the CLI and every process `optask up` starts.")
     celery_visibility_timeout_s: int = Field(
         1260, ge=5, description="Seconds before Redis redelivers an unacknowledged task; keep above the longest task."
     )
@@ -367,6 +369,26 @@ def load_settings(**overrides: Any) -> Settings:
 def get_settings() -> Settings:
     """The process's settings, read once. Tests call `get_settings.cache_clear()` after changing the env."""
     return load_settings()
+
+
+#: Variables optask accepts (the seed's .env has them) but does not act on, with why; `optask config` says so
+#: in one line each when one is set, so none silently does nothing.
+IGNORED: dict[tuple[str, str], str] = {
+    ("service", "processing_batch_size"): "work is batched by minutes, not rows: a backfill chunk is 75 minutes of "
+    "one index-day and a CSV write is one append per minute (or per batch)",
+    ("kite", "api_secret"): "optask has no Kite login flow yet: generate the day's access token yourself and hand it "
+    "over with `optask kite set-token` or KITE_ACCESS_TOKEN",
+}
+
+
+def ignored_settings(settings: Settings) -> list[str]:
+    """One line for each variable that was set but that optask accepts and ignores."""
+    out = []
+    for (group_name, field_name), why in IGNORED.items():
+        group = getattr(settings, group_name)
+        if field_name in group.model_fields_set:
+            out.append(f"{env_name(type(group), field_name)} is accepted and ignored: {why}")
+    return out
 
 
 def env_example_text() -> str:

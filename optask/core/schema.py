@@ -16,6 +16,8 @@ SOURCES: tuple[str, ...] = ("live", "simulated", "replay", "backfill")
 LEG_KEY: tuple[str, ...] = ("index", "ts", "expiry", "strike", "side")
 MERGED_KEY: tuple[str, ...] = ("index", "ts", "expiry", "strike")
 SUMMARY_KEY: tuple[str, ...] = ("index", "ts", "expiry")
+#: Every stored table and its key: the one map stores, verification and drills read.
+TABLE_KEYS: dict[str, tuple[str, ...]] = {"legs": LEG_KEY, "merged": MERGED_KEY, "summary": SUMMARY_KEY}
 
 TS_TYPE = pa.timestamp("ns", tz="UTC")
 

@@ -23,14 +23,6 @@ class TimestampParseError(ValueError):
     """A timestamp value none of the known formats can read."""
 
 
-def now_utc() -> dt.datetime:
-    return dt.datetime.now(UTC)
-
-
-def now_ist() -> dt.datetime:
-    return dt.datetime.now(IST)
-
-
 def _aware(t: dt.datetime | pd.Timestamp) -> pd.Timestamp:
     """A tz-aware Timestamp; naive values are taken as IST (how legacy files wrote them)."""
     ts = pd.Timestamp(t)
@@ -39,10 +31,6 @@ def _aware(t: dt.datetime | pd.Timestamp) -> pd.Timestamp:
 
 def to_utc(t: dt.datetime | pd.Timestamp) -> dt.datetime:
     return _aware(t).tz_convert("UTC").to_pydatetime()
-
-
-def to_ist(t: dt.datetime | pd.Timestamp) -> dt.datetime:
-    return _aware(t).tz_convert(IST_NAME).to_pydatetime()
 
 
 def floor_minute(t: dt.datetime | pd.Timestamp) -> dt.datetime:
@@ -75,7 +63,7 @@ def parse_minute(text: str) -> dt.datetime:
 
 def now_csv_format() -> str:
     """The current instant, to the second, in the unified text form."""
-    return format_ts(now_utc().replace(microsecond=0))
+    return format_ts(dt.datetime.now(UTC).replace(microsecond=0))
 
 
 def format_ts_values(values: list) -> list[str]:

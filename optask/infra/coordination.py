@@ -5,7 +5,8 @@
   works; a holder that dies leaves a lock that expires after `timeout_s`.
 - `claim_once`: SET NX with expiry, so a task runs once per (task, index, minute).
 - `heartbeat` / `heartbeats`: per-component liveness with a timestamp.
-- cursors: where each consumer's last incremental read stopped (see storage.*.read_new).
+- cursors: where each consumer's last incremental read stopped (see storage.*.read_new);
+- consumers: which worker consumes which queue, for the fallback route.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import redis
+
+from optask.infra.redis_server import client_for
 
 PREFIX = "optask"
 
@@ -135,17 +138,5 @@ class RedisCoordinator:
         heartbeat(self.client, component, **info)
 
 
-def connect(url: str) -> redis.Redis:
-    """A client whose every call has a timeout: a Redis that vanishes is noticed, not waited on forever."""
-    return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
-
-
-def redis_client(settings=None) -> redis.Redis:
-    from optask.config import get_settings
-    from optask.services import ensure_redis
-
-    return connect(ensure_redis(settings or get_settings()))
-
-
 def get_redis_coordinator(settings=None) -> RedisCoordinator:
-    return RedisCoordinator(redis_client(settings))
+    return RedisCoordinator(client_for(settings))

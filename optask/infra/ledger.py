@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import redis
 
-from optask.coordination import PREFIX, claim_once, heartbeat
-from optask.timeutils import IST, parse_ts
+from optask.core.timeutils import IST, parse_ts
+from optask.infra.coordination import PREFIX, claim_once, heartbeat
+from optask.infra.redis_server import client_for
 
 EVENTS = f"{PREFIX}:events"
 CLAIM_TTL_S = 2 * 24 * 3600
@@ -118,3 +119,8 @@ class Ledger:
         out = self.redis.xread({EVENTS: last_id}, block=block_ms, count=count) or []
         return [(eid.decode(), {k.decode(): v.decode() for k, v in fields.items()}) for _, entries in out
                 for eid, fields in entries]
+
+
+def ledger_for(settings) -> Ledger:
+    """The process's ledger on the Redis optask uses (one connection pool per worker process)."""
+    return Ledger(client_for(settings))

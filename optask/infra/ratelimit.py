@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import redis
 
+from optask.infra.coordination import PREFIX
+
 _BOOK = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -34,7 +36,7 @@ class RedisPacer:
 
     def wait(self) -> float:
         """Block until this caller's slot; returns the seconds waited."""
-        delay = float(self._script(keys=[f"optask:pace:{self.name}"], args=[1.0 / self.rate_per_s]))
+        delay = float(self._script(keys=[f"{PREFIX}:pace:{self.name}"], args=[1.0 / self.rate_per_s]))
         if delay > 0:
             time.sleep(delay)
         return delay

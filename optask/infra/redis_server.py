@@ -10,57 +10,26 @@ it is never silently replaced by the bundled one.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
+import functools
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
 
-from optask.config import Settings, get_settings, mask_url
+from optask.core.config import Settings, get_settings, mask_url
+from optask.infra.fsutil import atomic_write_bytes
+from optask.infra.procutil import die_with_parent, free_port
+from optask.infra.redis_client import connect
 
 
 class RedisUnavailable(RuntimeError):
     """Redis cannot be reached or started; the message says which server and what to do."""
-
-
-_PR_SET_PDEATHSIG = 1
-_prctl = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).prctl if sys.platform == "linux" else None
-
-
-def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
-    """A `preexec_fn` that makes the child receive `sig` when this process dies, even by SIGKILL.
-
-    Linux's PR_SET_PDEATHSIG, chosen over a watchdog in each child because the kernel delivers it
-    with no polling and no code of ours inside Celery, Flower or redis-server; SIGTERM lets each
-    of them stop in its own clean way. It fires when the forking *thread* exits, so spawn from the
-    main thread. Elsewhere than Linux it is a no-op (the parent's own signal handling still applies).
-    """
-    if _prctl is None:
-        return None
-    parent = os.getpid()
-
-    def preexec() -> None:
-        _prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os.kill(os.getpid(), sig)
-
-    return preexec
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def redis_server_binary() -> str:
@@ -81,7 +50,7 @@ def redis_server_binary() -> str:
 
 def redis_ping(url: str, timeout: float = 1.0) -> bool:
     try:
-        return bool(redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout).ping())
+        return bool(connect(url, timeout, timeout).ping())
     except (redis.RedisError, OSError):
         return False
 
@@ -156,8 +125,6 @@ def bundled_redis_url(root: Path) -> str | None:
 
 def record_bundled_redis(root: Path, url: str, port: int, pid: int | None = None) -> None:
     """Publish the bundled server's address so every optask process on the machine finds it."""
-    from optask.storage.archive import atomic_write_bytes
-
     atomic_write_bytes(_state_file(root), json.dumps(
         {"url": url, "port": port, "dir": str(root / "redis"), "pid": pid}).encode())
 
@@ -190,7 +157,7 @@ def stop_bundled_redis(root: Path) -> bool:
     if not url:
         return False
     try:
-        redis.Redis.from_url(url).shutdown()
+        connect(url, 5.0).shutdown()
     except redis.ConnectionError:
         pass  # shutdown closes the connection it was sent on
     deadline = time.monotonic() + 10
@@ -241,3 +208,32 @@ def redis_for_command(settings: Settings | None = None) -> Iterator[str]:
     finally:
         forget_bundled_redis(settings.data.root)
         server.stop()
+
+
+def url_if_running(settings: Settings) -> tuple[str | None, str | None]:
+    """The Redis optask uses, without starting one: (url, None) or (None, why not)."""
+    url = settings.redis.effective_url()
+    if url:
+        return url, None
+    url = bundled_redis_url(settings.data.root)
+    if url:
+        return url, None
+    return None, (f"no Redis configured and the bundled one is not running (data root {settings.data.root}): "
+                  "is `optask up` running?")
+
+
+@functools.lru_cache(maxsize=8)
+def _client_of(url: str) -> redis.Redis:
+    return connect(url)
+
+
+def client_for(settings: Settings | None = None) -> redis.Redis:
+    """The process's client of the Redis optask uses (the bundled one started if needed): one connection
+    pool per process and server, not one per minute."""
+    settings = settings or get_settings()
+    return _client_of(settings.redis.effective_url() or ensure_redis(settings))
+
+
+def forget_clients() -> None:
+    """Drop the process's cached clients (tests that start and stop servers)."""
+    _client_of.cache_clear()

@@ -4,7 +4,7 @@ The work list comes from the stores, never the ledger: a session minute that any
 CSV file of an index lacks is missing. Work is cut into chunks of one index and day
 (`CHUNK_MINUTES` minutes at most, so one slow day never holds the rest back) and sent to the
 `maintenance` queue, which `optask up` serves with a worker of its own so live minutes are never
-starved. Each chunk is `collector.store_minutes`: idempotent and resumable, so a second run finds
+starved. Each chunk is `optask.jobs.batch.store_minutes`: idempotent and resumable, so a second run finds
 nothing to do and a complete day costs a few reads of minute lists.
 """
 
@@ -15,11 +15,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from optask.calendar import get_calendar
-from optask.config import Settings, get_settings
-from optask.timeutils import IST, floor_minute, now_utc
+from optask.core.calendar import get_calendar
+from optask.core.clock import Clock, WallClock
+from optask.core.config import Settings, get_settings
+from optask.core.timeutils import IST, floor_minute
+from optask.infra.queues import MAINTENANCE_QUEUE
+from optask.jobs.batch import store_minutes
+from optask.storage.sinks import compact_day, present_minutes
 
-MAINTENANCE_QUEUE = "maintenance"
 #: Minutes per backfill task: a chunk is a few seconds of work, so progress moves and a slow day doesn't block.
 CHUNK_MINUTES = 75
 
@@ -54,8 +57,6 @@ class BackfillPlan:
 
 def missing_from_stores(index: str, day: dt.date, settings: Settings | None = None) -> list[str]:
     """Session minutes (ISO, UTC) that at least one Parquet table or CSV file of the index lacks."""
-    from optask.storage.sinks import present_minutes
-
     settings = settings or get_settings()
     expected = [m.isoformat() for m in get_calendar(settings.data.calendar_overrides).session_minutes(day)]
     stores = present_minutes(index, day, settings).values()
@@ -63,11 +64,12 @@ def missing_from_stores(index: str, day: dt.date, settings: Settings | None = No
 
 
 def plan_backfill(indices: list[str], start: dt.date, end: dt.date, only_missing: bool = False,
-                  settings: Settings | None = None, now: dt.datetime | None = None) -> BackfillPlan:
+                  settings: Settings | None = None, now: dt.datetime | None = None,
+                  clock: Clock | None = None) -> BackfillPlan:
     """The chunks to run for `indices` over [start, end]; raises BackfillError for a request that can't be served."""
     settings = settings or get_settings()
     calendar = get_calendar(settings.data.calendar_overrides)
-    now = now or now_utc()
+    now = now or (clock or WallClock()).now()
     today = now.astimezone(IST).date()
     if end < start:
         raise BackfillError(f"--to {end} is before --from {start}")
@@ -105,8 +107,6 @@ Progress = Callable[[str, int], None]  # (index, minutes just finished)
 
 def run_here(plan: BackfillPlan, settings: Settings | None = None, on_progress: Progress | None = None) -> list[dict]:
     """Run every chunk in this process (no worker consumes the maintenance queue, or `--here`)."""
-    from optask.collector import store_minutes
-
     settings = settings or get_settings()
     results = []
     for chunk in plan.chunks:
@@ -144,3 +144,34 @@ def wait(sent: list[tuple[Chunk, object]], on_progress: Progress | None = None, 
     for i, (chunk, _) in pending.items():
         results[i] = {"index": chunk.index, "day": chunk.day.isoformat(), "error": f"not finished within {timeout_s:.0f}s"}
     return [results[i] for i in sorted(results)]
+
+
+@dataclass
+class BackfillOutcome:
+    """What a backfill did, counted from its chunks' results: the line a person reads and the exit status."""
+
+    results: list[dict]
+
+    @property
+    def errors(self) -> list[dict]:
+        return [r for r in self.results if "error" in r]
+
+    def total(self, key: str) -> int:
+        return sum(r.get(key, 0) for r in self.results)
+
+    @property
+    def exit_code(self) -> int:
+        """2 a chunk failed, 1 minutes unavailable from every source, else 0."""
+        return 2 if self.errors else (1 if self.total("unavailable") else 0)
+
+    def line(self) -> str:
+        return (f"stored {self.total('stored'):,} minutes ({self.total('from_archive'):,} from the raw archive, "
+                f"{self.total('from_history'):,} from the provider's history); {self.total('unavailable'):,} "
+                f"unavailable; {len(self.errors)} failed tasks")
+
+
+def finish(plan: BackfillPlan, settings: Settings | None = None) -> None:
+    """Fold the rebuilt minutes into their day files, as end of day does."""
+    settings = settings or get_settings()
+    for index, day in {(c.index, c.day) for c in plan.chunks}:
+        compact_day(index, day, settings=settings)

@@ -5,29 +5,34 @@ full mode to the day's universe, and keeps the latest packet of every instrument
 enters a minute it cuts that minute from the latest state (every leg as of the same instant),
 archives one envelope per index (`kite_ticker.envelope`) and is done: beat's `collect_minute`
 finds the archive and processing reads it as for any provider. When the ticker is down or
-stale, `collector.fetch_minute` takes those minutes over REST, marked `rest_fallback`.
+stale, `optask.jobs.minute.fetch_minute` takes those minutes over REST, marked `rest_fallback`.
 
 Why our own client over `kiteconnect.KiteTicker`: the official one runs Twisted's reactor, which
 starts once per process and reconnects on its own schedule, out of our sight. We need to see a
 socket go quiet, fall back within seconds and resubscribe a changing universe, so the transport
-is the `websockets` library; the decoding is tested byte for byte against the official parser.
+(`optask.providers.kite.stream.Connection`) is the `websockets` library; the decoding is tested byte
+for byte against the official parser.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
-import random
 import threading
 import time
-from dataclasses import dataclass, field
 
-from optask.config import Settings, get_settings
-from optask.coordination import PREFIX
-from optask.providers import kite_ticker as kt
-from optask.timeutils import IST, floor_minute
+from optask.core.calendar import get_calendar
+from optask.core.config import Settings, get_settings
+from optask.core.timeutils import IST, floor_minute
+from optask.infra.celery_client import celery_client
+from optask.infra.coordination import PREFIX
+from optask.infra.queues import DEFAULT_QUEUE, TICK_EXPIRES_S
+from optask.infra.redis_client import url_of
+from optask.providers.kite import SPOT_KEYS, KiteProvider
+from optask.providers.kite import stream as kt
+from optask.providers.kite.stream import Connection, LatestState
+from optask.storage.archive import write_raw_once
 
 log = logging.getLogger("optask.ticker")
 
@@ -38,130 +43,13 @@ STATE_KEY = f"{PREFIX}:ticker"
 STATE_TTL_S = 10
 
 
-@dataclass
-class LatestState:
-    """The latest packet of every instrument and when it arrived; shared by the connections."""
-
-    packets: dict[int, tuple[bytes, float]] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def update(self, message: bytes, at: float) -> int:
-        packets = kt.split_packets(message)
-        with self.lock:
-            for p in packets:  # one dict store per packet; decoding waits for the minute's cut, vectorized
-                self.packets[kt.token_of(p)] = (p, at)
-        return len(packets)
-
-    def take(self, tokens: list[int]) -> tuple[list[bytes], list[float]]:
-        with self.lock:
-            got = [self.packets[t] for t in tokens if t in self.packets]
-        return [p for p, _ in got], [at for _, at in got]
-
-
-class Connection(threading.Thread):
-    """One websocket: connect, subscribe its tokens in full mode, read; on a drop, an error or silence
-    longer than `stale_s`, reconnect with exponential backoff and jitter and subscribe again."""
-
-    def __init__(self, name: str, url, state: LatestState, stale_s: float, stop: threading.Event,
-                 max_backoff_s: float = 30.0, in_session=lambda: True):
-        super().__init__(name=name, daemon=True)
-        self.url, self.state, self.stale_s, self.stop_event, self.max_backoff_s = url, state, stale_s, stop, max_backoff_s
-        self.in_session = in_session  # in session a socket must bring ticks; outside, Kite's heartbeats suffice
-        self.tokens: set[int] = set()
-        self._wanted: set[int] = set()
-        self._lock = threading.Lock()
-        self.connected = False
-        self.last_message = 0.0  # any frame, Kite's 1-byte heartbeats included
-        self.last_data = 0.0  # packets
-        self.reconnects = 0
-        self.stale_events = 0
-        self.last_error = ""
-
-    def want(self, tokens: set[int]) -> None:
-        with self._lock:
-            self._wanted = set(tokens)
-
-    def _quiet_for(self) -> float:
-        now = time.time()
-        return now - (self.last_data if self.in_session() else self.last_message)
-
-    @property
-    def healthy(self) -> bool:
-        return self.connected and self._quiet_for() < self.stale_s
-
-    def _sync(self, ws) -> None:
-        """Send the subscription changes since the last call (all of it after a reconnect)."""
-        with self._lock:
-            wanted = set(self._wanted)
-        gone, new = sorted(self.tokens - wanted), sorted(wanted - self.tokens)
-        if gone:
-            ws.send(json.dumps({"a": "unsubscribe", "v": gone}))
-        if new:
-            ws.send(json.dumps({"a": "subscribe", "v": new}))
-            ws.send(json.dumps({"a": "mode", "v": ["full", new]}))
-        self.tokens = wanted
-
-    def run(self) -> None:
-        from websockets.exceptions import InvalidStatus, WebSocketException
-        from websockets.sync.client import connect
-
-        attempt = 0
-        while not self.stop_event.is_set():
-            try:
-                with connect(self.url(), open_timeout=5, close_timeout=1, max_size=None, compression=None) as ws:
-                    self.connected, attempt = True, 0
-                    self.last_message = self.last_data = time.time()
-                    self.tokens = set()
-                    log.info("%s connected", self.name)
-                    while not self.stop_event.is_set():
-                        self._sync(ws)
-                        try:
-                            msg = ws.recv(timeout=0.2)
-                        except TimeoutError:
-                            msg = None
-                        if msg is not None:
-                            self.last_message = time.time()
-                            if isinstance(msg, bytes):
-                                if self.state.update(msg, self.last_message):
-                                    self.last_data = self.last_message
-                            else:
-                                self._text(msg)
-                        if self._quiet_for() > self.stale_s:
-                            self.stale_events += 1
-                            raise ConnectionError(f"no ticks for {self.stale_s:g} s") from None
-            except InvalidStatus as exc:
-                code = exc.response.status_code
-                self.last_error = (f"Kite refused the websocket with HTTP {code}"
-                                   + (": the access token expired; run `optask kite set-token <token>`" if code == 403 else ""))
-            except (OSError, WebSocketException, ConnectionError, TimeoutError) as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
-            finally:
-                self.connected = False
-            if self.stop_event.is_set():
-                break
-            attempt += 1
-            self.reconnects += 1
-            delay = min(self.max_backoff_s, 0.5 * 2 ** (attempt - 1))
-            log.warning("%s down (%s); reconnecting in %.1f s", self.name, self.last_error, delay)
-            self.stop_event.wait(delay / 2 + random.random() * delay / 2)
-
-    def _text(self, msg: str) -> None:
-        try:
-            doc = json.loads(msg)
-        except ValueError:
-            return
-        if doc.get("type") == "error":
-            self.last_error = f"Kite said: {doc.get('data')}"
-            log.warning("%s: %s", self.name, self.last_error)
-
-
 class Ticker:
     """Cuts each minute of the clock from the latest state of the subscribed universe."""
 
     def __init__(self, settings: Settings | None = None, provider=None, redis_client=None, clock=None):
-        from optask.clock import get_clock
-        from optask.collector import ledger_for
-        from optask.providers.kite import KiteProvider
+        from optask.infra.ledger import ledger_for
+        from optask.infra.session_clock import get_clock
+
 
         self.settings = settings or get_settings()
         self.provider = provider or KiteProvider.from_settings(self.settings)
@@ -185,9 +73,8 @@ class Ticker:
         return self.session_open
 
     def _url(self) -> str:
-        self.provider._fresh_token()  # a token set with `optask kite set-token` is used at the next connect
-        k = self.settings.kite
-        return f"{k.ticker_url}?api_key={k.api_key}&access_token={self.provider.access_token}"
+        k = self.settings.kite  # a token set with `optask kite set-token` is used at the next connect
+        return f"{k.ticker_url}?api_key={k.api_key}&access_token={self.provider.current_token()}"
 
     @property
     def healthy(self) -> bool:
@@ -203,11 +90,11 @@ class Ticker:
         spots = self._spots()
         for index in self.indices:
             spot = spots.get(self.spot_tokens[index])
-            known = self.provider._known_range(index, day)
+            known = self.provider.known_range(index, day)
             if spot is None and known is None:
                 continue  # its options follow once its spot has streamed in
-            rng = self.provider._spot_range(index, day, spot) if spot is not None else known
-            self.metas[index] = self.provider._legs(index, day, rng)
+            rng = self.provider.spot_range(index, day, spot) if spot is not None else known
+            self.metas[index] = self.provider.contracts(index, day, rng)
             tokens |= {m[0] for m in self.metas[index].values()}
         return tokens
 
@@ -237,9 +124,6 @@ class Ticker:
     def cut(self, minute: dt.datetime) -> dict[str, int]:
         """Archive the minute of every index from the latest state; an archive already there (a REST
         fallback that came first) is kept. Returns legs per index written."""
-        from optask.providers.kite import SPOT_KEYS
-        from optask.storage.archive import write_raw_once
-
         at = time.time()
         out: dict[str, int] = {}
         self.skipped = {}
@@ -264,10 +148,9 @@ class Ticker:
         (`plan_minute`), so beat's own send for it is a no-op, and beat still dispatches when no cut comes."""
         try:
             if self._celery is None:
-                from optask.stack import celery_client
-
-                self._celery = celery_client(self.settings, self.settings.redis.effective_url() or _url_of(self.redis))
-            self._celery.send_task("tasks.collect_minute", args=(minute.isoformat(),), queue="optask", expires=55)
+                self._celery = celery_client(self.settings, self.settings.redis.effective_url() or url_of(self.redis))
+            self._celery.send_task("tasks.collect_minute", args=(minute.isoformat(),), queue=DEFAULT_QUEUE,
+                                   expires=TICK_EXPIRES_S)
         except Exception as exc:  # noqa: BLE001 - beat's tick dispatches the minute anyway
             log.warning("could not send collect_minute for %s (%s: %s); beat will", minute.isoformat(),
                         type(exc).__name__, exc)
@@ -294,8 +177,6 @@ class Ticker:
     def run(self, stop_after: float | None = None) -> None:
         """Until `stop()` (SIGTERM) or `stop_after` seconds: follow the clock, cut each new minute in session
         when the socket is healthy, then refresh the universe and subscriptions."""
-        from optask.calendar import get_calendar
-
         calendar = get_calendar(self.settings.data.calendar_overrides)
         cut_delay = self.settings.kite.ticker_cut_delay_ms / 1000
         ends = time.time() + stop_after if stop_after else None
@@ -341,11 +222,6 @@ class Ticker:
             self.redis.delete(STATE_KEY)
         except Exception:  # noqa: BLE001 - stopping anyway
             pass
-
-
-def _url_of(client) -> str:
-    kw = client.connection_pool.connection_kwargs
-    return f"redis://{kw.get('host', '127.0.0.1')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
 
 
 def ticker_state(client) -> dict[str, str]:

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import smtplib
@@ -26,8 +27,8 @@ from email.message import EmailMessage
 
 import redis
 
-from optask.coordination import PREFIX, claim_once
-from optask.timeutils import IST
+from optask.core.timeutils import IST
+from optask.infra.coordination import PREFIX, claim_once
 
 log = logging.getLogger("optask.alerts")
 
@@ -74,8 +75,6 @@ class Notification:
 
 
 def _ist(epoch: float) -> str:
-    import datetime as dt
-
     return dt.datetime.fromtimestamp(epoch, IST).strftime("%Y-%m-%d %H:%M:%S IST")
 
 

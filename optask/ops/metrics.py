@@ -1,6 +1,6 @@
 """Prometheus metrics of what optask does, kept in Redis so every process and machine adds to the same figures.
 
-Workers record with cheap Redis increments (`record_*`); one exporter (`optask metrics`, started by
+Workers record with cheap Redis increments (`optask.infra.counters`); one exporter (`optask metrics`, started by
 `optask up`) turns the Redis state into metrics at each scrape (`OptaskCollector`). Nothing here
 repeats what Flower's own `/metrics` exports for tasks (counts and runtimes per task name); these
 are the data and the pipeline's health: minutes stored and missed per index, legs per minute,
@@ -10,60 +10,16 @@ end-of-day score, the status of every health check, and self-healing actions.
 
 from __future__ import annotations
 
-import json
-import time
-
 import redis
 
-from optask.coordination import PREFIX
+from optask.infra.counters import KEY, LATENCY_BUCKETS
+from optask.infra.ledger import Ledger
+from optask.infra.queues import queue_names, queue_oldest_age
+from optask.ops.health.measure import last_eod
+from optask.ops.health.monitor import last_report
+from optask.storage.influx import InfluxSink
 
-#: Tick-to-stored latency buckets, seconds (the goal is p99 < 2 s).
-LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
-KEY = f"{PREFIX}:metrics"
 STATUS_VALUE = {"OK": 0, "PASS": 0, "WARN": 1, "CRIT": 2, "FAIL": 2}
-
-
-def _bucket(seconds: float) -> str:
-    return next((f"{b:g}" for b in LATENCY_BUCKETS if seconds <= b), "+Inf")
-
-
-def record_latency(client: redis.Redis, index: str, seconds: float) -> None:
-    pipe = client.pipeline(transaction=False)
-    key = f"{KEY}:latency:{index}"
-    pipe.hincrby(key, _bucket(seconds), 1)
-    pipe.hincrbyfloat(key, "sum", seconds)
-    pipe.hincrby(key, "count", 1)
-    pipe.execute()
-
-
-def count(client: redis.Redis, family: str, label: str, n: int = 1) -> None:
-    """A counter by one label: family in stored, missed, retries, failures, actions."""
-    client.hincrby(f"{KEY}:{family}", label, n)
-
-
-def record_sampling(client: redis.Redis, index: str, span_ms: float, offset_ms: float | None) -> None:
-    """The last stored minute's sampling span and spot offset per index (gauges)."""
-    with client.pipeline() as pipe:
-        pipe.hset(f"{KEY}:sample_span_ms", index, span_ms)
-        if offset_ms is not None:
-            pipe.hset(f"{KEY}:spot_offset_ms", index, offset_ms)
-        pipe.execute()
-
-
-def record_provider_error(client: redis.Redis, provider: str, exc: BaseException, permanent: bool) -> None:
-    """The provider's last error, for the health check (an expired token is CRIT with its fix)."""
-    client.set(f"{KEY}:provider:last_error", json.dumps({
-        "at": time.time(), "provider": provider, "kind": type(exc).__name__, "message": str(exc)[:500],
-        "permanent": permanent}))
-
-
-def record_provider_ok(client: redis.Redis, provider: str) -> None:
-    client.set(f"{KEY}:provider:last_ok", json.dumps({"at": time.time(), "provider": provider}))
-
-
-def provider_state(client: redis.Redis) -> tuple[dict | None, dict | None]:
-    err, ok = client.mget(f"{KEY}:provider:last_error", f"{KEY}:provider:last_ok")
-    return (json.loads(err) if err else None), (json.loads(ok) if ok else None)
 
 
 def _hash(client: redis.Redis, key: str) -> dict[str, float]:
@@ -111,8 +67,6 @@ class OptaskCollector:
                 m.add_metric([kind], v)
             yield m
         legs = GaugeMetricFamily("optask_legs_per_minute", "Legs stored in the index's last stored minute", labels=["index"])
-        from optask.ledger import Ledger
-
         ledger = Ledger(c)
         for index in indices:
             ts = ledger.last_stored(index)
@@ -145,8 +99,6 @@ class OptaskCollector:
     def _queues(self):
         from prometheus_client.core import GaugeMetricFamily
 
-        from optask.health import queue_names, queue_oldest_age
-
         depth = GaugeMetricFamily("optask_queue_depth", "Tasks waiting in each broker queue", labels=["queue"])
         age = GaugeMetricFamily("optask_queue_oldest_age_seconds", "Age of the oldest waiting task", labels=["queue"])
         for q in queue_names(self.settings):
@@ -155,8 +107,6 @@ class OptaskCollector:
             age.add_metric([q], a if a is not None else 0.0)
         yield depth
         yield age
-        from optask.storage.influx import InfluxSink
-
         sink = InfluxSink.from_settings(self.settings)
         spool = sink.spool_size() if sink else {"files": 0, "bytes": 0}
         files = GaugeMetricFamily("optask_influx_spool_files", "Batches waiting on disk for InfluxDB")
@@ -168,8 +118,6 @@ class OptaskCollector:
 
     def _health(self):
         from prometheus_client.core import GaugeMetricFamily
-
-        from optask.health import last_eod, last_report
 
         status = GaugeMetricFamily("optask_health_status", "Last health check: 0 OK, 1 WARN, 2 CRIT", labels=["check"])
         report = last_report(self.client)

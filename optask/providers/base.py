@@ -1,7 +1,7 @@
 """The one interface every source of option chains implements (simulated, kite, replay).
 
 A provider turns (index, minute) into a `Snapshot`: the payload exactly as received, for
-the raw archive, and the normalized leg table (`optask.schema.RAW_LEG_SCHEMA`). Parsing a
+the raw archive, and the normalized leg table (`optask.core.schema.RAW_LEG_SCHEMA`). Parsing a
 payload is a pure function of each provider module, so replay reuses it on archived bytes.
 """
 
@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+import numpy as np
 import pyarrow as pa
 
 
@@ -70,27 +71,6 @@ class Provider(Protocol):
     def history(self, index: str, day: dt.date, minutes: Iterable[dt.datetime]) -> Iterator[Snapshot]: ...
 
 
-def get_provider(name: str | None = None, settings=None) -> Provider:
-    """Map OPTASK_PROVIDER to its class, importing lazily (kiteconnect loads only for kite)."""
-    from optask.config import get_settings
-
-    settings = settings or get_settings()
-    name = name or settings.market.provider
-    if name == "simulated":
-        from optask.providers.simulated import SimulatedProvider
-
-        return SimulatedProvider.from_settings(settings)
-    if name == "kite":
-        from optask.providers.kite import KiteProvider
-
-        return KiteProvider.from_settings(settings)
-    if name == "replay":
-        from optask.providers.replay import ReplayProvider
-
-        return ReplayProvider.from_settings(settings)
-    raise PermanentProviderError(f"unknown provider {name!r}; allowed: simulated, kite, replay")
-
-
 def classify_expiries(
     expiries: Iterable[dt.date], day: dt.date, kinds: Iterable[str]
 ) -> tuple[dict[str, dt.date], tuple[str, ...]]:
@@ -127,8 +107,6 @@ def classify_expiries(
 
 def strikes_around(spot: float, strikes: Iterable[float], n: int) -> tuple[float, ...]:
     """The listed strikes within ATM +/- n steps, ATM being the listed strike nearest spot."""
-    import numpy as np
-
     arr = np.unique(np.asarray(list(strikes), dtype=float))
     if arr.size == 0:
         return ()

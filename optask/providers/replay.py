@@ -14,25 +14,22 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 
+from optask.core.timeutils import IST
 from optask.providers.base import PermanentProviderError, Snapshot, TemporaryProviderError, Universe
+from optask.providers.kite import parse as kite_parse
+from optask.providers.kite import stream as kite_stream
+from optask.providers.simulated.parse import parse_payload
 from optask.storage.archive import RawRecord, archived_minutes, raw_path, read_raw
-from optask.timeutils import IST
 
 
 def parse_record(record: RawRecord, source: str = "replay"):
     """Archived payload -> (table, issues) with the parser of the provider that received it."""
     if record.provider == "simulated":
-        from optask.providers.simulated import parse_payload
-
         return parse_payload(record.payload, record.index, record.ts, source=source)
     if record.provider == "kite":
-        from optask.providers.kite import parse_quote_payload
-
-        return parse_quote_payload(record.payload, record.index, record.ts, source=source)
+        return kite_parse.parse_quote_payload(record.payload, record.index, record.ts, source=source)
     if record.provider == "kite-ticker":
-        from optask.providers.kite_ticker import parse_ticker_payload
-
-        return parse_ticker_payload(record.payload, record.index, record.ts, source=source)
+        return kite_stream.parse_ticker_payload(record.payload, record.index, record.ts, source=source)
     raise PermanentProviderError(f"archive entry {record.index} {record.ts} was written by unknown provider "
                                  f"{record.provider!r}; cannot parse it")
 
@@ -41,13 +38,9 @@ def sampling_of(record: RawRecord) -> tuple[float | None, float | None]:
     """The sampling span and spot offset (ms) the payload itself records; the simulator's every quote is
     of one instant."""
     if record.provider == "kite":
-        from optask.providers.kite import sampling
-
-        return sampling(record.payload)
+        return kite_parse.sampling(record.payload)
     if record.provider == "kite-ticker":
-        from optask.providers.kite_ticker import sampling as streamed
-
-        return streamed(record.payload)
+        return kite_stream.sampling(record.payload)
     return (0.0, 0.0) if record.provider == "simulated" else (None, None)
 
 

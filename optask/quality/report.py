@@ -20,8 +20,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from optask.storage.archive import atomic_write_bytes
-from optask.timeutils import IST
+from optask.core.calendar import get_calendar
+from optask.core.timeutils import IST
+from optask.infra.fsutil import atomic_write_bytes
+from optask.storage.parquet import ParquetStore
 
 FINDINGS_SHOWN = 200
 COLOURS = {"PASS": "#1a7f37", "WARN": "#b7791f", "FAIL": "#c53030"}
@@ -53,8 +55,6 @@ def completeness_heatmap(results: dict) -> str:
     indices = list(results["indices"])
     first = next(iter(results["indices"].values()), None)
     n = max((c["expected"] for c in first["completeness"].values()), default=0) if first else 0
-    from optask.calendar import get_calendar
-
     minutes = [m.isoformat() for m in get_calendar().session_minutes(dt.date.fromisoformat(results["day"]))]
     grid = np.ones((len(indices), max(n, len(minutes), 1)))
     pos = {m: i for i, m in enumerate(minutes)}
@@ -81,8 +81,6 @@ def completeness_heatmap(results: dict) -> str:
 
 def _chart_data(settings, day: dt.date, indices: list[str]) -> dict[str, dict]:
     """Per index, from Parquet: the near expiry's legs at open, midday and close, and PCR through the day."""
-    from optask.storage.parquet import ParquetStore
-
     store = ParquetStore(settings.data.parquet_root)
     out = {}
     for index in indices:

@@ -11,17 +11,18 @@ import datetime as dt
 import gzip
 import json
 import os
-from collections.abc import Iterator
+import shutil
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
-from optask.timeutils import IST, UTC, format_ts, parse_ts
+from optask.core.timeutils import IST, UTC, format_ts, parse_ts
+from optask.infra.fsutil import StorageError, atomic_write_bytes, fsync_path
 
-
-class StorageError(OSError):
-    """A store could not write; the message says which file and why (disk full, permissions)."""
+__all__ = ["RawRecord", "StorageError", "archived_minutes", "atomic_write_bytes", "maintain", "raw_path",
+           "read_raw", "write_raw", "write_raw_once"]
 
 
 @dataclass(frozen=True)
@@ -36,21 +37,6 @@ class RawRecord:
 def raw_path(root: Path, index: str, ts: dt.datetime) -> Path:
     ist = ts.astimezone(IST)
     return Path(root) / index / ist.strftime("%Y-%m-%d") / f"{ist.strftime('%H%M')}.json.gz"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Temp file, fsync, rename: a crash leaves the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise StorageError(exc.errno, f"cannot write {path}: {exc.strerror or exc}; free space or fix permissions") from exc
 
 
 def write_raw(root: Path, index: str, ts: dt.datetime, provider: str, payload: bytes) -> Path:
@@ -123,14 +109,6 @@ def archived_minutes(root: Path, index: str, day: dt.date) -> list[dt.datetime]:
     return sorted(out)
 
 
-def iter_raw(root: Path, index: str, day: dt.date, start: dt.datetime | None = None,
-             end: dt.datetime | None = None) -> Iterator[RawRecord]:
-    """Archived payloads of a day in minute order, optionally within [start, end)."""
-    for ts in archived_minutes(root, index, day):
-        if (start is None or ts >= start) and (end is None or ts < end):
-            yield read_raw(raw_path(root, index, ts))
-
-
 def maintain(root: Path, today: dt.date, retention_days: int, compress: bool, verified) -> dict[str, list[str]]:
     """Retire raw days older than `retention_days` that passed verification; never touch one that did not.
 
@@ -138,9 +116,6 @@ def maintain(root: Path, today: dt.date, retention_days: int, compress: bool, ve
     without, the day is deleted. `verified(index, day) -> bool` says whether a day passed.
     Returns what was packed, deleted and kept back (unverified).
     """
-    import shutil
-    import tarfile
-
     out: dict[str, list[str]] = {"packed": [], "deleted": [], "kept_unverified": []}
     cutoff = today - dt.timedelta(days=retention_days)
     for index_dir in sorted(p for p in Path(root).iterdir() if p.is_dir()) if Path(root).is_dir() else []:
@@ -160,8 +135,7 @@ def maintain(root: Path, today: dt.date, retention_days: int, compress: bool, ve
                 tmp = target.with_suffix(".tar.tmp")
                 with tarfile.open(tmp, "w") as tar:
                     tar.add(day_dir, arcname=day_dir.name)
-                with open(tmp, "rb") as fh:
-                    os.fsync(fh.fileno())
+                fsync_path(tmp)
                 os.replace(tmp, target)
                 out["packed"].append(label)
             else:

@@ -21,17 +21,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import redis
 
-from optask.coordination import Cursor, writer_lock
-from optask.schema import LEG_KEY, MERGED_KEY, SUMMARY_KEY
-from optask.storage.archive import StorageError, atomic_write_bytes
-from optask.timeutils import IST, format_ts_values
+from optask import pipeline
+from optask.core.config import get_settings
+from optask.core.timeutils import IST, format_ts_values
+from optask.infra.coordination import Cursor, writer_lock
+from optask.infra.fsutil import atomic_write_bytes
+from optask.infra.redis_server import client_for
+from optask.storage.base import TABLES, StorageError, split_by_minute
 
-TABLES = {"legs": LEG_KEY, "merged": MERGED_KEY, "summary": SUMMARY_KEY}
 TS_COLUMNS_SUFFIX = ("ts", "last_trade_time")
 
 
@@ -78,6 +81,7 @@ class Sidecar:
 class CsvStore:
     root: Path
     redis: redis.Redis | None = None
+    name: str = "csv"
 
     def path(self, table: str, index: str, day: dt.date) -> Path:
         if table not in TABLES:
@@ -92,6 +96,12 @@ class CsvStore:
     def append_minute(self, table_name: str, index: str, ts: dt.datetime, table: pa.Table) -> int:
         """Append one minute's rows; returns rows written (0 if the minute is already present)."""
         return self.append_minutes(table_name, index, [(ts, table)])
+
+    def write_minutes(self, table_name: str, index: str, parts: list[tuple[dt.datetime, pa.Table]]) -> int:
+        return self.append_minutes(table_name, index, parts)
+
+    def minutes_present(self, table: str, index: str, day: dt.date) -> set[str]:
+        return set(self.meta(table, index, day).minutes or [])
 
     def append_minutes(self, table_name: str, index: str, parts: list[tuple[dt.datetime, pa.Table]]) -> int:
         """Append several minutes of one day in one write, one fsync and one sidecar update (backfill, replay).
@@ -162,8 +172,11 @@ class CsvStore:
     def meta(self, table: str, index: str, day: dt.date) -> Sidecar:
         return Sidecar.load(self.path(table, index, day))
 
-    def read_new(self, consumer: str, table: str, index: str, day: dt.date, incremental: bool = True) -> pa.Table:
-        """Rows written since this consumer's last call (cursor in Redis); everything when not incremental."""
+    def read_new(self, consumer: str, table: str, index: str, day: dt.date, incremental: bool | None = None) -> pa.Table:
+        """Rows written since this consumer's last call (cursor in Redis); everything when not incremental
+        (`incremental` defaults to ENABLE_INCREMENTAL)."""
+        if incremental is None:
+            incremental = get_settings().data.enable_incremental
         path = self.path(table, index, day)
         meta = Sidecar.load(path)
         if not incremental or self.redis is None:
@@ -174,7 +187,7 @@ class CsvStore:
             # the day was rewritten sorted: same rows, new offsets; deliver only minutes not seen yet
             full = self._read_range(path, meta, 0)
             seen = pa.array(state.get("minutes", []), pa.string())
-            fresh = full.filter(pc.invert(pc.is_in(_minute_text_to_iso(full["ts"]), value_set=seen))) if full.num_rows else full
+            fresh = full.filter(pc.invert(pc.is_in(text_minutes_to_iso(full["ts"]), value_set=seen))) if full.num_rows else full
             out = fresh
         else:
             out = self._read_range(path, meta, state.get("offset", 0))
@@ -209,16 +222,19 @@ def _conform(table: pa.Table, columns: list[str]) -> pa.Table:
     return pa.Table.from_arrays(arrays, names=columns)
 
 
-def _minute_text_to_iso(ts_text: pa.ChunkedArray) -> pa.Array:
-    """Unified IST text -> UTC ISO minute strings (the sidecar's minute format)."""
-    import pandas as pd
+def text_minutes(ts_text: pa.ChunkedArray) -> dict[str, str | None]:
+    """Each distinct unified IST text -> its UTC ISO minute (the sidecar's form); None where it cannot be read.
 
-    from optask.timeutils import standardize_to_datetime
+    The one place CSV text turns back into UTC (readers' cursors and verification both ask)."""
+    uniq = [v for v in pc.unique(ts_text).to_pylist() if v is not None]
+    parsed = pd.to_datetime(pd.Series(uniq, dtype=object), errors="coerce", utc=True, format="ISO8601")
+    return {v: (None if pd.isna(p) else p.isoformat()) for v, p in zip(uniq, parsed, strict=True)}
 
-    uniq = pc.unique(ts_text)
-    iso = standardize_to_datetime(pd.Series(uniq.to_pylist(), dtype=object)).map(lambda t: t.isoformat())
-    mapping = dict(zip(uniq.to_pylist(), iso, strict=True))
-    return pa.array([mapping[v] for v in ts_text.to_pylist()], pa.string())
+
+def text_minutes_to_iso(ts_text: pa.ChunkedArray) -> pa.Array:
+    """Unified IST text -> UTC ISO minute strings, row by row."""
+    mapping = text_minutes(ts_text)
+    return pa.array([mapping.get(v) for v in ts_text.to_pylist()], pa.string())
 
 
 # --- the seed platform's entry point ---------------------------------------------------------
@@ -242,24 +258,26 @@ class ConsolidatedWriter:
 
     def process_and_write(self, legs, write_legs: bool = True, write_merged: bool = True,
                           write_json: bool = False, write_summary: bool = True) -> WriteResult:
-        """Validate, enrich and append legs (Arrow, DataFrame, or a list of dicts or leg objects) minute by minute."""
-        from optask.pipeline import as_leg_table, enrich, merge, summarize, validate
+        """Validate, enrich and append legs (Arrow, DataFrame, or a list of dicts or leg objects) minute by minute.
 
+        The seed's API, kept here where its users import it: the one place storage calls the pure pipeline."""
         start = time.perf_counter()
-        legs = as_leg_table(legs)
+        legs = pipeline.as_leg_table(legs)
         if "iv" not in legs.column_names:
-            legs = enrich(validate(legs)[0])
-        merged = merge(legs) if (write_merged or write_summary) else None
-        summary = summarize(legs, merged=merged) if write_summary else None
+            legs = pipeline.enrich(pipeline.validate(legs)[0])
+        merged = pipeline.merge(legs) if (write_merged or write_summary) else None
+        summary = pipeline.summarize(legs, merged=merged) if write_summary else None
+        wanted = {"legs": legs if write_legs else None, "merged": merged if write_merged else None,
+                  "summary": summary if write_summary else None}
         out = WriteResult(legs_written=0, merged_written=0, summary_written=0, json_written=0)
-        for (index, ts), part in _by_minute(legs):
-            if write_legs:
-                out["legs_written"] += self.store.append_minute("legs", index, ts, part)
-            if write_merged:
-                out["merged_written"] += self.store.append_minute("merged", index, ts, _same_minute(merged, index, ts))
-            if write_summary:
-                out["summary_written"] += self.store.append_minute("summary", index, ts, _same_minute(summary, index, ts))
-            if write_json:
+        for index in pc.unique(legs["index"]).to_pylist() if legs.num_rows else []:
+            for name, table in wanted.items():
+                if table is not None:
+                    mine = table.filter(pc.equal(table["index"], index))
+                    out[f"{name}_written"] += self.store.append_minutes(name, index, split_by_minute(mine))
+            if not write_json:
+                continue
+            for ts, part in split_by_minute(legs.filter(pc.equal(legs["index"], index))):
                 target = self.store.path("legs", index, ts.astimezone(IST).date()).with_name(
                     f"legs-{ts.astimezone(IST):%H%M}.json")
                 atomic_write_bytes(target, json.dumps(_text_times(part).to_pylist(), default=str).encode())
@@ -268,22 +286,6 @@ class ConsolidatedWriter:
         return out
 
 
-def _by_minute(table: pa.Table):
-    if table.num_rows == 0:
-        return
-    keys = table.select(["index", "ts"]).group_by(["index", "ts"]).aggregate([]).to_pylist()
-    for k in keys:
-        yield (k["index"], k["ts"]), _same_minute(table, k["index"], k["ts"])
-
-
-def _same_minute(table: pa.Table, index: str, ts: dt.datetime) -> pa.Table:
-    mask = pc.and_(pc.equal(table["index"], index), pc.equal(table["ts"], pa.scalar(ts, table["ts"].type)))
-    return table.filter(mask)
-
-
 def get_consolidated_writer(settings=None) -> ConsolidatedWriter:
-    from optask.config import get_settings
-    from optask.coordination import redis_client
-
     settings = settings or get_settings()
-    return ConsolidatedWriter(CsvStore(settings.data.csv_root, redis_client(settings)))
+    return ConsolidatedWriter(CsvStore(settings.data.csv_root, client_for(settings)))

@@ -13,13 +13,17 @@ import gzip
 import logging
 import os
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from optask.storage.archive import atomic_write_bytes
+from optask.infra.fsutil import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -193,16 +197,10 @@ def points_per_minute(url: str, org: str, bucket: str, token: str, measurement: 
     InfluxDB 2 answers a Flux query; VictoriaMetrics (which takes the same line-protocol writes and is
     the InfluxDB of the tests) has no Flux, so its export API is read instead.
     """
-    import numpy as np
-
     try:
         return _flux_counts(url, org, bucket, token, measurement, field, index, start, end, timeout_s)
     except InfluxReadError:
         pass
-    import urllib.error
-    import urllib.parse
-    import urllib.request
-
     try:  # VictoriaMetrics buffers recent points for a second or so: make what was just written readable
         urllib.request.urlopen(f"{url.rstrip('/')}/internal/force_flush", timeout=timeout_s).close()
     except OSError:

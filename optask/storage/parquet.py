@@ -28,11 +28,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from optask.schema import LEG_KEY, MERGED_KEY, SUMMARY_KEY
-from optask.storage.archive import StorageError
-from optask.timeutils import IST
+from optask.core.config import get_settings
+from optask.core.timeutils import IST
+from optask.infra.coordination import Cursor, writer_lock
+from optask.infra.fsutil import fsync_path
+from optask.storage.base import TABLES, StorageError
 
-TABLES = {"legs": LEG_KEY, "merged": MERGED_KEY, "summary": SUMMARY_KEY}
 DAY_FILE = "day.parquet"
 #: Columns that are partition keys (directory names), never stored inside a file.
 PARTITION_COLUMNS = ("index", "date")
@@ -63,6 +64,21 @@ def _with_index(table: pa.Table, index: str) -> pa.Table:
 class ParquetStore:
     root: Path
     compression: str = "zstd"
+    redis: object | None = None  # for the writer lock shared with compaction (write_minutes, compact_locked)
+    memory_map: bool = True  # USE_MEMORY_MAPPING: read files through mmap
+    name: str = "parquet"
+
+    @classmethod
+    def from_settings(cls, settings, redis_client=None) -> ParquetStore:
+        return cls(settings.data.parquet_root, redis=redis_client, memory_map=settings.data.use_memory_mapping)
+
+    def _read(self, path: Path, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(path, columns=columns, memory_map=self.memory_map)
+
+    def _lock(self, table: str, index: str, day: dt.date):
+        if self.redis is None:
+            raise StorageError(0, "the Parquet writer needs Redis for its single-writer lock")
+        return writer_lock(self.redis, f"parquet:{table}:{index}:{day}")
 
     def day_dir(self, table: str, index: str, day: dt.date) -> Path:
         if table not in TABLES:
@@ -74,8 +90,7 @@ class ParquetStore:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             pq.write_table(_without_partitions(table), tmp, compression=self.compression)
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
+            fsync_path(tmp)
             os.replace(tmp, path)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
@@ -87,12 +102,28 @@ class ParquetStore:
         body = _without_partitions(table)
         if path.exists():
             try:
-                if _without_partitions(pq.read_table(path)).equals(body):
+                if _without_partitions(self._read(path)).equals(body):
                     return path
             except (OSError, pa.ArrowInvalid):
                 pass  # unreadable: replace it
         self._write_atomic(body, path)
         return path
+
+    def write_minutes(self, table_name: str, index: str, parts: list[tuple[dt.datetime, pa.Table]]) -> int:
+        """Store minutes of one day under the lock compaction takes, so a minute is never half folded into
+        day.parquet; returns rows written."""
+        if not parts:
+            return 0
+        with self._lock(table_name, index, parts[0][0].astimezone(IST).date()):
+            for ts, part in parts:
+                self.write_minute(table_name, index, ts, part)
+        return sum(p.num_rows for _, p in parts)
+
+    def minutes_present(self, table: str, index: str, day: dt.date) -> set[str]:
+        return {t.isoformat() for t in self.minutes(table, index, day).to_pylist()}
+
+    def read_day(self, table: str, index: str, day: dt.date, columns: list[str] | None = None) -> pa.Table:
+        return self.read_table(table, index, day, columns=columns)
 
     def has_minute(self, table: str, index: str, ts: dt.datetime) -> bool:
         """Whether the minute's own file exists, or the day was compacted (two stats, no read): a cheap check."""
@@ -111,10 +142,10 @@ class ParquetStore:
                    columns: list[str] | None = None) -> pa.Table | None:
         """Rows of the given files of one index, minute files winning over the same minutes in the day file."""
         file_cols = None if columns is None else [c for c in columns if c not in PARTITION_COLUMNS]
-        minute_tables = [pq.read_table(p, columns=file_cols) for p in minute_files]
+        minute_tables = [self._read(p, file_cols) for p in minute_files]
         parts: list[pa.Table] = []
         if day_file is not None:
-            day = pq.read_table(day_file, columns=file_cols)
+            day = self._read(day_file, file_cols)
             if minute_tables and "ts" in day.column_names:
                 replaced = pa.concat_arrays([t["ts"].combine_chunks() for t in minute_tables])
                 day = day.filter(pc.invert(pc.is_in(day["ts"], value_set=pc.unique(replaced))))
@@ -145,17 +176,17 @@ class ParquetStore:
         return pc.unique(t["ts"]) if t.num_columns else pa.array([], pa.timestamp("ns", tz="UTC"))
 
     def read_new(self, client, consumer: str, table: str, index: str, day: dt.date,
-                 incremental: bool = True) -> pa.Table:
+                 incremental: bool | None = None) -> pa.Table:
         """Rows this consumer has not received yet (its cursor in Redis); every row when not incremental.
 
         Guarantees: every stored minute is delivered exactly once, including minutes that were
         folded into day.parquet by a compaction before this consumer read their minute files; a
         minute file rewritten by a repair (a new mtime) is delivered again, once. The cursor keeps,
         per minute, which file version delivered it; day.parquet is read only when it changed, so
-        the 375th minute of a day costs what the first did.
+        the 375th minute of a day costs what the first did. `incremental` defaults to ENABLE_INCREMENTAL.
         """
-        from optask.coordination import Cursor
-
+        if incremental is None:
+            incremental = get_settings().data.enable_incremental
         day_file, minute_files = self.files(table, index, day)
         if not incremental or client is None:
             out = self.read_files(day_file, minute_files, index)
@@ -168,11 +199,11 @@ class ParquetStore:
         for p in minute_files:
             hhmm, stamp = p.stem[7:11], f"{p.name}@{p.stat().st_mtime_ns}"
             if delivered.get(hhmm) != stamp:
-                parts.append(_without_partitions(pq.read_table(p)))
+                parts.append(_without_partitions(self._read(p)))
                 delivered[hhmm] = stamp
         day_stamp = f"{DAY_FILE}@{day_file.stat().st_mtime_ns}" if day_file is not None else None
         if day_file is not None and state.get("day") != day_stamp:
-            rows = pq.read_table(day_file)
+            rows = self._read(day_file)
             if rows.num_rows:
                 minutes = pc.unique(rows["ts"])
                 fresh = [m for m in minutes.to_pylist() if m.astimezone(IST).strftime("%H%M") not in delivered]
@@ -184,6 +215,11 @@ class ParquetStore:
         if not parts:
             return pa.table({})
         return _with_index(pa.concat_tables(parts, promote_options="default"), index)
+
+    def compact_locked(self, table: str, index: str, day: dt.date) -> Path | None:
+        """`compact` under the writers' lock."""
+        with self._lock(table, index, day):
+            return self.compact(table, index, day)
 
     def compact(self, table: str, index: str, day: dt.date) -> Path | None:
         """Rewrite the day into one sorted file atomically; then remove the minute files folded in."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
-BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
+BENCH_DIR = Path(__file__).resolve().parents[2] / "bench"
 SCRIPTS = ("bench_providers.py", "bench_processing.py", "bench_storage.py", "bench_pipeline.py", "bench_verify.py",
            "bench_kite.py", "bench_ticker.py")
 

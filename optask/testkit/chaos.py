@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psutil
 
-from optask.services import free_port
+from optask.infra.procutil import free_port
 
 #: A Sunday: the drills' sessions come from the overrides file, so they never meet a real one.
 DRILL_DAY = dt.date(2026, 11, 8)
@@ -141,7 +141,7 @@ class Drill:
         return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
 
     def stored(self) -> dict[str, int]:
-        from optask.ledger import Ledger
+        from optask.infra.ledger import Ledger
 
         try:
             ledger = Ledger(self.redis())
@@ -151,7 +151,7 @@ class Drill:
 
     def position(self) -> int:
         """Minutes of the session the shared clock has played."""
-        from optask.clock import anchor_key
+        from optask.infra.session_clock import anchor_key
 
         try:
             anchor = float(self.redis().get(anchor_key(self.day, self.speed)))
@@ -173,7 +173,7 @@ class Drill:
 
     def wait_eod(self, timeout: float = 300) -> dict:
         """Until end of day has closed the session (the product's own record of it)."""
-        from optask.ledger import Ledger
+        from optask.infra.ledger import Ledger
 
         def closed():
             try:
@@ -184,7 +184,7 @@ class Drill:
         return self.wait(closed, timeout, "end of day")
 
     def alerts(self) -> list[dict]:
-        from optask.alerts import HISTORY
+        from optask.ops.alerts import HISTORY
 
         return [json.loads(x) for x in self.redis().lrange(HISTORY, 0, -1)]
 
@@ -204,7 +204,7 @@ class Drill:
         alerts = self.alerts()
         healed = 0
         try:
-            from optask.ledger import Ledger
+            from optask.infra.ledger import Ledger
 
             ledger = Ledger(self.redis())
             attempts = [a for i in self.indices for a in ledger.repair_attempts(i, self.day).values()]
@@ -294,7 +294,7 @@ class Drill:
     def start_node(self, name: str, indices: list[str]) -> subprocess.Popen:
         """Another worker node on the same Redis and data root (as a second machine would run it): its own
         hostname, the queues of `indices` and the shared fallback queue."""
-        from tasks.celeryconfig import FALLBACK_QUEUE, process_queue
+        from optask.infra.queues import FALLBACK_QUEUE, process_queue
 
         log = open(self.root / f"{name}.out", "ab")  # noqa: SIM115
         env = {**self.process_env(), "REDIS_URL": self.redis_url or json.loads(
@@ -315,7 +315,7 @@ class Drill:
 
     def step_clock_back(self, minutes: int = 1) -> None:
         """The shared clock reads `minutes` earlier from now on (a clock stepping back)."""
-        from optask.clock import anchor_key
+        from optask.infra.session_clock import anchor_key
 
         client = self.redis()
         key = anchor_key(self.day, self.speed)

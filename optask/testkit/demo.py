@@ -16,15 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import redis
 
-from optask.calendar import get_calendar
-from optask.config import Settings
-from optask.ledger import Ledger
-from optask.services import RedisServer
-from optask.stack import Stack, celery_client, wait_for_workers
+from optask.core.calendar import get_calendar
+from optask.core.clock import WallClock
+from optask.core.config import Settings
+from optask.infra.celery_client import celery_client
+from optask.infra.ledger import Ledger
+from optask.infra.queues import DEFAULT_QUEUE, TICK_EXPIRES_S
+from optask.infra.redis_client import connect
+from optask.infra.redis_server import RedisServer
+from optask.ops.stack import Stack, wait_for_workers
 from optask.storage.sinks import count_day_rows
-from optask.timeutils import IST, now_utc
 
 
 @dataclass
@@ -50,10 +52,7 @@ class DemoSummary:
 
 def latest_session_day(settings: Settings) -> dt.date:
     """The most recent day with a session that has already closed (a whole day to replay)."""
-    cal = get_calendar(settings.data.calendar_overrides)
-    now = now_utc().astimezone(IST)
-    s = cal.session(now.date())
-    return now.date() if s and s.close <= now else cal.previous_trading_day(now.date())
+    return get_calendar(settings.data.calendar_overrides).last_closed_session(WallClock().now())
 
 
 def demo_env(indices: list[str]) -> dict[str, str]:
@@ -82,7 +81,7 @@ def run_demo(
         stack.start_worker(concurrency=workers or settings.service.processing_max_workers)
         client = celery_client(settings, redis_server.url)
         wait_for_workers(client)
-        ledger = Ledger(redis.Redis.from_url(redis_server.url))
+        ledger = Ledger(connect(redis_server.url))
         expected = {(i, ts) for i in indices for ts in session_minutes}
         sent_at: dict[str, float] = {}
         t0 = time.time()
@@ -95,7 +94,7 @@ def run_demo(
             while i < len(session_minutes) and time.time() >= t0 + i * 60.0 / speed:
                 ts = session_minutes[i]
                 sent_at[ts] = time.time()
-                client.send_task("tasks.collect_minute", args=(ts,), queue="optask", expires=55)
+                client.send_task("tasks.collect_minute", args=(ts,), queue=DEFAULT_QUEUE, expires=TICK_EXPIRES_S)
                 i += 1
             for event_id, ev in ledger.events(last_id, block_ms=50):
                 last_id = event_id

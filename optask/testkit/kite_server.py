@@ -20,10 +20,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import pyarrow as pa
 
-from optask.calendar import MarketCalendar
+from optask.core.calendar import MarketCalendar
+from optask.core.timeutils import IST
 from optask.providers.kite import SPOT_KEYS, SPOT_TOKENS
 from optask.providers.simulated import SPECS, SimulatedProvider, index_of_token
-from optask.timeutils import IST
 
 
 @dataclass

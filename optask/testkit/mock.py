@@ -10,9 +10,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from optask.calendar import MarketCalendar
+from optask.core.calendar import MarketCalendar
+from optask.core.timeutils import UTC
 from optask.providers.simulated import SimulatedProvider
-from optask.timeutils import UTC
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psutil
 
-from optask.chaos import Drill, Verdict
+from optask.testkit.chaos import Drill, Verdict
 
 
 @dataclass
@@ -141,7 +141,7 @@ class SoakResult:
 def run_soak(root: Path, minutes: int = 375, speed: float = 30.0, strikes: int = 50,
              indices: tuple[str, ...] | None = None, schedule: list[Fault] | None = None,
              echo=print) -> SoakResult:
-    from optask.schema import INDICES
+    from optask.core.schema import INDICES
 
     indices = tuple(indices or INDICES)
     drill = Drill(root, minutes=minutes, speed=speed, indices=indices, strikes=strikes, open_at="09:15")

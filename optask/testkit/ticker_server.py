@@ -21,10 +21,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
-from optask.kite_testserver import KiteTestServer
-from optask.providers import kite_ticker as kt
+from optask.core.timeutils import IST
 from optask.providers.kite import SPOT_TOKENS
-from optask.timeutils import IST
+from optask.providers.kite import stream as kt
+from optask.testkit.kite_server import KiteTestServer
 
 #: Packets per binary message (Kite batches a tick's instruments into a few messages).
 PACKETS_PER_MESSAGE = 1000
@@ -89,7 +89,7 @@ class KiteTickerTestServer:
         for index, token in SPOT_TOKENS.items():
             path = sim.day_path(index, day)
             p = min(pos, len(path) - 1)
-            spots[token] = kt.encode_index(token, float(path[p]), float(path[: p + 1].max()),
+            spots[token] = encode_index(token, float(path[p]), float(path[: p + 1].max()),
                                            float(path[: p + 1].min()), float(path[0]), float(path[0]), stamp)
             t = sim.snapshot(index, minute).table
             cols = {c: t[c].to_numpy(zero_copy_only=False) for c in
@@ -99,7 +99,7 @@ class KiteTickerTestServer:
             cols["last_qty"] = np.full(len(cols["token"]), 1)
             cols["ltt"] = t["last_trade_time"].cast("int64").to_numpy(zero_copy_only=False) // 1_000_000_000
             cols["exchange_ts"] = np.full(len(cols["token"]), stamp)
-            parts.append(kt.encode_options(cols))
+            parts.append(encode_options(cols))
         options = np.concatenate(parts).astype(kt.FULL)  # concatenate yields native byte order
         return minute, options[np.argsort(options["token"])], spots
 
@@ -255,3 +255,33 @@ class KiteTickerTestServer:
             with c.lock:
                 out |= {t for t, m in c.modes.items() if m == "full"}
         return out
+# --- encoding: what a venue sends (the product only decodes) ---------------------------------
+
+def encode_options(cols: dict[str, np.ndarray]) -> np.ndarray:
+    """Full-mode option packets from columns (prices in rupees): what a venue (the test server) sends."""
+    n = len(cols["token"])
+    out = np.zeros(n, kt.FULL)
+    for name in ("token", "last_qty", "volume", "buy_qty", "sell_qty", "ltt", "oi", "oi_high", "oi_low", "exchange_ts"):
+        if name in cols:
+            out[name] = cols[name]
+    for name in ("ltp", "avg_price", "open", "high", "low", "close"):
+        if name in cols:
+            out[name] = np.round(np.nan_to_num(np.asarray(cols[name], float)) * kt.PRICE_DIVISOR)
+    for level in range(5):
+        tick = 0.05 * level
+        bid = np.nan_to_num(np.asarray(cols["bid"], float))
+        out["depth"][:, level]["price"] = np.round(np.where(bid > 0, bid - tick, 0) * kt.PRICE_DIVISOR)
+        out["depth"][:, level]["qty"] = cols["bid_qty"]
+        out["depth"][:, level]["orders"] = 1 + level
+        out["depth"][:, 5 + level]["price"] = np.round(np.nan_to_num(np.asarray(cols["ask"], float) + tick) * kt.PRICE_DIVISOR)
+        out["depth"][:, 5 + level]["qty"] = cols["ask_qty"]
+        out["depth"][:, 5 + level]["orders"] = 1 + level
+    return out
+
+
+def encode_index(token: int, ltp: float, high: float, low: float, open_: float, close: float, exchange_ts: int) -> bytes:
+    row = np.zeros(1, kt.INDEX_FULL)
+    row["token"], row["exchange_ts"] = token, exchange_ts
+    for name, v in (("ltp", ltp), ("high", high), ("low", low), ("open", open_), ("close", close)):
+        row[name] = round(v * kt.PRICE_DIVISOR)
+    return row.tobytes()

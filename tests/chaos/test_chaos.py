@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from optask.chaos import Drill, Verdict
+from optask.testkit.chaos import Drill, Verdict
 
 slow = pytest.mark.slow_chaos
 
@@ -82,10 +82,11 @@ def kite_drill(drill, tmp_path, ticker: bool = False, **kw):
     started here, outside the stack, before the stack)."""
     import redis
 
-    from optask.calendar import MarketCalendar
-    from optask.clock import SessionReplayClock, anchor_key
-    from optask.kite_testserver import KiteTestServer
-    from optask.services import RedisServer
+    from optask.core.calendar import MarketCalendar
+    from optask.core.clock import SessionReplayClock
+    from optask.infra.redis_server import RedisServer
+    from optask.infra.session_clock import anchor_key
+    from optask.testkit.kite_server import KiteTestServer
 
     redis_server = RedisServer(tmp_path / "redis").start()
     d = drill(provider="kite", redis_url=redis_server.url, **kw)
@@ -95,7 +96,7 @@ def kite_drill(drill, tmp_path, ticker: bool = False, **kw):
                                    client=redis.Redis.from_url(redis_server.url), key=anchor_key(d.day, d.speed))
         d.kite = KiteTestServer(strikes_around_atm=d.strikes, clock=clock, calendar=clock.calendar).start()
         if ticker:
-            from optask.ticker_testserver import KiteTickerTestServer
+            from optask.testkit.ticker_server import KiteTickerTestServer
 
             d.ticker = KiteTickerTestServer(d.kite, tick_interval_s=0.5).start()
         yield d
@@ -265,7 +266,7 @@ def test_two_worker_nodes_one_lost_mid_session(drill):
     """Node A (`optask up`, WORKER_INDICES=NIFTY) and node B (a worker for SENSEX), both on the fallback queue.
     B is killed: SENSEX goes to the fallback queue once B's word expires, and the minutes in between are
     repaired on their own. Every minute of every index is stored."""
-    from optask.coordination import live_consumers
+    from optask.infra.coordination import live_consumers
     from tasks.celeryconfig import FALLBACK_QUEUE, live_process_queues
 
     d = drill(speed=10, minutes=16, env={"WORKER_INDICES": "NIFTY"})
@@ -297,7 +298,7 @@ def test_disk_full_under_the_data_root(drill, tmp_path):
 
     from conftest import need
 
-    from optask.services import RedisServer
+    from optask.infra.redis_server import RedisServer
 
     redis_server = RedisServer(tmp_path / "redis").start()
     d = drill(redis_url=redis_server.url, speed=15,
@@ -320,7 +321,7 @@ def test_disk_full_under_the_data_root(drill, tmp_path):
 
     try:
         play(d, fill, alert="system.disk")
-        from optask.metrics import KEY
+        from optask.infra.counters import KEY
 
         retried = {k.decode(): int(v) for k, v in d.redis().hgetall(f"{KEY}:retries").items()}
         assert retried.get("StorageError", 0) > 0, retried  # writes failed as StorageError and were retried

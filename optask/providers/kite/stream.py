@@ -9,18 +9,30 @@ tests/test_ticker.py checks every field byte for byte against `kiteconnect.KiteT
 The archived payload of a streamed minute is an envelope holding the latest packet of every
 instrument at the cut, framed as one Kite message exactly as received (base64), with the time
 each packet arrived; `parse_ticker_payload` is a pure function of it, so replay reuses it.
+
+The transport is here too: `Connection`, one websocket (the `websockets` library, not the official
+Twisted client: we need to see a socket go quiet, and to reconnect and resubscribe on our own schedule),
+feeding `LatestState`, the latest packet of every instrument, from which `optask.jobs.ticker` cuts minutes.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
 import pyarrow as pa
 
-from optask.schema import RAW_LEG_SCHEMA
+from optask.core.schema import RAW_LEG_SCHEMA
+
+log = logging.getLogger("optask.ticker")
 
 _DEPTH = np.dtype([("qty", ">u4"), ("price", ">u4"), ("orders", ">u2"), ("pad", ">u2")])
 #: An option's full-mode packet (184 bytes).
@@ -178,31 +190,120 @@ def parse_ticker_payload(raw: bytes, index: str, ts: dt.datetime, source: str = 
     return table, issues
 
 
-def encode_options(cols: dict[str, np.ndarray]) -> np.ndarray:
-    """Full-mode option packets from columns (prices in rupees): what a venue (the test server) sends."""
-    n = len(cols["token"])
-    out = np.zeros(n, FULL)
-    for name in ("token", "last_qty", "volume", "buy_qty", "sell_qty", "ltt", "oi", "oi_high", "oi_low", "exchange_ts"):
-        if name in cols:
-            out[name] = cols[name]
-    for name in ("ltp", "avg_price", "open", "high", "low", "close"):
-        if name in cols:
-            out[name] = np.round(np.nan_to_num(np.asarray(cols[name], float)) * PRICE_DIVISOR)
-    for level in range(5):
-        tick = 0.05 * level
-        bid = np.nan_to_num(np.asarray(cols["bid"], float))
-        out["depth"][:, level]["price"] = np.round(np.where(bid > 0, bid - tick, 0) * PRICE_DIVISOR)
-        out["depth"][:, level]["qty"] = cols["bid_qty"]
-        out["depth"][:, level]["orders"] = 1 + level
-        out["depth"][:, 5 + level]["price"] = np.round(np.nan_to_num(np.asarray(cols["ask"], float) + tick) * PRICE_DIVISOR)
-        out["depth"][:, 5 + level]["qty"] = cols["ask_qty"]
-        out["depth"][:, 5 + level]["orders"] = 1 + level
-    return out
+# --- the transport: websockets feeding the latest state ------------------------------------
+
+@dataclass
+class LatestState:
+    """The latest packet of every instrument and when it arrived; shared by the connections."""
+
+    packets: dict[int, tuple[bytes, float]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def update(self, message: bytes, at: float) -> int:
+        packets = split_packets(message)
+        with self.lock:
+            for p in packets:  # one dict store per packet; decoding waits for the minute's cut, vectorized
+                self.packets[token_of(p)] = (p, at)
+        return len(packets)
+
+    def take(self, tokens: list[int]) -> tuple[list[bytes], list[float]]:
+        with self.lock:
+            got = [self.packets[t] for t in tokens if t in self.packets]
+        return [p for p, _ in got], [at for _, at in got]
 
 
-def encode_index(token: int, ltp: float, high: float, low: float, open_: float, close: float, exchange_ts: int) -> bytes:
-    row = np.zeros(1, INDEX_FULL)
-    row["token"], row["exchange_ts"] = token, exchange_ts
-    for name, v in (("ltp", ltp), ("high", high), ("low", low), ("open", open_), ("close", close)):
-        row[name] = round(v * PRICE_DIVISOR)
-    return row.tobytes()
+class Connection(threading.Thread):
+    """One websocket: connect, subscribe its tokens in full mode, read; on a drop, an error or silence
+    longer than `stale_s`, reconnect with exponential backoff and jitter and subscribe again."""
+
+    def __init__(self, name: str, url, state: LatestState, stale_s: float, stop: threading.Event,
+                 max_backoff_s: float = 30.0, in_session=lambda: True):
+        super().__init__(name=name, daemon=True)
+        self.url, self.state, self.stale_s, self.stop_event, self.max_backoff_s = url, state, stale_s, stop, max_backoff_s
+        self.in_session = in_session  # in session a socket must bring ticks; outside, Kite's heartbeats suffice
+        self.tokens: set[int] = set()
+        self._wanted: set[int] = set()
+        self._lock = threading.Lock()
+        self.connected = False
+        self.last_message = 0.0  # any frame, Kite's 1-byte heartbeats included
+        self.last_data = 0.0  # packets
+        self.reconnects = 0
+        self.stale_events = 0
+        self.last_error = ""
+
+    def want(self, tokens: set[int]) -> None:
+        with self._lock:
+            self._wanted = set(tokens)
+
+    def _quiet_for(self) -> float:
+        now = time.time()
+        return now - (self.last_data if self.in_session() else self.last_message)
+
+    @property
+    def healthy(self) -> bool:
+        return self.connected and self._quiet_for() < self.stale_s
+
+    def _sync(self, ws) -> None:
+        """Send the subscription changes since the last call (all of it after a reconnect)."""
+        with self._lock:
+            wanted = set(self._wanted)
+        gone, new = sorted(self.tokens - wanted), sorted(wanted - self.tokens)
+        if gone:
+            ws.send(json.dumps({"a": "unsubscribe", "v": gone}))
+        if new:
+            ws.send(json.dumps({"a": "subscribe", "v": new}))
+            ws.send(json.dumps({"a": "mode", "v": ["full", new]}))
+        self.tokens = wanted
+
+    def run(self) -> None:
+        from websockets.exceptions import InvalidStatus, WebSocketException
+        from websockets.sync.client import connect
+
+        attempt = 0
+        while not self.stop_event.is_set():
+            try:
+                with connect(self.url(), open_timeout=5, close_timeout=1, max_size=None, compression=None) as ws:
+                    self.connected, attempt = True, 0
+                    self.last_message = self.last_data = time.time()
+                    self.tokens = set()
+                    log.info("%s connected", self.name)
+                    while not self.stop_event.is_set():
+                        self._sync(ws)
+                        try:
+                            msg = ws.recv(timeout=0.2)
+                        except TimeoutError:
+                            msg = None
+                        if msg is not None:
+                            self.last_message = time.time()
+                            if isinstance(msg, bytes):
+                                if self.state.update(msg, self.last_message):
+                                    self.last_data = self.last_message
+                            else:
+                                self._text(msg)
+                        if self._quiet_for() > self.stale_s:
+                            self.stale_events += 1
+                            raise ConnectionError(f"no ticks for {self.stale_s:g} s") from None
+            except InvalidStatus as exc:
+                code = exc.response.status_code
+                self.last_error = (f"Kite refused the websocket with HTTP {code}"
+                                   + (": the access token expired; run `optask kite set-token <token>`" if code == 403 else ""))
+            except (OSError, WebSocketException, ConnectionError, TimeoutError) as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+            finally:
+                self.connected = False
+            if self.stop_event.is_set():
+                break
+            attempt += 1
+            self.reconnects += 1
+            delay = min(self.max_backoff_s, 0.5 * 2 ** (attempt - 1))
+            log.warning("%s down (%s); reconnecting in %.1f s", self.name, self.last_error, delay)
+            self.stop_event.wait(delay / 2 + random.random() * delay / 2)
+
+    def _text(self, msg: str) -> None:
+        try:
+            doc = json.loads(msg)
+        except ValueError:
+            return
+        if doc.get("type") == "error":
+            self.last_error = f"Kite said: {doc.get('data')}"
+            log.warning("%s: %s", self.name, self.last_error)

@@ -1,0 +1,212 @@
+"""Data verbs: fetch one minute, verify a day, backfill what the stores lack."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from optask.cli.app import app, console, fail, indices_option, parse_day, show_verification
+from optask.core.config import get_settings
+
+
+@app.command()
+def collect(
+    index: str = typer.Option(..., "--index", help="Index to fetch, e.g. NIFTY."),
+    at: str = typer.Option("", "--at", help="Minute to fetch (ISO 8601, IST if no offset); default: now or the last session minute."),
+    provider: str = typer.Option("", "--provider", help="simulated | kite | replay; default OPTASK_PROVIDER."),
+    out: str = typer.Option("", "--out", help="Also write the normalized legs to FILE (.csv or .parquet)."),
+) -> None:
+    """Fetch one minute of one index in-process (no broker) and print a short table.
+
+    Redis (the Kite provider paces its calls through it): the configured one, else the running stack's
+    bundled one; with neither, a private bundled server that is stopped before the command exits.
+    """
+    import time as _time
+    from contextlib import ExitStack
+    from pathlib import Path
+
+    from optask.core.calendar import get_calendar
+    from optask.core.schema import INDICES
+    from optask.core.timeutils import IST, TimestampParseError, floor_minute, now_utc, parse_minute
+    from optask.providers import get_provider
+    from optask.providers.base import ProviderError
+
+    index = index.strip().upper()
+    if index not in INDICES:
+        fail(f"--index: unknown index {index!r}; allowed: {', '.join(INDICES)}")
+    if provider and provider not in ("simulated", "kite", "replay"):
+        fail(f"--provider: unknown provider {provider!r}; allowed: simulated, kite, replay")
+    if out and Path(out).suffix not in (".csv", ".parquet"):
+        fail(f"--out: {out!r} must end in .csv or .parquet")
+    settings = get_settings()
+    calendar = get_calendar(settings.data.calendar_overrides)
+    if at:
+        try:
+            ts = parse_minute(at)
+        except TimestampParseError as exc:
+            fail(f"--at: {exc}")
+        if not calendar.in_session(ts):
+            fail(f"--at: {ts.astimezone(IST):%Y-%m-%d %H:%M} IST is outside a market session")
+    else:
+        now = floor_minute(now_utc())
+        if calendar.in_session(now):
+            ts = now
+        else:
+            day = now.astimezone(IST).date()
+            s = calendar.session(day)
+            if s is None or now < s.open:
+                s = calendar.session(calendar.previous_trading_day(day))
+            ts = calendar.session_minutes(s.day)[-1].to_pydatetime()
+    from optask.infra.redis_server import RedisUnavailable, redis_for_command
+
+    try:
+        with ExitStack() as servers:
+            if (provider or settings.market.provider) == "kite":
+                servers.enter_context(redis_for_command(settings))
+            source = get_provider(provider or None, settings)
+            start = _time.perf_counter()
+            snap = source.snapshot(index, ts)
+            took = _time.perf_counter() - start
+    except (ProviderError, RedisUnavailable) as exc:
+        fail(str(exc))
+    t = snap.table
+    table = Table(title=f"{index} at {ts.astimezone(IST):%Y-%m-%d %H:%M} IST from {snap.provider}")
+    for col in ("expiry", "kind", "strikes", "legs", "spot"):
+        table.add_column(col)
+    rows = t.select(["expiry", "expiry_kind", "strike", "spot"]).to_pandas()
+    for (expiry, kind), g in rows.groupby(["expiry", "expiry_kind"]):
+        table.add_row(str(expiry), kind, f"{g.strike.min():g}..{g.strike.max():g} ({g.strike.nunique()})",
+                      str(len(g)), f"{g.spot.iloc[0]:,.2f}")
+    console.print(table)
+    dropped = ", ".join(f"{k}: {v}" for k, v in snap.issues.items()) or "none"
+    console.print(f"{t.num_rows} legs in {took * 1000:.0f} ms; dropped or flagged: {dropped}")
+    if snap.sample_span_ms is not None:
+        offset = "" if snap.spot_offset_ms is None else f"; spot {snap.spot_offset_ms:+,.0f} ms from its options"
+        console.print(f"sampling span {snap.sample_span_ms:,.0f} ms (first to last quote call){offset}")
+    if out:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            pq.write_table(t, path)
+        else:
+            from optask.storage.csv import to_csv_bytes
+
+            path.write_bytes(to_csv_bytes(t, header=True))
+        console.print(f"wrote {path}")
+
+
+@app.command()
+def verify(
+    day: str = typer.Option(..., "--day", help="Session to verify, YYYY-MM-DD."),
+    index: list[str] = typer.Option([], "--index", help="Index to verify (repeatable); default OPTASK_INDICES."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full results as JSON instead of the table."),
+) -> None:
+    """Verify a day's stored data (completeness per store, integrity, values, no-arbitrage, consistency).
+
+    Writes reports/eod/{day}/ (JSON and an HTML page). Exit status: 0 PASS, 1 WARN, 2 FAIL or bad input.
+    """
+    import json
+
+    from optask.core.calendar import get_calendar
+    from optask.quality.verify import EODDataVerificationSystem
+
+    settings = get_settings()
+    the_day = parse_day(day, "--day")
+    if get_calendar(settings.data.calendar_overrides).session(the_day) is None:
+        fail(f"--day {the_day} is not a market session (weekend or holiday); see `optask calendar`")
+    chosen = indices_option(index) or list(settings.market.indices)
+    system = EODDataVerificationSystem(settings)
+    results = system.run_eod_verification(the_day, indices=chosen)
+    path = system.save_verification_report(results)
+    if as_json:
+        typer.echo(json.dumps(results, indent=2, default=str))
+        code = {"PASS": 0, "WARN": 1}.get(results["overall_status"], 2)
+    else:
+        code = show_verification(results)
+        console.print(f"report: {path}")
+    raise typer.Exit(code)
+
+
+@app.command()
+def backfill(
+    index: list[str] = typer.Option(..., "--index", help="Index to backfill (repeatable, or comma-separated)."),
+    from_: str = typer.Option(..., "--from", help="First day, YYYY-MM-DD."),
+    to: str = typer.Option(..., "--to", help="Last day, YYYY-MM-DD."),
+    only_missing: bool = typer.Option(False, "--only-missing", help="Only minutes a store lacks (else every session minute)."),
+    wait: bool = typer.Option(False, "--wait", help="Show progress until done, then verify each day."),
+    here: bool = typer.Option(False, "--here", help="Run in this process even if a worker serves the maintenance queue."),
+) -> None:
+    """Rebuild minutes from the raw archive, else the provider's history, on the maintenance queue.
+
+    Idempotent: minutes every store holds are skipped, so a second run does nothing. With no worker
+    on the maintenance queue (or --here) it runs in this process. Exit status: 0 done (and PASS with
+    --wait), 1 some minutes unavailable or WARN, 2 failure, FAIL or bad input.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from optask.infra.celery_client import celery_client
+    from optask.infra.redis_server import RedisUnavailable, redis_for_command
+    from optask.jobs import backfill as bf
+
+    settings = get_settings()
+    chosen = indices_option(index)
+    start, end = parse_day(from_, "--from"), parse_day(to, "--to")
+    try:
+        with redis_for_command(settings) as url:
+            try:
+                plan = bf.plan_backfill(chosen, start, end, only_missing=only_missing, settings=settings)
+            except bf.BackfillError as exc:
+                fail(str(exc))
+            for skipped, why in plan.skipped_days:
+                console.print(f"{skipped}: skipped, {why}")
+            if plan.total == 0:
+                console.print(f"nothing to do: every session minute of {', '.join(chosen)} from {start} to {end} "
+                              "is in every store")
+                raise typer.Exit(0)
+            client = celery_client(settings, url)
+            workers = [] if here else bf.maintenance_workers(client)
+            if workers and not wait:
+                sent = bf.enqueue(plan, client)
+                console.print(f"enqueued {len(sent)} backfill tasks ({plan.total:,} minutes) on the maintenance "
+                              f"queue, served by {', '.join(workers)}; follow them in Flower or run with --wait")
+                raise typer.Exit(0)
+            if not workers and not here:
+                console.print("no worker consumes the maintenance queue (`optask up` runs one); "
+                              "running the backfill in this process")
+            progress = Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), console=console)
+            bars = {i: progress.add_task(i, total=n) for i, n in plan.minutes_by_index().items()}
+            with progress:
+                def advance(idx: str, n: int) -> None:
+                    progress.advance(bars[idx], n)
+
+                if workers:
+                    results = bf.wait(bf.enqueue(plan, client), on_progress=advance)
+                else:
+                    results = bf.run_here(plan, settings, on_progress=advance)
+            client.close()
+            errors = [r for r in results if "error" in r]
+            unavailable = sum(r.get("unavailable", 0) for r in results)
+            stored = sum(r.get("stored", 0) for r in results)
+            console.print(f"stored {stored:,} minutes ({sum(r.get('from_archive', 0) for r in results):,} from the raw "
+                          f"archive, {sum(r.get('from_history', 0) for r in results):,} from the provider's history); "
+                          f"{unavailable:,} unavailable; {len(errors)} failed tasks")
+            for e in errors[:10]:
+                console.print(f"[red]failed:[/red] {e['index']} {e['day']}: {e['error']}", highlight=False)
+            code = 2 if errors else (1 if unavailable else 0)
+            from optask.quality.verify import EODDataVerificationSystem
+            from optask.storage.sinks import compact_day
+
+            for chunk in {(c.index, c.day) for c in plan.chunks}:  # fold the rebuilt minutes into their day files
+                compact_day(*chunk, settings=settings)
+
+            system = EODDataVerificationSystem(settings)
+            for day in plan.days:
+                results_day = system.run_eod_verification(day, indices=chosen)
+                system.save_verification_report(results_day)
+                code = max(code, show_verification(results_day))
+    except RedisUnavailable as exc:
+        fail(str(exc))
+    raise typer.Exit(code)

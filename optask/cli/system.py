@@ -1,0 +1,126 @@
+"""Setting up: the effective settings, the market calendar, the Redis optask uses, Kite's token."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from optask.cli.app import app, console, fail, kite_app, parse_day, redis_app
+from optask.core.config import get_settings
+
+
+@app.command()
+def config(
+    example: bool = typer.Option(False, "--example", help="Print a documented .env.example with the defaults instead."),
+) -> None:
+    """Print the effective settings, grouped; secrets as ***."""
+    if example:
+        from optask.core.config import env_example_text
+
+        typer.echo(env_example_text())
+        return
+    for group, rows in get_settings().display().items():
+        table = Table(title=group, title_justify="left", show_header=False, box=None, pad_edge=False)
+        table.add_column("variable", style="cyan")
+        table.add_column("value")
+        for name, value in rows.items():
+            table.add_row(name, value)
+        console.print(table)
+        console.print()
+
+
+@app.command()
+def calendar(
+    from_: str = typer.Option(..., "--from", help="First day, YYYY-MM-DD."),
+    to: str = typer.Option(..., "--to", help="Last day, YYYY-MM-DD."),
+) -> None:
+    """List market sessions between two days, with open and close in IST."""
+    from optask.core.calendar import CalendarError, get_calendar
+
+    start, end = parse_day(from_, "--from"), parse_day(to, "--to")
+    if end < start:
+        fail(f"--to {to} is before --from {from_}")
+    try:
+        sessions = get_calendar().sessions(start, end)
+    except CalendarError as exc:
+        fail(str(exc))
+    table = Table(title=f"Sessions {start} .. {end} (IST)")
+    for col in ("day", "weekday", "open", "close", "minutes", "kind"):
+        table.add_column(col)
+    for s in sessions:
+        table.add_row(
+            s.day.isoformat(), s.day.strftime("%a"), s.open.strftime("%H:%M"), s.close.strftime("%H:%M"),
+            str(s.minutes), "special" if s.special else "regular",
+        )
+    console.print(table)
+    console.print(f"{len(sessions)} sessions")
+
+
+@redis_app.command("status")
+def redis_status() -> None:
+    """Say which Redis optask uses and whether it answers."""
+    from optask.core.config import mask_url
+    from optask.infra.redis_server import bundled_redis_url, redis_ping
+
+    settings = get_settings()
+    url = settings.redis.effective_url()
+    if url:
+        ok = redis_ping(url)
+        console.print(f"configured Redis {mask_url(url)}: {'up' if ok else 'DOWN'}")
+        raise typer.Exit(0 if ok else 1)
+    url = bundled_redis_url(settings.data.root)
+    console.print(f"bundled Redis: {url + ' up' if url else 'not running'} (data in {settings.data.root / 'redis'})")
+    raise typer.Exit(0 if url else 1)
+
+
+@redis_app.command("start")
+def redis_start() -> None:
+    """Start the bundled Redis (or reuse the running one); a configured Redis is only checked."""
+    from optask.core.config import mask_url
+    from optask.infra.redis_server import RedisUnavailable, ensure_redis, start_bundled_redis
+
+    settings = get_settings()
+    try:
+        if settings.redis.configured:
+            console.print(f"using configured Redis {mask_url(ensure_redis(settings))}")
+            return
+        url, started = start_bundled_redis(settings.data.root)
+    except RedisUnavailable as exc:
+        fail(str(exc), 1)
+    console.print(f"bundled Redis {'started' if started else 'already running'} at {url}")
+
+
+@redis_app.command("stop")
+def redis_stop() -> None:
+    """Stop the bundled Redis cleanly (its AOF is flushed); a configured Redis is never touched."""
+    from optask.infra.redis_server import stop_bundled_redis
+
+    settings = get_settings()
+    if settings.redis.configured:
+        fail("Redis is configured (REDIS_URL/REDIS_HOST); optask stops only its bundled server", 1)
+    stopped = stop_bundled_redis(settings.data.root)
+    console.print("bundled Redis stopped" if stopped else "bundled Redis was not running")
+
+
+@kite_app.command("set-token")
+def kite_set_token(token: str = typer.Argument(..., help="Today's access token from Kite's login flow.")) -> None:
+    """Hand every running worker a new access token (Kite's expire daily); no restart needed.
+
+    It is kept in optask's Redis, so it outlives a restart of the stack but not the day's expiry.
+    """
+    from optask.infra.redis_server import url_if_running as redis_url_if_running
+    from optask.providers.kite import token_key
+
+    settings = get_settings()
+    if not settings.kite.api_key:
+        fail("KITE_API_KEY is not set: the token belongs to an API key")
+    if len(token.strip()) < 8 or any(c.isspace() for c in token.strip()):
+        fail("that does not look like a Kite access token (a 32-character string from the login flow)")
+    url, why = redis_url_if_running(settings)
+    if url is None:
+        fail(f"{why}; with the stack stopped, set KITE_ACCESS_TOKEN in .env instead")
+    import redis
+
+    redis.Redis.from_url(url).set(token_key(settings.kite.api_key), token.strip(), ex=36 * 3600)
+    console.print(f"access token for API key {settings.kite.api_key} set ({token.strip()[:4]}***); "
+                  "workers use it from their next call")

@@ -1,0 +1,18 @@
+"""The one way optask opens a Redis client: every call has a timeout, so a Redis that vanishes is noticed,
+not waited on forever. Which server to open is `optask.infra.redis_server`'s business."""
+
+from __future__ import annotations
+
+import redis
+
+
+def connect(url: str, timeout_s: float = 10.0, connect_timeout_s: float | None = None) -> redis.Redis:
+    """A client whose every call has a timeout (`timeout_s`; connecting at most `connect_timeout_s`)."""
+    return redis.Redis.from_url(url, socket_timeout=timeout_s,
+                                socket_connect_timeout=connect_timeout_s or min(timeout_s, 5.0))
+
+
+def url_of(client: redis.Redis) -> str:
+    """The URL of the server a client talks to (no password: for a second client of the same local server)."""
+    kw = client.connection_pool.connection_kwargs
+    return f"redis://{kw.get('host', '127.0.0.1')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"

@@ -1,0 +1,68 @@
+"""A batch of one index's minutes of one day: backfill, repair and replay, in one processing pass."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from optask.core.config import Settings, get_settings
+from optask.core.timeutils import IST, parse_minute
+from optask.infra.ledger import ledger_for
+from optask.jobs.context import provider_for
+from optask.pipeline import process_snapshot
+from optask.storage.archive import archived_minutes, write_raw
+from optask.storage.sinks import present_minutes, write_minute
+
+
+def store_minutes(index: str, minutes: list[str], provider_name: str | None = None,
+                  settings: Settings | None = None) -> dict:
+    """Backfill, repair or replay a batch of one index's minutes of one day: one processing pass, one write per store.
+
+    What to write is decided from the stores themselves (`present_minutes`), never from the ledger:
+    a minute the ledger calls stored but a store lacks is written to that store, and a minute every
+    store holds costs nothing. Sources, in order: the raw archive (an exact replay of what was
+    received), then the provider's `history()` (Kite minute candles, the deterministic simulator).
+    `provider_name="replay"` uses the archive only.
+    """
+    settings = settings or get_settings()
+    ledger = ledger_for(settings)
+    todo = sorted({parse_minute(ts) for ts in minutes})
+    days = {ts.astimezone(IST).date() for ts in todo}
+    if len(days) != 1:
+        raise ValueError(f"a batch covers one day; got {sorted(days) or 'no minutes'}")
+    day = days.pop()
+    present = present_minutes(index, day, settings)
+    everywhere = [ts for ts in todo if all(ts.isoformat() in have for have in present.values())]
+    todo = [ts for ts in todo if ts not in everywhere]
+    out = {"index": index, "day": day.isoformat(), "asked": len(minutes), "stored": 0, "from_archive": 0,
+           "from_history": 0, "unavailable": 0}
+    stored = ledger.stored_minutes(index, day)
+    for ts in everywhere:  # the ledger is a cache of the stores: a minute they hold is stored
+        if ts.isoformat() not in stored:
+            ledger.mark_stored(index, ts.isoformat(), legs=0, stages_ms={}, live=False)
+    if not todo:
+        return out
+    name = provider_name or settings.market.provider
+    archived = set(archived_minutes(settings.data.raw_root, index, day))
+    from_archive = [ts for ts in todo if ts in archived or name == "replay"]
+    from_history = [ts for ts in todo if ts not in archived and name != "replay"]
+    snaps = list(provider_for("replay").history(index, day, from_archive)) if from_archive else []
+    out["from_archive"] = len(snaps)
+    if from_history:
+        fresh = list(provider_for(name).history(index, day, from_history))
+        for snap in fresh:
+            if snap.provider == "simulated":  # the venue's exact payload: archive it like a live one
+                write_raw(settings.data.raw_root, index, snap.ts, snap.provider, snap.raw)
+        out["from_history"] = len(fresh)
+        snaps += fresh
+    out["unavailable"] = len(todo) - len(snaps)
+    if not snaps:
+        return out
+    processed = process_snapshot(pa.concat_tables([s.table for s in snaps], promote_options="default"))
+    write_minute(processed, settings=settings, redis_client=ledger.redis, present=present)
+    counts = processed.legs.group_by("ts").aggregate([("ts", "count")]).to_pydict()
+    legs_by_minute = dict(zip(counts["ts"], counts["ts_count"], strict=True))
+    for snap in snaps:
+        ledger.mark_stored(index, snap.ts.isoformat(), legs=int(legs_by_minute.get(snap.ts, 0)), stages_ms={},
+                           live=False)
+    out["stored"] = len(snaps)
+    return out

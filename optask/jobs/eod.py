@@ -1,0 +1,78 @@
+"""The end of a day: compact, verify, repair what the stores lack, verify again, report, retire raw days."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+from optask.core.calendar import get_calendar
+from optask.core.config import Settings, get_settings
+from optask.infra.ledger import ledger_for
+from optask.jobs.backfill import CHUNK_MINUTES
+from optask.jobs.batch import store_minutes
+from optask.quality.verify import EODDataVerificationSystem, missing_minutes
+from optask.storage.archive import maintain
+from optask.storage.sinks import compact_day, resend_influx
+
+
+def end_of_day(day: str, settings: Settings | None = None, repair: bool = True) -> dict:
+    """Close a day: compact, verify, repair what the stores lack, verify again, write the report.
+
+    The repair reads the gap list from the stores (a minute the ledger calls stored but a store lacks
+    is repaired too): Parquet and CSV minutes are rebuilt with `store_minutes` (raw archive first,
+    then the provider's history); minutes only InfluxDB lacks are re-sent from Parquet. The report
+    shows the score before and after. Returns a small summary (the full results are in the report).
+    `repair=False` only verifies (a demo that played part of a session).
+    """
+    settings = settings or get_settings()
+    d = dt.date.fromisoformat(day)
+    if not get_calendar(settings.data.calendar_overrides).is_trading_day(d):
+        return {"day": day, "session": False}
+    indices = list(settings.market.indices)
+    for index in indices:
+        compact_day(index, d, settings=settings)
+    system = EODDataVerificationSystem(settings)
+    before = system.run_eod_verification(d, indices=indices)
+    repaired: dict[str, dict] = {}
+    for index in indices:
+        todo = missing_minutes(before, index) if repair else []
+        if not todo:
+            continue
+        done = {"asked": len(todo), "stored": 0, "unavailable": 0, "influx_resent": 0}
+        for i in range(0, len(todo), CHUNK_MINUTES):
+            r = store_minutes(index, todo[i:i + CHUNK_MINUTES], settings=settings)
+            done["stored"] += r["stored"]
+            done["unavailable"] += r["unavailable"]
+        influx_only = sorted(set(todo) & {m for k, c in before["indices"][index]["completeness"].items()
+                                          if k.startswith("influx.") for m in c["missing"]})
+        if influx_only:
+            done["influx_resent"] = resend_influx(index, d, influx_only, settings)
+        compact_day(index, d, settings=settings)
+        repaired[index] = done
+    after = system.run_eod_verification(d, indices=indices) if repaired else before
+    report_path = system.save_verification_report(after, before=before if repaired else None)
+    ledger_for(settings).record_eod(day, {"before": before["summary"]["data_quality_score"],
+                                          "after": after["summary"]["data_quality_score"],
+                                          "status": after["overall_status"], "report": report_path,
+                                          "repaired": sum(r["stored"] for r in repaired.values())})
+    retention = maintain(settings.data.raw_root, d, settings.data.raw_retention_days, settings.data.compression_enabled,
+                         verified=lambda index, day: day_verified(index, day, settings))
+    return {
+        "day": day, "session": True, "report": report_path, "repaired": repaired, "raw_retention": retention,
+        "before": {"score": before["summary"]["data_quality_score"], "status": before["overall_status"]},
+        "after": {"score": after["summary"]["data_quality_score"], "status": after["overall_status"]},
+        "indices": {i: {"expected": max((c["expected"] for c in r["completeness"].values()), default=0),
+                        "stored": min((c["present"] for c in r["completeness"].values()), default=0),
+                        "score": r["score"], "status": r["status"]} for i, r in after["indices"].items()},
+    }
+
+
+def day_verified(index: str, day: dt.date, settings: Settings | None = None) -> bool:
+    """Whether the day's verification found every minute of the index in every store (raw retention asks)."""
+    settings = settings or get_settings()
+    path = settings.data.reports_root / "eod" / day.isoformat() / "verification.json"
+    try:
+        r = json.loads(path.read_text())["indices"][index]
+    except (OSError, KeyError, ValueError):
+        return False
+    return all(not c["missing"] for c in r["completeness"].values())

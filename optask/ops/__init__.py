@@ -1,0 +1,1 @@
+"""Operations: health, alerts, the metrics exporter, and the supervisor (`optask up`) with its children."""

@@ -1,0 +1,184 @@
+"""The monitor: measure, evaluate every check, keep the report in Redis, heal what heals itself, alert."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+import redis
+
+from optask.core.clock import clock_speed
+from optask.core.config import Settings, get_settings
+from optask.infra import counters
+from optask.infra.celery_client import celery_client
+from optask.infra.coordination import PREFIX
+from optask.infra.redis_client import connect
+from optask.infra.redis_server import url_if_running
+from optask.ops.alerts import Alerter
+from optask.ops.health.checks import (
+    CRIT,
+    OK,
+    RANK,
+    CheckResult,
+    check_beat,
+    check_eod,
+    check_freshness,
+    check_influx,
+    check_provider,
+    check_queues,
+    check_redis,
+    check_system,
+    check_ticker,
+    check_workers,
+    worst,
+)
+from optask.ops.health.measure import Measurements, consumers, measure
+
+log = logging.getLogger("optask.health")
+
+LAST_REPORT = f"{PREFIX}:health:last"
+ACTIONS = f"{PREFIX}:health:actions"
+
+
+def evaluate(m: Measurements, settings: Settings | None = None) -> list[CheckResult]:
+    """Every check, from one set of measurements (pure)."""
+    settings = settings or get_settings()
+    mon = settings.monitoring
+    required = [f"process.{i}" for i in settings.market.indices]
+    results = check_system(m.cpu_pct, m.mem_pct, m.disk_free_gb, m.disk_where, mon)
+    results += check_redis(m.redis_info, m.redis_latency_ms, m.redis_error)
+    if m.redis_info is not None:
+        results += check_queues(m.depths, m.ages, mon)
+        results += check_workers(m.consumers, m.depth_history, required, m.workers_error)
+        results.append(check_beat(m.beat_age_s, beat_interval_s(settings)))
+        results += check_freshness(m.in_session, m.minutes_since, m.unrepaired, mon)
+        results.append(check_provider(settings.market.provider, m.provider_error, m.provider_ok, m.now))
+        ticker = check_ticker(settings.market.provider == "kite" and settings.kite.fetch == "ticker", m.in_session,
+                              m.ticker, m.now, m.ticker_fallbacks)
+        if ticker is not None:
+            results.append(ticker)
+    else:
+        results.append(CheckResult("workers.alive", CRIT, m.workers_error or "unknown", None))
+    results.append(check_influx(settings.influx.enabled, m.influx_reachable, m.influx_error, m.spool))
+    results.append(check_eod(m.eod, m.last_session, m.last_session_has_data))
+    return results
+
+
+def beat_interval_s(settings: Settings) -> float:
+    """How often beat ticks: every minute of the clock (at least every second)."""
+    return max(60.0 / clock_speed(settings), 1.0)
+
+
+@dataclass
+class HealthReport:
+    at: float
+    status: str
+    checks: list[CheckResult]
+    actions: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"at": self.at, "status": self.status, "checks": [c.as_dict() for c in self.checks],
+                "actions": self.actions}
+
+    def summary(self) -> str:
+        """One line: the status and what is not OK."""
+        bad = [c for c in self.checks if c.status != OK]
+        bad.sort(key=lambda c: -RANK[c.status])
+        detail = "; ".join(f"{c.name}: {c.reason}" for c in bad[:3]) + (f"; +{len(bad) - 3} more" if len(bad) > 3 else "")
+        return f"health {self.status}" + (f": {detail}" if detail else "")
+
+
+def last_report(client) -> dict | None:
+    try:
+        raw = client.get(LAST_REPORT)
+    except (redis.RedisError, OSError):
+        return None
+    return json.loads(raw) if raw else None
+
+
+def recent_actions(client, n: int = 20) -> list[dict]:
+    return [json.loads(x) for x in client.lrange(ACTIONS, 0, n - 1)]
+
+
+def record_action(client, action: str, target: str, result: str) -> dict:
+    """Every self-healing action: logged, counted in metrics, listed by `--status`."""
+    entry = {"at": time.time(), "action": action, "target": target, "result": result}
+    log.warning("self-healing: %s %s: %s", action, target, result)
+    client.lpush(ACTIONS, json.dumps(entry))
+    client.ltrim(ACTIONS, 0, 199)
+    counters.count(client, "actions", action)
+    return entry
+
+
+# --- the monitor: checks, alerts, self-healing --------------------------------------------------
+
+class EnhancedHealthMonitor:
+    """The seed platform's monitor, kept: `get_enhanced_monitor().start_monitoring()`."""
+
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or get_settings()
+
+    def _client(self):
+        url, _ = url_if_running(self.settings)
+        return connect(url, timeout_s=5, connect_timeout_s=3) if url else None
+
+    def check(self) -> HealthReport:
+        """Measure and evaluate once; nothing is stored or sent."""
+        results = evaluate(measure(self.settings), self.settings)
+        return HealthReport(time.time(), worst(results), results)
+
+    def run_once(self) -> HealthReport:
+        """Check, keep the report in Redis, heal what can be healed, then send what alerts are due."""
+        report = self.check()
+        client = self._client()
+        if client is not None:
+            try:
+                report.actions = self.heal(report, client)
+                client.set(LAST_REPORT, json.dumps(report.as_dict()))
+            except (redis.RedisError, OSError) as exc:
+                log.warning("health: could not keep the report in Redis: %s", exc)
+        Alerter(self.settings, client).process(report.checks)
+        return report
+
+    def heal(self, report: HealthReport, client) -> list[dict]:
+        """Actions for conditions that fix themselves: a worker that stopped consuming gets its pool restarted."""
+        actions = []
+        stuck = [c for c in report.checks if c.name.startswith("workers.process.") and c.status == CRIT
+                 and "not consuming" in c.reason]
+        if stuck:
+            url, _ = url_if_running(self.settings)
+            app = celery_client(self.settings, url)
+            try:
+                for c in stuck:
+                    queue = c.name.removeprefix("workers.")
+                    hosts = consumers(self.settings, url, [queue], 1.0)[0] or {}
+                    replies = app.control.pool_restart(destination=hosts.get(queue) or None, reply=True, timeout=2) or []
+                    actions.append(record_action(client, "pool_restart", queue, json.dumps(replies)[:300] or "no reply"))
+            finally:
+                app.close()
+        return actions
+
+    def start_monitoring(self, interval_s: float | None = None, stop=None, on_report=None) -> None:
+        """Check every HEALTH_CHECK_INTERVAL seconds in the foreground until `stop()` is true (or forever)."""
+        interval_s = interval_s or self.settings.monitoring.health_check_interval
+        while stop is None or not stop():
+            started = time.monotonic()
+            report = self.run_once()
+            if on_report:
+                on_report(report)
+            time.sleep(max(0.0, interval_s - (time.monotonic() - started)))
+
+    def status(self) -> dict:
+        """The last stored report (or a fresh check when none is stored), recent actions, alert and delivery state."""
+        client = self._client()
+        stored = last_report(client) if client is not None else None
+        report = stored or self.check().as_dict()
+        actions = recent_actions(client) if client is not None else []
+        alerter = Alerter(self.settings, client)
+        return {"report": report, "actions": actions, "alerts": alerter.active(), "delivery": alerter.delivery_state()}
+
+
+def get_enhanced_monitor(settings: Settings | None = None) -> EnhancedHealthMonitor:
+    return EnhancedHealthMonitor(settings)

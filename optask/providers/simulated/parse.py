@@ -1,0 +1,128 @@
+"""The simulated venue's wire payload (columnar JSON) -> normalized legs: a pure function replay reuses."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+import numpy as np
+import orjson
+import pyarrow as pa
+
+from optask.core.schema import RAW_LEG_SCHEMA
+from optask.core.timeutils import UTC
+
+log = logging.getLogger(__name__)
+MONTH_CODES = "123456789OND"
+
+
+_NUMERIC = (
+    "strike", "token", "ltp", "bid", "ask", "bid_qty", "ask_qty", "volume", "oi", "open", "high", "low", "close",
+    "last_trade_time",
+)
+_REQUIRED = ("expiry", "expiry_idx", "strike", "side", "token", "ltp")
+
+
+def _empty(issues: dict[str, int]) -> tuple[pa.Table, dict[str, int]]:
+    return RAW_LEG_SCHEMA.empty_table(), issues
+
+
+def _as_float(values: list, issues: dict[str, int], name: str) -> np.ndarray:
+    """Numbers to float; anything else (strings, None, nested) becomes NaN and is counted."""
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        out = np.array([v if isinstance(v, int | float) and not isinstance(v, bool) else np.nan for v in values],
+                       dtype=np.float64)
+        bad = int(np.isnan(out).sum() - sum(1 for v in values if isinstance(v, float) and np.isnan(v)))
+        issues[f"non_numeric_{name}"] = issues.get(f"non_numeric_{name}", 0) + bad
+        return out
+
+
+def parse_payload(raw: bytes, index: str, ts: dt.datetime, source: str = "simulated") -> tuple[pa.Table, dict[str, int]]:
+    """Wire payload -> normalized legs (RAW_LEG_SCHEMA) and counted issues. Never raises on bad input."""
+    issues: dict[str, int] = {}
+    try:
+        doc = orjson.loads(raw)
+        legs = doc["legs"]
+        spot = float(doc["spot"])
+        n = len(legs["strike"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        log.warning("malformed simulated payload for %s %s: %s", index, ts.isoformat(), exc)
+        return _empty({"malformed_payload": 1})
+    missing = [c for c in _REQUIRED if c not in legs]
+    if missing:
+        return _empty({f"missing_field_{missing[0]}": max(n, 1)})
+    cols: dict[str, np.ndarray] = {}
+    for name in _NUMERIC:
+        values = legs.get(name)
+        if values is None or len(values) != n:
+            issues[f"missing_field_{name}"] = n
+            values = [np.nan] * n
+        arr = _as_float(values, issues, name)
+        cols[name] = arr
+    expiries = legs["expiry"]
+    kinds = legs.get("kind") or ["" for _ in expiries]
+    e_idx = _as_float(legs["expiry_idx"], issues, "expiry_idx")
+    valid = (~np.isnan(cols["strike"])) & (~np.isnan(e_idx)) & (~np.isnan(cols["token"]))
+    valid &= (e_idx >= 0) & (e_idx < len(expiries))
+    side = np.asarray(legs["side"], dtype=object)
+    valid &= np.isin(side, ["CE", "PE"])
+    bad = int((~valid).sum())
+    if bad:
+        issues["unidentifiable_leg"] = issues.get("unidentifiable_leg", 0) + bad
+    try:
+        expiry_dates = np.asarray([dt.date.fromisoformat(e) for e in expiries], dtype="datetime64[D]")
+    except (TypeError, ValueError):
+        return _empty({"malformed_expiry": max(n, 1)})
+    idx = e_idx[valid].astype(np.int64)
+    m = int(valid.sum())
+    ts_utc = np.datetime64(ts.astimezone(UTC).replace(tzinfo=None), "ns")
+
+    def num(name: str, kind: str = "f") -> pa.Array:
+        v = cols[name][valid]
+        if kind == "i":
+            mask = np.isnan(v)
+            return pa.array(np.where(mask, 0, v).astype(np.int64), mask=mask, type=pa.int64())
+        return pa.array(v, type=pa.float64())
+
+    ltt = cols["last_trade_time"][valid]
+    ltt_mask = np.isnan(ltt)
+    table = pa.table({
+        "ts": pa.array(np.full(m, ts_utc), type=pa.timestamp("ns", tz="UTC")),
+        "index": pa.array([index] * m, type=pa.string()),
+        "expiry": pa.array(expiry_dates[idx], type=pa.date32()),
+        "expiry_kind": pa.DictionaryArray.from_arrays(pa.array(idx, type=pa.int32()),
+                                                      pa.array(kinds, type=pa.string())).cast(pa.string()),
+        "strike": num("strike"),
+        "side": pa.array(side[valid].astype(str), type=pa.string()),
+        "symbol": pa.array(_symbols(index, expiry_dates[idx], cols["strike"][valid], side[valid]), type=pa.string()),
+        "token": num("token", "i"),
+        "spot": pa.array(np.full(m, spot), type=pa.float64()),
+        "ltp": num("ltp"), "bid": num("bid"), "ask": num("ask"),
+        "bid_qty": num("bid_qty", "i"), "ask_qty": num("ask_qty", "i"), "volume": num("volume", "i"),
+        "oi": num("oi", "i"),
+        "open": num("open"), "high": num("high"), "low": num("low"), "close": num("close"),
+        "last_trade_time": pa.array((np.where(ltt_mask, 0, ltt).astype(np.int64) * 1_000_000_000),
+                                    mask=ltt_mask, type=pa.int64()).cast(pa.timestamp("ns", tz="UTC")),
+        "source": pa.array([source] * m, type=pa.string()),
+    }, schema=RAW_LEG_SCHEMA)
+    return table, issues
+
+
+def _symbols(index: str, expiry: np.ndarray, strike: np.ndarray, side: np.ndarray) -> np.ndarray:
+    """Exchange-style trading symbols, e.g. NIFTY25D2326000CE (weekly) or NIFTY25DEC26000CE (monthly)."""
+    out = np.empty(len(strike), dtype=object)
+    if len(strike) == 0:
+        return out
+    uniq, inverse = np.unique(expiry, return_inverse=True)
+    prefixes = []
+    for e in uniq.astype(object):
+        last_of_month = (e + dt.timedelta(days=7)).month != e.month
+        if last_of_month:
+            prefixes.append(f"{index}{e:%y}{e.strftime('%b').upper()}")
+        else:
+            prefixes.append(f"{index}{e:%y}{MONTH_CODES[e.month - 1]}{e:%d}")
+    strike_txt = np.char.mod("%g", strike)
+    pre = np.asarray(prefixes, dtype=object)[inverse]
+    return (pre + strike_txt.astype(object) + side.astype(object)).astype(str)

@@ -1,0 +1,47 @@
+"""The store interface every format implements, and what all of them share: the tables and their keys.
+
+A store keeps at most one row per key; writing a minute again replaces it or leaves it (never appends a
+copy). `sinks` hands each processed minute to every store through this interface and never calls a
+format by its own method names.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Protocol
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from optask.core.schema import TABLE_KEYS
+from optask.infra.fsutil import StorageError
+
+#: Every stored table and its key.
+TABLES: dict[str, tuple[str, ...]] = TABLE_KEYS
+
+__all__ = ["TABLES", "StorageError", "Store", "split_by_minute"]
+
+
+class Store(Protocol):
+    """A format that holds the tables per index and day."""
+
+    name: str
+
+    def write_minutes(self, table: str, index: str, parts: list[tuple[dt.datetime, pa.Table]]) -> int:
+        """Store minutes of one index and day of one table (ts, rows); returns rows written."""
+
+    def minutes_present(self, table: str, index: str, day: dt.date) -> set[str]:
+        """ISO UTC minutes the store holds for a table, index and day: its own view, not the ledger's."""
+
+    def read_day(self, table: str, index: str, day: dt.date, columns: list[str] | None = None) -> pa.Table:
+        """The day's rows of a table (at most one per key)."""
+
+
+def split_by_minute(table: pa.Table) -> list[tuple[dt.datetime, pa.Table]]:
+    """(ts, rows of that minute) in minute order (rows of one index)."""
+    if table.num_rows == 0:
+        return []
+    minutes = sorted(pc.unique(table["ts"]).to_pylist())
+    if len(minutes) == 1:
+        return [(minutes[0], table)]
+    return [(m, table.filter(pc.equal(table["ts"], pa.scalar(m, table["ts"].type)))) for m in minutes]
