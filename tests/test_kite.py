@@ -18,6 +18,7 @@ from optask.core.calendar import MarketCalendar
 from optask.infra.ratelimit import RedisPacer
 from optask.providers.base import PermanentProviderError, TemporaryProviderError
 from optask.providers.kite import KiteProvider, parse_quote_payload
+from optask.testkit.baselines import snapshot_spot_first
 from optask.testkit.kite_server import KiteTestServer
 
 DAY = dt.date(2026, 11, 23)
@@ -250,7 +251,7 @@ def test_one_fetch_packs_a_whole_minute_in_the_fewest_calls_each_spot_with_its_o
         if len(calls_of_index) == 1:  # sampled in one call with its spot: no offset at all
             assert snap.spot_offset_ms == 0.0, index
         assert abs(snap.spot_offset_ms) <= snap.sample_span_ms, index  # a straddler: within its own span
-    alone = provider(kite_server, tmp_path / "alone", strikes=50).snapshot_spot_first("BANKEX", TS).table
+    alone = snapshot_spot_first(provider(kite_server, tmp_path / "alone", strikes=50), "BANKEX", TS).table
     assert sorted(alone["symbol"].to_pylist()) == sorted(snaps["BANKEX"].table["symbol"].to_pylist())
     assert alone["spot"][0].as_py() == snaps["BANKEX"].table["spot"][0].as_py()
 

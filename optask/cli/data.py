@@ -21,24 +21,44 @@ def collect(
     Redis (the Kite provider paces its calls through it): the configured one, else the running stack's
     bundled one; with neither, a private bundled server that is stopped before the command exits.
     """
-    import time as _time
+    import time
     from contextlib import ExitStack
     from pathlib import Path
 
-    from optask.core.calendar import get_calendar
     from optask.core.schema import INDICES
-    from optask.core.timeutils import IST, TimestampParseError, floor_minute, now_utc, parse_minute
-    from optask.providers import get_provider
-    from optask.providers.base import ProviderError
+    from optask.infra.redis_server import RedisUnavailable, redis_for_command
+    from optask.providers import PROVIDERS, ProviderError, get_provider
 
     index = index.strip().upper()
     if index not in INDICES:
         fail(f"--index: unknown index {index!r}; allowed: {', '.join(INDICES)}")
-    if provider and provider not in ("simulated", "kite", "replay"):
-        fail(f"--provider: unknown provider {provider!r}; allowed: simulated, kite, replay")
+    if provider and provider not in PROVIDERS:
+        fail(f"--provider: unknown provider {provider!r}; allowed: {', '.join(PROVIDERS)}")
     if out and Path(out).suffix not in (".csv", ".parquet"):
         fail(f"--out: {out!r} must end in .csv or .parquet")
     settings = get_settings()
+    ts = _minute_to_collect(at, settings)
+    try:
+        with ExitStack() as servers:
+            if (provider or settings.market.provider) == "kite":
+                servers.enter_context(redis_for_command(settings))
+            source = get_provider(provider or None, settings)
+            start = time.perf_counter()
+            snap = source.snapshot(index, ts)
+            took = time.perf_counter() - start
+    except (ProviderError, RedisUnavailable) as exc:
+        fail(str(exc))
+    _show_snapshot(snap, index, ts, took)
+    if out:
+        _write_legs(snap.table, Path(out))
+
+
+def _minute_to_collect(at: str, settings):
+    """`--at` (checked to be a session minute), else now in session, else the last minute of the last session."""
+    from optask.core.calendar import get_calendar
+    from optask.core.clock import WallClock
+    from optask.core.timeutils import IST, TimestampParseError, floor_minute, parse_minute
+
     calendar = get_calendar(settings.data.calendar_overrides)
     if at:
         try:
@@ -47,28 +67,16 @@ def collect(
             fail(f"--at: {exc}")
         if not calendar.in_session(ts):
             fail(f"--at: {ts.astimezone(IST):%Y-%m-%d %H:%M} IST is outside a market session")
-    else:
-        now = floor_minute(now_utc())
-        if calendar.in_session(now):
-            ts = now
-        else:
-            day = now.astimezone(IST).date()
-            s = calendar.session(day)
-            if s is None or now < s.open:
-                s = calendar.session(calendar.previous_trading_day(day))
-            ts = calendar.session_minutes(s.day)[-1].to_pydatetime()
-    from optask.infra.redis_server import RedisUnavailable, redis_for_command
+        return ts
+    now = floor_minute(WallClock().now())
+    if calendar.in_session(now):
+        return now
+    return calendar.session_minutes(calendar.last_closed_session(now))[-1].to_pydatetime()
 
-    try:
-        with ExitStack() as servers:
-            if (provider or settings.market.provider) == "kite":
-                servers.enter_context(redis_for_command(settings))
-            source = get_provider(provider or None, settings)
-            start = _time.perf_counter()
-            snap = source.snapshot(index, ts)
-            took = _time.perf_counter() - start
-    except (ProviderError, RedisUnavailable) as exc:
-        fail(str(exc))
+
+def _show_snapshot(snap, index: str, ts, took: float) -> None:
+    from optask.core.timeutils import IST
+
     t = snap.table
     table = Table(title=f"{index} at {ts.astimezone(IST):%Y-%m-%d %H:%M} IST from {snap.provider}")
     for col in ("expiry", "kind", "strikes", "legs", "spot"):
@@ -83,18 +91,19 @@ def collect(
     if snap.sample_span_ms is not None:
         offset = "" if snap.spot_offset_ms is None else f"; spot {snap.spot_offset_ms:+,.0f} ms from its options"
         console.print(f"sampling span {snap.sample_span_ms:,.0f} ms (first to last quote call){offset}")
-    if out:
-        path = Path(out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.suffix == ".parquet":
-            import pyarrow.parquet as pq
 
-            pq.write_table(t, path)
-        else:
-            from optask.storage.csv import to_csv_bytes
 
-            path.write_bytes(to_csv_bytes(t, header=True))
-        console.print(f"wrote {path}")
+def _write_legs(t, path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        pq.write_table(t, path)
+    else:
+        from optask.storage.csv import to_csv_bytes
+
+        path.write_bytes(to_csv_bytes(t, header=True))
+    console.print(f"wrote {path}")
 
 
 @app.command()
@@ -144,8 +153,6 @@ def backfill(
     on the maintenance queue (or --here) it runs in this process. Exit status: 0 done (and PASS with
     --wait), 1 some minutes unavailable or WARN, 2 failure, FAIL or bad input.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from optask.infra.celery_client import celery_client
     from optask.infra.redis_server import RedisUnavailable, redis_for_command
     from optask.jobs import backfill as bf
@@ -175,38 +182,44 @@ def backfill(
             if not workers and not here:
                 console.print("no worker consumes the maintenance queue (`optask up` runs one); "
                               "running the backfill in this process")
-            progress = Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), console=console)
-            bars = {i: progress.add_task(i, total=n) for i, n in plan.minutes_by_index().items()}
-            with progress:
-                def advance(idx: str, n: int) -> None:
-                    progress.advance(bars[idx], n)
-
-                if workers:
-                    results = bf.wait(bf.enqueue(plan, client), on_progress=advance)
-                else:
-                    results = bf.run_here(plan, settings, on_progress=advance)
+            outcome = bf.BackfillOutcome(_run_with_progress(plan, settings, client, workers))
             client.close()
-            errors = [r for r in results if "error" in r]
-            unavailable = sum(r.get("unavailable", 0) for r in results)
-            stored = sum(r.get("stored", 0) for r in results)
-            console.print(f"stored {stored:,} minutes ({sum(r.get('from_archive', 0) for r in results):,} from the raw "
-                          f"archive, {sum(r.get('from_history', 0) for r in results):,} from the provider's history); "
-                          f"{unavailable:,} unavailable; {len(errors)} failed tasks")
-            for e in errors[:10]:
+            console.print(outcome.line())
+            for e in outcome.errors[:10]:
                 console.print(f"[red]failed:[/red] {e['index']} {e['day']}: {e['error']}", highlight=False)
-            code = 2 if errors else (1 if unavailable else 0)
-            from optask.quality.verify import EODDataVerificationSystem
-            from optask.storage.sinks import compact_day
-
-            for chunk in {(c.index, c.day) for c in plan.chunks}:  # fold the rebuilt minutes into their day files
-                compact_day(*chunk, settings=settings)
-
-            system = EODDataVerificationSystem(settings)
-            for day in plan.days:
-                results_day = system.run_eod_verification(day, indices=chosen)
-                system.save_verification_report(results_day)
-                code = max(code, show_verification(results_day))
+            bf.finish(plan, settings)
+            code = max(outcome.exit_code, _verify_days(plan.days, chosen, settings))
     except RedisUnavailable as exc:
         fail(str(exc))
     raise typer.Exit(code)
+
+
+def _run_with_progress(plan, settings, client, workers: list[str]) -> list[dict]:
+    """The chunks on the maintenance workers (or here), with a progress bar per index."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from optask.jobs import backfill as bf
+
+    progress = Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=console)
+    bars = {i: progress.add_task(i, total=n) for i, n in plan.minutes_by_index().items()}
+    with progress:
+        def advance(idx: str, n: int) -> None:
+            progress.advance(bars[idx], n)
+
+        if workers:
+            return bf.wait(bf.enqueue(plan, client), on_progress=advance)
+        return bf.run_here(plan, settings, on_progress=advance)
+
+
+def _verify_days(days, indices: list[str], settings) -> int:
+    """Verify each day, write its report, show it; the worst exit status."""
+    from optask.quality.verify import EODDataVerificationSystem
+
+    system = EODDataVerificationSystem(settings)
+    code = 0
+    for day in days:
+        results = system.run_eod_verification(day, indices=indices)
+        system.save_verification_report(results)
+        code = max(code, show_verification(results))
+    return code

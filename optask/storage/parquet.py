@@ -70,7 +70,7 @@ class ParquetStore:
 
     @classmethod
     def from_settings(cls, settings, redis_client=None) -> ParquetStore:
-        return cls(settings.data.parquet_root, redis=redis_client, memory_map=settings.data.use_memory_mapping)
+        return cls(settings.data.parquet_root, redis=redis_client, memory_map=getattr(settings.data, "use_memory_mapping", True))
 
     def _read(self, path: Path, columns: list[str] | None = None) -> pa.Table:
         return pq.read_table(path, columns=columns, memory_map=self.memory_map)
