@@ -44,8 +44,11 @@ test-servers:
 	  fi; \
 	fi
 
+# ruff, then the house's import contracts (pyproject.toml [tool.importlinter]: layers, no circle, no test kit
+# in the product, Celery only in infra.celery_client), imports inside functions included.
 lint: install
 	$(BIN)/ruff check optask tasks tests bench beat_schedule.py
+	$(BIN)/lint-imports
 
 bench: install
 	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done

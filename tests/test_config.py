@@ -109,7 +109,7 @@ def test_env_example_documents_every_variable():
 
 
 def test_env_example_is_current():
-    from optask.core.config import env_example_text
+    from optask.core.config_text import env_example_text
 
     example = (Path(__file__).resolve().parents[1] / ".env.example").read_text()
     assert example.strip() == env_example_text().strip(), "regenerate: optask config --example > .env.example"

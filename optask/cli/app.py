@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 
 import typer
 from rich.console import Console
@@ -53,9 +54,12 @@ def _root(
 ) -> None:
     # Every verb needs valid settings: read them first so a bad value stops any command with exit 2.
     try:
-        get_settings()
+        settings = get_settings()
     except SettingsError as exc:
         fail(str(exc))
+    if settings.service.debug:  # DEBUG=true: every logger of the command at debug level
+        logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger().setLevel(logging.DEBUG)
 
 
 def indices_option(values: list[str]) -> list[str]:

@@ -114,11 +114,11 @@ def metrics() -> None:
     import threading
 
     from optask.infra.redis_client import connect
-    from optask.infra.redis_server import url_if_running as redis_url_if_running
+    from optask.infra.redis_server import url_if_running
     from optask.ops.metrics import serve
 
     settings = get_settings()
-    url, why = redis_url_if_running(settings)
+    url, why = url_if_running(settings)
     if url is None:
         fail(why)
     try:

@@ -19,14 +19,14 @@ def ticker() -> None:
     import logging
     import signal as _signal
 
-    from optask.infra.redis_server import url_if_running as redis_url_if_running
+    from optask.infra.redis_server import url_if_running
     from optask.jobs.ticker import Ticker
     from optask.providers.base import ProviderError
 
     settings = get_settings()
     if settings.market.provider != "kite" or settings.kite.fetch != "ticker":
         fail("optask ticker streams Kite: set OPTASK_PROVIDER=kite and KITE_FETCH=ticker")
-    url, why = redis_url_if_running(settings)
+    url, why = url_if_running(settings)
     if url is None:
         fail(why)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from optask.cli.app import app, console, fail, kite_app, parse_day, redis_app
+from optask.cli.app import app, console, err, fail, kite_app, parse_day, redis_app
 from optask.core.config import get_settings
 
 
@@ -15,11 +15,14 @@ def config(
 ) -> None:
     """Print the effective settings, grouped; secrets as ***."""
     if example:
-        from optask.core.config import env_example_text
+        from optask.core.config_text import env_example_text
 
         typer.echo(env_example_text())
         return
-    for group, rows in get_settings().display().items():
+    from optask.core.config_text import ignored_settings
+
+    settings = get_settings()
+    for group, rows in settings.display().items():
         table = Table(title=group, title_justify="left", show_header=False, box=None, pad_edge=False)
         table.add_column("variable", style="cyan")
         table.add_column("value")
@@ -27,6 +30,8 @@ def config(
             table.add_row(name, value)
         console.print(table)
         console.print()
+    for line in ignored_settings(settings):
+        err.print(f"[yellow]warning:[/yellow] {line}", highlight=False)
 
 
 @app.command()
@@ -108,7 +113,8 @@ def kite_set_token(token: str = typer.Argument(..., help="Today's access token f
 
     It is kept in optask's Redis, so it outlives a restart of the stack but not the day's expiry.
     """
-    from optask.infra.redis_server import url_if_running as redis_url_if_running
+    from optask.infra.redis_client import connect
+    from optask.infra.redis_server import url_if_running
     from optask.providers.kite import token_key
 
     settings = get_settings()
@@ -116,11 +122,9 @@ def kite_set_token(token: str = typer.Argument(..., help="Today's access token f
         fail("KITE_API_KEY is not set: the token belongs to an API key")
     if len(token.strip()) < 8 or any(c.isspace() for c in token.strip()):
         fail("that does not look like a Kite access token (a 32-character string from the login flow)")
-    url, why = redis_url_if_running(settings)
+    url, why = url_if_running(settings)
     if url is None:
         fail(f"{why}; with the stack stopped, set KITE_ACCESS_TOKEN in .env instead")
-    import redis
-
-    redis.Redis.from_url(url).set(token_key(settings.kite.api_key), token.strip(), ex=36 * 3600)
+    connect(url).set(token_key(settings.kite.api_key), token.strip(), ex=36 * 3600)
     console.print(f"access token for API key {settings.kite.api_key} set ({token.strip()[:4]}***); "
                   "workers use it from their next call")

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from optask.core.config import get_settings
 from optask.core.timeutils import IST, UTC
 
 
@@ -150,7 +151,5 @@ class MarketCalendar:
 def get_calendar(overrides_file: Path | None = None) -> MarketCalendar:
     """The calendar with the configured data root's override file."""
     if overrides_file is None:
-        from optask.core.config import get_settings
-
         overrides_file = get_settings().data.calendar_overrides
     return MarketCalendar(overrides_file)

@@ -9,11 +9,15 @@ from __future__ import annotations
 import datetime as dt
 import time
 
+import redis
+
 from optask.core.calendar import get_calendar
 from optask.core.clock import SessionReplayClock, WallClock
 from optask.core.config import get_settings
 from optask.core.timeutils import IST, floor_minute
 from optask.infra.coordination import PREFIX
+from optask.infra.redis_client import connect
+from optask.infra.redis_server import url_if_running
 
 ANCHOR_TTL_S = 2 * 24 * 3600
 _REPLAY_CLOCKS: dict[tuple, SessionReplayClock] = {}
@@ -40,10 +44,6 @@ def start_session_clock(client, day: dt.date, speed: float, minutes: int, resume
 
 def get_clock(settings=None) -> WallClock | SessionReplayClock:
     """The process's clock. A simulated session's anchor is shared through Redis when one answers."""
-    import redis
-
-    from optask.infra.redis_client import connect, url_if_running
-
     settings = settings or get_settings()
     day = settings.market.simulated_session_day
     if day is None:

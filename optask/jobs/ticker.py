@@ -47,8 +47,6 @@ class Ticker:
     """Cuts each minute of the clock from the latest state of the subscribed universe."""
 
     def __init__(self, settings: Settings | None = None, provider=None, redis_client=None, clock=None):
-        from optask.infra.ledger import ledger_for
-        from optask.infra.session_clock import get_clock
 
 
         self.settings = settings or get_settings()

@@ -89,6 +89,24 @@ def parse_quote_payload(raw: bytes, index: str, ts: dt.datetime, source: str = "
         return RAW_LEG_SCHEMA.empty_table(), {"malformed_payload": 1}
     if source == "live" and env.get("fallback"):  # taken over REST while the ticker was down
         source = "rest_fallback"
+    quotes = _quotes(bodies, count)
+    try:  # its own call (one index at a time) or the options' call (a whole minute in the fewest calls)
+        spot_quote = orjson.loads(env["spot_body"])["data"][env["spot_key"]] if env.get("spot_body") \
+            else quotes[env["spot_key"]]
+        spot = _num(spot_quote["last_price"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        spot = float("nan")
+        count("missing_spot")
+    rows = _rows(meta, quotes, count)
+    requested = set(meta) | {env.get("spot_key")} | {k for keys in env.get("requested") or [] for k in keys}
+    unknown = set(quotes) - requested
+    if unknown:
+        count("unrequested_instrument", len(unknown))
+    return _table(rows, index, ts, spot, source), issues
+
+
+def _quotes(bodies: list[str], count) -> dict[str, dict]:
+    """Every quote of the response bodies by Kite key; a body that is not Kite's JSON is counted."""
     quotes: dict[str, dict] = {}
     for body in bodies:
         try:
@@ -101,15 +119,13 @@ def parse_quote_payload(raw: bytes, index: str, ts: dt.datetime, source: str = "
                 quotes[key] = q
         except (orjson.JSONDecodeError, KeyError, TypeError):
             count("malformed_body")
-    try:  # its own call (one index at a time) or the options' call (a whole minute in the fewest calls)
-        spot_quote = orjson.loads(env["spot_body"])["data"][env["spot_key"]] if env.get("spot_body") \
-            else quotes[env["spot_key"]]
-        spot = _num(spot_quote["last_price"])
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        spot = float("nan")
-        count("missing_spot")
+    return quotes
+
+
+def _rows(meta: dict[str, list], quotes: dict[str, dict], count) -> list[tuple]:
+    """One tuple per requested instrument that was quoted (per instrument: Kite's nested JSON)."""
     rows = []
-    for key, (token, expiry, strike, side, kind) in meta.items():  # per instrument: Kite's nested JSON
+    for key, (token, expiry, strike, side, kind) in meta.items():
         q = quotes.get(key)
         if not isinstance(q, dict):
             count("missing_instrument")
@@ -132,38 +148,38 @@ def parse_quote_payload(raw: bytes, index: str, ts: dt.datetime, source: str = "
                      ltt if isinstance(ltt, str) else None))
         if not np.isfinite(rows[-1][6]):
             count("non_numeric_price")
-    requested = set(meta) | {env.get("spot_key")} | {k for keys in env.get("requested") or [] for k in keys}
-    unknown = set(quotes) - requested
-    if unknown:
-        count("unrequested_instrument", len(unknown))
+    return rows
+
+
+def _ints(values) -> pa.Array:
+    arr = np.asarray(values, dtype=float)
+    mask = ~np.isfinite(arr)
+    return pa.array(np.where(mask, 0, arr).astype(np.int64), mask=mask, type=pa.int64())
+
+
+def _ltt(values) -> pa.Array:
+    out = []
+    for v in values:
+        try:
+            out.append(dt.datetime.fromisoformat(v).replace(tzinfo=IST) if v else None)
+        except ValueError:
+            out.append(None)
+    return pa.array(out, TS_TYPE)
+
+
+def _table(rows: list[tuple], index: str, ts: dt.datetime, spot: float, source: str) -> pa.Table:
     n = len(rows)
     cols = list(zip(*rows, strict=True)) if rows else [[] for _ in range(18)]
-
-    def ints(values) -> pa.Array:
-        arr = np.asarray(values, dtype=float)
-        mask = ~np.isfinite(arr)
-        return pa.array(np.where(mask, 0, arr).astype(np.int64), mask=mask, type=pa.int64())
-
-    def ltt_array(values) -> pa.Array:
-        out = []
-        for v in values:
-            try:
-                out.append(dt.datetime.fromisoformat(v).replace(tzinfo=IST) if v else None)
-            except ValueError:
-                out.append(None)
-        return pa.array(out, TS_TYPE)
-
-    table = pa.table({
+    return pa.table({
         "ts": pa.array([ts] * n, TS_TYPE), "index": pa.array([index] * n, pa.string()),
         "expiry": pa.array([dt.date.fromisoformat(e) for e in cols[2]], pa.date32()),
         "expiry_kind": pa.array(cols[5], pa.string()), "strike": pa.array(cols[3], pa.float64()),
         "side": pa.array(cols[4], pa.string()), "symbol": pa.array(cols[1], pa.string()),
         "token": pa.array(cols[0], pa.int64()), "spot": pa.array([spot] * n, pa.float64()),
         "ltp": pa.array(cols[6], pa.float64()), "bid": pa.array(cols[7], pa.float64()),
-        "ask": pa.array(cols[8], pa.float64()), "bid_qty": ints(cols[9]), "ask_qty": ints(cols[10]),
-        "volume": ints(cols[11]), "oi": ints(cols[12]), "open": pa.array(cols[13], pa.float64()),
+        "ask": pa.array(cols[8], pa.float64()), "bid_qty": _ints(cols[9]), "ask_qty": _ints(cols[10]),
+        "volume": _ints(cols[11]), "oi": _ints(cols[12]), "open": pa.array(cols[13], pa.float64()),
         "high": pa.array(cols[14], pa.float64()), "low": pa.array(cols[15], pa.float64()),
-        "close": pa.array(cols[16], pa.float64()), "last_trade_time": ltt_array(cols[17]),
+        "close": pa.array(cols[16], pa.float64()), "last_trade_time": _ltt(cols[17]),
         "source": pa.array([source] * n, pa.string()),
     }, schema=RAW_LEG_SCHEMA)
-    return table, issues
