@@ -27,8 +27,10 @@ from optask.core.config import Settings, get_settings
 from optask.core.timeutils import IST, floor_minute
 from optask.infra.celery_client import celery_client
 from optask.infra.coordination import PREFIX
+from optask.infra.ledger import ledger_for
 from optask.infra.queues import DEFAULT_QUEUE, TICK_EXPIRES_S
 from optask.infra.redis_client import url_of
+from optask.infra.session_clock import get_clock
 from optask.providers.kite import SPOT_KEYS, KiteProvider
 from optask.providers.kite import stream as kt
 from optask.providers.kite.stream import Connection, LatestState
@@ -47,8 +49,6 @@ class Ticker:
     """Cuts each minute of the clock from the latest state of the subscribed universe."""
 
     def __init__(self, settings: Settings | None = None, provider=None, redis_client=None, clock=None):
-
-
         self.settings = settings or get_settings()
         self.provider = provider or KiteProvider.from_settings(self.settings)
         self.redis = redis_client if redis_client is not None else ledger_for(self.settings).redis
