@@ -217,9 +217,6 @@ def merge(legs: pa.Table) -> pa.Table:
 
 # --- summarize ----------------------------------------------------------------------------------
 
-def _group_starts(codes: np.ndarray) -> np.ndarray:
-    return np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
-
 
 def _group_argmin(values: np.ndarray, codes: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """Row of the smallest value in each group (rows sorted by group); NaN never wins."""

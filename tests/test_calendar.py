@@ -84,3 +84,14 @@ def test_bad_override_file_is_named(tmp_path, doc):
     with pytest.raises(CalendarError) as exc:
         MarketCalendar(path)
     assert str(path) in str(exc.value)
+
+
+def test_the_last_closed_session_is_one_answer_for_every_caller():
+    """`optask up`, `optask collect`, the demo and health all ask this one question of the calendar."""
+    cal = MarketCalendar()
+    ist = dt.timezone(dt.timedelta(hours=5, minutes=30))
+    monday = dt.date(2026, 11, 23)
+    assert cal.last_closed_session(dt.datetime(2026, 11, 23, 15, 30, tzinfo=ist)) == monday  # just closed
+    assert cal.last_closed_session(dt.datetime(2026, 11, 23, 15, 29, tzinfo=ist)) == dt.date(2026, 11, 20)  # open
+    assert cal.last_closed_session(dt.datetime(2026, 11, 23, 8, 0, tzinfo=ist)) == dt.date(2026, 11, 20)  # before
+    assert cal.last_closed_session(dt.datetime(2026, 11, 22, 12, 0, tzinfo=ist)) == dt.date(2026, 11, 20)  # Sunday

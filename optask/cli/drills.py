@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import platform
@@ -73,6 +72,8 @@ def soak(
     about 15 minutes at the default speed; it starts its own stack on free ports and leaves nothing running."""
     from pathlib import Path
 
+    from optask.core.clock import WallClock
+    from optask.core.timeutils import IST
     from optask.testkit.soak import run_soak
 
     indices = tuple(indices_option(index)) if index else None
@@ -80,14 +81,15 @@ def soak(
     result = run_soak(work, minutes=minutes, speed=speed, strikes=strikes, indices=indices,
                       echo=lambda line: console.print(line, highlight=False, markup=False))
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    table = Table(title=f"optask soak ({machine}, {dt.date.today().isoformat()})", title_justify="left")
+    today = WallClock().now().astimezone(IST).date().isoformat()
+    table = Table(title=f"optask soak ({machine}, {today})", title_justify="left")
     table.add_column("measure")
     table.add_column("result", overflow="fold")
     for key, value in result.rows():
         table.add_row(key, value)
     (console if console.is_terminal else Console(width=200)).print(table)
     if markdown:
-        Path(markdown).write_text(result.markdown(machine, dt.date.today().isoformat()) + "\n")
+        Path(markdown).write_text(result.markdown(machine, today) + "\n")
         console.print(f"written: {markdown}")
     if not root:
         import shutil

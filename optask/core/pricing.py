@@ -74,10 +74,6 @@ def _norm_call(x: np.ndarray, s: np.ndarray) -> np.ndarray:
     return np.exp(0.5 * x) * ndtr(h + 0.5 * s) - np.exp(-0.5 * x) * ndtr(h - 0.5 * s)
 
 
-def _norm_vega(x: np.ndarray, s: np.ndarray) -> np.ndarray:
-    return np.exp(-0.5 * (x / s) ** 2 - 0.125 * s * s) / _SQRT_2PI
-
-
 def _solve_s(x: np.ndarray, beta: np.ndarray, tol: float = 1e-13, max_iter: int = 40) -> np.ndarray:
     """s with b(x, s) = beta for x <= 0 and 0 < beta < e^{x/2}, vectorized and bracketed."""
     s_c = np.sqrt(2.0 * np.abs(x))
