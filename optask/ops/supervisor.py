@@ -157,11 +157,14 @@ class Supervisor:
         try:
             url = self._start_redis(self._preflight())
             ledger = Ledger(connect(url))
+            # Read the stored-minute stream's end now, before any minute is sent, so none is missed.
+            reporter = MinuteReporter(ledger, list(self.settings.market.indices))
+            alerter = SafeAlerter(Alerter(self.settings, ledger.redis), self.err)
             client = celery_client(self.settings, url)
             auth = self._start_children(client)
             self._announce(auth, url)
             self._first_minute(ledger, client)
-            self._watch(ledger)
+            self._watch(ledger, reporter, alerter)
         except StopRequested as exc:
             self.console.print(f"{exc.signame}: stopping beat, Flower, then the worker after its running tasks, "
                                "then Redis ...")
@@ -282,11 +285,9 @@ class Supervisor:
         client.send_task("tasks.collect_minute", args=(first,), queue=DEFAULT_QUEUE, expires=TICK_EXPIRES_S)
         self.console.print(f"Running (pid {os.getpid()}). Ctrl-C, SIGTERM or SIGHUP stops everything cleanly.")
 
-    def _watch(self, ledger: Ledger) -> None:
+    def _watch(self, ledger: Ledger, reporter: MinuteReporter, alerter: SafeAlerter) -> None:
         """Print stored minutes and health changes; restart children that die, within limits."""
         mon = self.settings.monitoring
-        reporter = MinuteReporter(ledger, list(self.settings.market.indices))
-        alerter = SafeAlerter(Alerter(self.settings, ledger.redis), self.err)
         watch = ChildWatch(self.stack, RestartPolicy(mon.auto_restart_enabled, mon.max_restart_attempts,
                                                       mon.restart_window_s), alerter, self.console)
         for name in self.stack.procs:  # a new up: whatever an earlier one reported about its children is over
