@@ -50,12 +50,12 @@ class KiteProvider:
     backoff_s: float = 1.0
     name: str = "kite"
     client: KiteClient = field(init=False, repr=False)
-    contracts_of: KiteUniverse = field(init=False, repr=False)
+    catalog: KiteUniverse = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.client = KiteClient(self.api_key, self.access_token, self.root_url, self.redis_client, self.timeout_s,
                                  self.quote_rate_per_s, self.historical_rate_per_s, self.backoff_s, self.name)
-        self.contracts_of = KiteUniverse(self.client, self.cache_dir, self.strikes_around_atm, self.expiry_kinds)
+        self.catalog = KiteUniverse(self.client, self.cache_dir, self.strikes_around_atm, self.expiry_kinds)
 
     def __repr__(self) -> str:
         return f"KiteProvider(root_url={self.root_url!r}, api_key={self.api_key!r}, access_token='***')"
@@ -77,22 +77,22 @@ class KiteProvider:
 
     def universe(self, index: str, day: dt.date, spot_now: float | None = None,
                  spot_range: tuple[float, float] | None = None) -> Universe:
-        return self.contracts_of.universe(index, day, spot_now, spot_range)
+        return self.catalog.universe(index, day, spot_now, spot_range)
 
     def spot_token(self, index: str, day: dt.date) -> int:
-        return self.contracts_of.spot_token(index, day)
+        return self.catalog.spot_token(index, day)
 
     def known_range(self, index: str, day: dt.date) -> tuple[float, float] | None:
-        return self.contracts_of.known_range(index, day)
+        return self.catalog.known_range(index, day)
 
     def spot_range(self, index: str, day: dt.date, spot_now: float | None = None) -> tuple[float, float]:
-        return self.contracts_of.spot_range(index, day, spot_now)
+        return self.catalog.spot_range(index, day, spot_now)
 
     def contracts(self, index: str, day: dt.date, spot_range: tuple[float, float]) -> dict[str, tuple]:
-        return self.contracts_of.contracts(index, day, spot_range)
+        return self.catalog.contracts(index, day, spot_range)
 
     def options(self, index: str, day: dt.date):
-        return self.contracts_of.options(index, day)
+        return self.catalog.options(index, day)
 
     # --- one minute -----------------------------------------------------------------------------
 
