@@ -24,7 +24,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from optask.core.config import get_settings
 from optask.core.timeutils import IST, UTC
 
 
@@ -150,6 +149,8 @@ class MarketCalendar:
 
 def get_calendar(overrides_file: Path | None = None) -> MarketCalendar:
     """The calendar with the configured data root's override file."""
-    if overrides_file is None:
+    if overrides_file is None:  # settings (pydantic) load only when asked: the calendar alone stays light
+        from optask.core.config import get_settings
+
         overrides_file = get_settings().data.calendar_overrides
     return MarketCalendar(overrides_file)

@@ -20,8 +20,6 @@ from dataclasses import dataclass
 
 import redis
 
-from optask.infra.redis_server import client_for
-
 PREFIX = "optask"
 
 
@@ -136,7 +134,3 @@ class RedisCoordinator:
 
     def heartbeat(self, component: str, **info: object) -> None:
         heartbeat(self.client, component, **info)
-
-
-def get_redis_coordinator(settings=None) -> RedisCoordinator:
-    return RedisCoordinator(client_for(settings))

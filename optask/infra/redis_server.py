@@ -23,6 +23,7 @@ from pathlib import Path
 import redis
 
 from optask.core.config import Settings, get_settings, mask_url
+from optask.infra.coordination import RedisCoordinator
 from optask.infra.fsutil import atomic_write_bytes
 from optask.infra.procutil import die_with_parent, free_port
 from optask.infra.redis_client import connect
@@ -237,3 +238,8 @@ def client_for(settings: Settings | None = None) -> redis.Redis:
 def forget_clients() -> None:
     """Drop the process's cached clients (tests that start and stop servers)."""
     _client_of.cache_clear()
+
+
+def get_redis_coordinator(settings: Settings | None = None) -> RedisCoordinator:
+    """The seed platform's entry point, kept: `get_redis_coordinator().ping()`."""
+    return RedisCoordinator(client_for(settings))

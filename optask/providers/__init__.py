@@ -3,7 +3,6 @@
 `get_provider` maps OPTASK_PROVIDER to its class and imports lazily, so `kiteconnect` loads only for Kite.
 """
 
-from optask.core.config import get_settings
 from optask.providers.base import (
     PermanentProviderError,
     Provider,
@@ -18,6 +17,8 @@ PROVIDERS = ("simulated", "kite", "replay")
 
 def get_provider(name: str | None = None, settings=None) -> Provider:
     """The provider named (or OPTASK_PROVIDER's), built from settings."""
+    from optask.core.config import get_settings
+
     settings = settings or get_settings()
     name = name or settings.market.provider
     if name == "simulated":

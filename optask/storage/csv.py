@@ -27,12 +27,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import redis
 
-from optask import pipeline
-from optask.core.config import get_settings
 from optask.core.timeutils import IST, format_ts_values
 from optask.infra.coordination import Cursor, writer_lock
 from optask.infra.fsutil import atomic_write_bytes
-from optask.infra.redis_server import client_for
 from optask.storage.base import TABLES, StorageError, split_by_minute
 
 TS_COLUMNS_SUFFIX = ("ts", "last_trade_time")
@@ -81,7 +78,12 @@ class Sidecar:
 class CsvStore:
     root: Path
     redis: redis.Redis | None = None
+    incremental: bool = True  # ENABLE_INCREMENTAL: read_new resumes from the consumer's cursor
     name: str = "csv"
+
+    @classmethod
+    def from_settings(cls, settings, redis_client=None) -> CsvStore:
+        return cls(settings.data.csv_root, redis_client, getattr(settings.data, "enable_incremental", True))
 
     def path(self, table: str, index: str, day: dt.date) -> Path:
         if table not in TABLES:
@@ -173,9 +175,9 @@ class CsvStore:
 
     def read_new(self, consumer: str, table: str, index: str, day: dt.date, incremental: bool | None = None) -> pa.Table:
         """Rows written since this consumer's last call (cursor in Redis); everything when not incremental
-        (`incremental` defaults to ENABLE_INCREMENTAL)."""
+        (`incremental` defaults to the store's own, ENABLE_INCREMENTAL when built `from_settings`)."""
         if incremental is None:
-            incremental = get_settings().data.enable_incremental
+            incremental = self.incremental
         path = self.path(table, index, day)
         meta = Sidecar.load(path)
         if not incremental or self.redis is None:
@@ -259,7 +261,10 @@ class ConsolidatedWriter:
                           write_json: bool = False, write_summary: bool = True) -> WriteResult:
         """Validate, enrich and append legs (Arrow, DataFrame, or a list of dicts or leg objects) minute by minute.
 
-        The seed's API, kept here where its users import it: the one place storage calls the pure pipeline."""
+        The seed's API, kept here where its users import it: the one place storage calls the pure pipeline
+        (imported here, so a store that only writes never loads it)."""
+        from optask import pipeline
+
         start = time.perf_counter()
         legs = pipeline.as_leg_table(legs)
         if "iv" not in legs.column_names:
@@ -286,5 +291,7 @@ class ConsolidatedWriter:
 
 
 def get_consolidated_writer(settings=None) -> ConsolidatedWriter:
-    settings = settings or get_settings()
-    return ConsolidatedWriter(CsvStore(settings.data.csv_root, client_for(settings)))
+    from optask.core.config import get_settings  # the seed's one-call factory: settings and Redis on demand
+    from optask.infra.redis_server import client_for
+
+    return ConsolidatedWriter(CsvStore.from_settings(settings or get_settings(), client_for(settings)))

@@ -28,9 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from optask.core.config import get_settings
 from optask.core.timeutils import IST
-from optask.infra.coordination import Cursor, writer_lock
 from optask.infra.fsutil import fsync_path
 from optask.storage.base import TABLES, StorageError
 
@@ -66,16 +64,21 @@ class ParquetStore:
     compression: str = "zstd"
     redis: object | None = None  # for the writer lock shared with compaction (write_minutes, compact_locked)
     memory_map: bool = True  # USE_MEMORY_MAPPING: read files through mmap
+    incremental: bool = True  # ENABLE_INCREMENTAL: read_new resumes from the consumer's cursor
     name: str = "parquet"
 
     @classmethod
     def from_settings(cls, settings, redis_client=None) -> ParquetStore:
-        return cls(settings.data.parquet_root, redis=redis_client, memory_map=getattr(settings.data, "use_memory_mapping", True))
+        data = settings.data
+        return cls(data.parquet_root, redis=redis_client, memory_map=getattr(data, "use_memory_mapping", True),
+                   incremental=getattr(data, "enable_incremental", True))
 
     def _read(self, path: Path, columns: list[str] | None = None) -> pa.Table:
         return pq.read_table(path, columns=columns, memory_map=self.memory_map)
 
     def _lock(self, table: str, index: str, day: dt.date):
+        from optask.infra.coordination import writer_lock  # the Redis client library loads only for writers
+
         if self.redis is None:
             raise StorageError(0, "the Parquet writer needs Redis for its single-writer lock")
         return writer_lock(self.redis, f"parquet:{table}:{index}:{day}")
@@ -183,10 +186,13 @@ class ParquetStore:
         folded into day.parquet by a compaction before this consumer read their minute files; a
         minute file rewritten by a repair (a new mtime) is delivered again, once. The cursor keeps,
         per minute, which file version delivered it; day.parquet is read only when it changed, so
-        the 375th minute of a day costs what the first did. `incremental` defaults to ENABLE_INCREMENTAL.
+        the 375th minute of a day costs what the first did. `incremental` defaults to the store's own
+        (ENABLE_INCREMENTAL when built `from_settings`).
         """
+        from optask.infra.coordination import Cursor  # the Redis client library loads only for cursor readers
+
         if incremental is None:
-            incremental = get_settings().data.enable_incremental
+            incremental = self.incremental
         day_file, minute_files = self.files(table, index, day)
         if not incremental or client is None:
             out = self.read_files(day_file, minute_files, index)

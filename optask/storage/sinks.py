@@ -24,7 +24,7 @@ from optask.storage.parquet import ParquetStore
 
 def stores(settings, redis_client: redis.Redis | None = None) -> list[Store]:
     """The stores of record, in write order: Parquet, then CSV."""
-    return [ParquetStore.from_settings(settings, redis_client), CsvStore(settings.data.csv_root, redis_client)]
+    return [ParquetStore.from_settings(settings, redis_client), CsvStore.from_settings(settings, redis_client)]
 
 
 def write_minute(processed, settings, redis_client: redis.Redis,
