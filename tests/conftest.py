@@ -134,3 +134,17 @@ def victoria_metrics(tmp_path_factory):
         need(False, f"cannot start VictoriaMetrics ({exc}); `apt-get install victoria-metrics` provides it")
     yield vm
     vm.stop()
+
+
+@pytest.fixture
+def kite_server():
+    """A Kite REST test server at session minute 15 of 2026-11-23 (the TS of the Kite tests), ATM +/- 60."""
+    import datetime as dt
+
+    from optask.core.calendar import MarketCalendar
+    from optask.testkit.kite_server import KiteTestServer
+
+    server = KiteTestServer(MarketCalendar().session_minutes(dt.date(2026, 11, 23))[15].to_pydatetime(),
+                            strikes_around_atm=60).start()
+    yield server
+    server.stop()

@@ -22,17 +22,9 @@ from optask.providers.kite import KiteProvider
 from optask.providers.kite.client import RATE_LIMIT_RETRIES
 from optask.providers.kite.provider import HISTORY_BUDGET_S, MINUTE_BUDGET_S
 from optask.providers.simulated import SimulatedProvider
-from optask.testkit.kite_server import KiteTestServer
 
 DAY = dt.date(2026, 11, 23)
 TS = MarketCalendar().session_minutes(DAY)[15].to_pydatetime()
-
-
-@pytest.fixture
-def kite_server():
-    server = KiteTestServer(TS, strikes_around_atm=60).start()
-    yield server
-    server.stop()
 
 
 def kite(server, tmp_path, timeout_s: float = 7.0) -> KiteProvider:

@@ -19,17 +19,9 @@ from optask.infra.ratelimit import RedisPacer
 from optask.providers.base import PermanentProviderError, TemporaryProviderError
 from optask.providers.kite import KiteProvider, parse_quote_payload
 from optask.testkit.baselines import snapshot_spot_first
-from optask.testkit.kite_server import KiteTestServer
 
 DAY = dt.date(2026, 11, 23)
 TS = MarketCalendar().session_minutes(DAY)[15].to_pydatetime()
-
-
-@pytest.fixture
-def kite_server():
-    server = KiteTestServer(TS, strikes_around_atm=60).start()
-    yield server
-    server.stop()
 
 
 def provider(server, tmp_path, client=None, strikes=5, rate=50.0):

@@ -41,9 +41,10 @@ def write_minute(processed, settings, redis_client: redis.Redis,
     present = present or {}
     index = head["index"][0].as_py()
     written: dict[str, int] = {}
+    targets = stores(settings, redis_client)
     for name in TABLES:
         parts = split_by_minute(getattr(processed, name))
-        for store in stores(settings, redis_client):
+        for store in targets:
             have = present.get(f"{store.name}.{name}", set())
             todo = [(ts, part) for ts, part in parts if ts.isoformat() not in have]
             written[f"{store.name}.{name}"] = store.write_minutes(name, index, todo) if todo else 0
@@ -58,8 +59,8 @@ def present_minutes(index: str, day: dt.date, settings) -> dict[str, set[str]]:
 
     Cheap: Parquet reads only the `ts` column, CSV only its sidecar.
     """
-    return {f"{store.name}.{name}": store.minutes_present(name, index, day)
-            for name in TABLES for store in stores(settings)}
+    targets = stores(settings)
+    return {f"{store.name}.{name}": store.minutes_present(name, index, day) for name in TABLES for store in targets}
 
 
 def compact_day(index: str, day: dt.date, settings, redis_client: redis.Redis | None = None) -> None:
