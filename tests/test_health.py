@@ -26,6 +26,7 @@ from optask.ops.health.checks import (
     CheckResult,
     check_eod,
     check_freshness,
+    check_influx,
     check_provider,
     check_redis,
     check_ticker,
@@ -115,6 +116,9 @@ def test_checks_are_pure_functions_of_their_inputs():
     no_aof = {c.name: c for c in check_redis({"used_memory": 10, "maxmemory": 0, "aof_enabled": 0}, 0.3, None)}
     assert no_aof["redis.aof"].status == WARN
     assert check_redis(None, None, "refused")[0].status == CRIT
+    dead = check_influx(True, True, None, {"files": 0, "bytes": 0, "dead": 2})
+    assert dead.status == CRIT and "influx_dead/" in dead.reason and dead.value == 2
+    assert check_influx(True, True, None, {"files": 0, "bytes": 0, "dead": 0}).status == OK
 
 
 # --- alerts --------------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ def test_outage_spools_then_replays_in_order(victoria_metrics, tmp_path):
     up = sink(victoria_metrics.url, tmp_path)  # InfluxDB answers again: the next write flushes the spool first
     m3 = minute(3, "FINNIFTY")
     assert up.write_minute(m3.legs, m3.summary)
-    assert up.spool_size() == {"files": 0, "bytes": 0}
+    assert up.spool_size() == {"files": 0, "bytes": 0, "dead": 0}
     got = ltp_points(victoria_metrics, "FINNIFTY")
     assert len(got) == m1.legs.num_rows + m2.legs.num_rows + m3.legs.num_rows
     stamps = sorted({k[3] for k in got})
@@ -97,3 +97,88 @@ def test_workers_replaying_one_spool_at_once_send_each_batch_once(victoria_metri
     assert sum(sent) == len(minutes) and down.spool_size()["files"] == 0, sent
     series = victoria_metrics.export('{__name__="option_leg_ltp",index="MIDCPNIFTY"}')
     assert sum(len(s["values"]) for s in series) == sum(m.legs.num_rows for m in minutes)
+
+
+class _RejectingInflux:
+    """An HTTP server answering InfluxDB 2's write API as InfluxDB does for a malformed batch: 400 and its error JSON."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                body = b'{"code":"invalid","message":"unable to parse \'garbage\': missing fields"}'
+                self.send_response(400)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_a_garbage_batch_in_the_spool_is_a_dead_letter_and_later_points_still_arrive(victoria_metrics, tmp_path):
+    """Before: flush_spool stopped at the first batch that failed, so one unreadable file blocked the spool forever."""
+    down = sink(f"http://127.0.0.1:{free_port()}", tmp_path)
+    m1, m2 = minute(30, "SENSEX"), minute(31, "SENSEX")
+    assert not down.write_minute(m1.legs, m1.summary)
+    first = down.spooled()[0]
+    garbage = first.with_name("00000000000000000001-1.lp.gz")  # sorts first: replayed before the good batch
+    garbage.write_bytes(b"not gzip at all")
+    up = sink(victoria_metrics.url, tmp_path)
+    assert up.write_minute(m2.legs, m2.summary)
+    assert up.spool_size() == {"files": 0, "bytes": 0, "dead": 1}
+    got = ltp_points(victoria_metrics, "SENSEX")
+    assert len(got) == m1.legs.num_rows + m2.legs.num_rows
+    reason = (up.dead_dir / (garbage.name + ".reason.json")).read_text()
+    assert "unreadable" in reason and (up.dead_dir / garbage.name).read_bytes() == b"not gzip at all"
+
+
+def test_a_batch_influx_rejects_with_400_is_a_dead_letter_not_spooled_forever(tmp_path):
+    import gzip
+
+    rejecting = _RejectingInflux()
+    try:
+        s = sink(rejecting.url, tmp_path)
+        m = minute(40, "NIFTY")
+        assert not s.write_minute(m.legs, m.summary)
+        assert s.spool_size()["files"] == 0 and s.spool_size()["dead"] == 1
+        letter = s.dead_letters()[0]
+        assert gzip.decompress(letter.read_bytes()).startswith(b"option_leg,index=NIFTY")  # the data is kept
+        assert "400" in letter.with_name(letter.name + ".reason.json").read_text()
+    finally:
+        rejecting.server.shutdown()
+
+
+def test_5xx_and_network_faults_still_spool(tmp_path):
+    down = sink(f"http://127.0.0.1:{free_port()}", tmp_path)
+    m = minute(41, "NIFTY")
+    assert not down.write_minute(m.legs, m.summary)
+    assert down.spool_size()["files"] == 1 and down.spool_size()["dead"] == 0
+
+
+def test_a_claim_from_another_machine_is_taken_back_by_age(victoria_metrics, tmp_path):
+    """A replayer in another container died holding a claim: its PID means nothing here, the claim's age does."""
+    import os
+
+    from optask.storage import influx
+
+    down = sink(f"http://127.0.0.1:{free_port()}", tmp_path)
+    m = minute(42, "BANKNIFTY")
+    assert not down.write_minute(m.legs, m.summary)
+    batch = down.spooled()[0]
+    claimed = batch.with_name(f"{batch.name}.sending-other-container-1")  # PID 1 lives here: a PID check would wait
+    os.rename(batch, claimed)
+    up = sink(victoria_metrics.url, tmp_path)
+    assert up.flush_spool() == 0 and claimed.exists()  # fresh: its owner may still be sending it
+    old = claimed.stat().st_mtime - influx.CLAIM_STALE_S - 1
+    os.utime(claimed, (old, old))
+    assert up.flush_spool() == 1 and not claimed.exists()
+    assert len(ltp_points(victoria_metrics, "BANKNIFTY")) == m.legs.num_rows

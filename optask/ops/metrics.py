@@ -108,13 +108,16 @@ class OptaskCollector:
         yield depth
         yield age
         sink = InfluxSink.from_settings(self.settings)
-        spool = sink.spool_size() if sink else {"files": 0, "bytes": 0}
+        spool = sink.spool_size() if sink else {"files": 0, "bytes": 0, "dead": 0}
         files = GaugeMetricFamily("optask_influx_spool_files", "Batches waiting on disk for InfluxDB")
         files.add_metric([], spool["files"])
         size = GaugeMetricFamily("optask_influx_spool_bytes", "Bytes waiting on disk for InfluxDB")
         size.add_metric([], spool["bytes"])
+        dead = GaugeMetricFamily("optask_influx_dead_letters", "Batches InfluxDB rejected, kept in influx_dead/")
+        dead.add_metric([], spool["dead"])
         yield files
         yield size
+        yield dead
 
     def _health(self):
         from prometheus_client.core import GaugeMetricFamily

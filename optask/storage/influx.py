@@ -1,9 +1,12 @@
 """InfluxDB sink: measurements `option_leg` and `chain_summary`, second precision, gzip.
 
 Line protocol is built column-wise with pyarrow compute (no Point object per leg). If InfluxDB
-cannot be reached or refuses a write, the lines go to an on-disk spool, and the spool is
-replayed in order before the next write once InfluxDB answers: nothing is dropped. Disabled
-when `INFLUXDB_URL` is empty.
+cannot be reached or fails (5xx, network), the lines go to an on-disk spool, and the spool is
+replayed in order before the next write once InfluxDB answers: nothing is dropped. A batch that
+InfluxDB rejects as malformed (400, 413, 422), or a spool file that cannot be read, goes to the
+dead-letter folder `influx_dead/` with its reason beside it: counted by the health check and the
+exporter, alerted, and never again in the way of the batches behind it. Disabled when
+`INFLUXDB_URL` is empty.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import gzip
 import logging
+import json
 import os
+import socket
 import time
 import urllib.error
 import urllib.parse
@@ -26,6 +31,15 @@ import pyarrow.compute as pc
 from optask.infra.fsutil import atomic_write_bytes
 
 log = logging.getLogger(__name__)
+
+#: InfluxDB's answers that mean "this batch is bad" (not "try later"): retrying it would fail forever.
+REJECTED_STATUSES = frozenset({400, 413, 422})
+#: A replay claim older than this is taken back whatever process made it (it may live in another container).
+CLAIM_STALE_S = 300.0
+
+
+class BatchRejected(ValueError):
+    """InfluxDB refused this batch as malformed, or the spooled file is unreadable: a dead letter, not a retry."""
 
 LEG_TAGS = ("index", "expiry", "strike", "side")
 LEG_FIELDS = ("spot", "ltp", "bid", "ask", "bid_qty", "ask_qty", "volume", "oi", "iv", "delta", "gamma", "theta", "vega")
@@ -96,6 +110,10 @@ class InfluxSink:
             return None
         return cls(s.url, s.org, s.bucket, s.token.get_secret_value(), settings.data.root / "influx_spool", s.timeout_ms)
 
+    @property
+    def dead_dir(self) -> Path:
+        return self.spool_dir.parent / "influx_dead"
+
     def __repr__(self) -> str:  # the token never appears in logs
         return f"InfluxSink(url={self.url!r}, org={self.org!r}, bucket={self.bucket!r}, token='***')"
 
@@ -109,17 +127,39 @@ class InfluxSink:
         return self._client.write_api(write_options=SYNCHRONOUS)
 
     def _send(self, lines: bytes) -> None:
+        """Write, raising `BatchRejected` when InfluxDB says the batch itself is bad."""
         from influxdb_client import WritePrecision
+        from influxdb_client.rest import ApiException
 
-        self._write_api().write(bucket=self.bucket, org=self.org, record=lines, write_precision=WritePrecision.S)
+        try:
+            self._write_api().write(bucket=self.bucket, org=self.org, record=lines, write_precision=WritePrecision.S)
+        except ApiException as exc:
+            if exc.status in REJECTED_STATUSES:
+                body = exc.body.decode(errors="replace") if isinstance(exc.body, bytes) else str(exc.body or "")
+                raise BatchRejected(f"InfluxDB answered {exc.status} {exc.reason}: {body[:300]}") from exc
+            raise
 
     def spooled(self) -> list[Path]:
         return sorted(self.spool_dir.glob("*.lp.gz")) if self.spool_dir.is_dir() else []
 
     def spool_size(self) -> dict[str, int]:
-        """What waits for InfluxDB: files and bytes (for the health checks)."""
+        """What waits for InfluxDB (files, bytes) and what it refused (dead letters), for the health checks."""
         files = self.spooled()
-        return {"files": len(files), "bytes": sum(p.stat().st_size for p in files)}
+        return {"files": len(files), "bytes": sum(p.stat().st_size for p in files), "dead": len(self.dead_letters())}
+
+    def dead_letters(self) -> list[Path]:
+        return sorted(self.dead_dir.glob("*.lp.gz")) if self.dead_dir.is_dir() else []
+
+    def _bury(self, batch: Path, reason: str) -> Path:
+        """Move a batch InfluxDB will never take to the dead-letter folder, its reason in a JSON beside it."""
+        self.dead_dir.mkdir(parents=True, exist_ok=True)
+        name = batch.name.split(".sending-")[0]
+        target = self.dead_dir / name
+        atomic_write_bytes(target.with_name(name + ".reason.json"),
+                           json.dumps({"at": time.time(), "url": self.url, "reason": reason}).encode())
+        os.replace(batch, target)
+        log.error("InfluxDB %s rejected a batch for good (%s); kept as a dead letter at %s", self.url, reason, target)
+        return target
 
     def _spool(self, lines: bytes) -> Path:
         name = f"{time.time_ns():020d}-{os.getpid()}.lp.gz"
@@ -128,22 +168,28 @@ class InfluxSink:
         return path
 
     def flush_spool(self) -> int:
-        """Replay spooled batches in order; stop at the first failure. Returns batches sent.
+        """Replay spooled batches in order; stop at the first failure that may pass. Returns batches sent.
 
         Each batch is claimed by renaming it first, so two workers replaying at once never send one batch
         twice (InfluxDB would overwrite the copy, but a store without deduplication counts it twice); a
-        claim left by a process that died is taken back.
+        claim left by a process that died, or older than `CLAIM_STALE_S`, is taken back. A batch InfluxDB
+        rejects, or a file that is not a readable batch, becomes a dead letter and the replay goes on.
         """
         self._reclaim()
         sent = 0
         for path in self.spooled():
-            claimed = path.with_name(f"{path.name}.sending-{os.getpid()}")
+            claimed = path.with_name(f"{path.name}.sending-{socket.gethostname()}-{os.getpid()}")
             try:
                 os.rename(path, claimed)
+                os.utime(claimed)  # the claim's age starts now
             except FileNotFoundError:
                 continue  # another worker is replaying it
             try:
-                self._send(gzip.decompress(claimed.read_bytes()))
+                lines = _read_batch(claimed)
+                self._send(lines)
+            except BatchRejected as exc:
+                self._bury(claimed, str(exc))
+                continue
             except BaseException:
                 os.rename(claimed, path)
                 raise
@@ -154,15 +200,17 @@ class InfluxSink:
     def _reclaim(self) -> None:
         if not self.spool_dir.is_dir():
             return
+        here = socket.gethostname()
         for claimed in self.spool_dir.glob("*.lp.gz.sending-*"):
-            pid = int(claimed.name.rsplit("-", 1)[1])
+            host, _, pid = claimed.name.split(".sending-", 1)[1].rpartition("-")
             try:
-                os.kill(pid, 0)
-                continue  # its replayer lives
-            except ProcessLookupError:
-                pass
-            except PermissionError:
+                stale = time.time() - claimed.stat().st_mtime > CLAIM_STALE_S
+            except FileNotFoundError:
                 continue
+            if not stale and host in ("", here) and _alive(int(pid) if pid.isdigit() else -1):
+                continue  # its replayer lives
+            if not stale and host not in ("", here):
+                continue  # another machine's replayer: only its age can tell
             with contextlib.suppress(FileNotFoundError):
                 os.rename(claimed, claimed.with_name(claimed.name.split(".sending-")[0]))
 
@@ -174,7 +222,10 @@ class InfluxSink:
             self.flush_spool()
             self._send(lines)
             return True
-        except Exception as exc:  # noqa: BLE001 - any refusal or network fault: keep the data, say so
+        except BatchRejected as exc:
+            self._bury(self._spool(lines), str(exc))
+            return False
+        except Exception as exc:  # noqa: BLE001 - any outage or network fault: keep the data, say so
             path = self._spool(lines)
             log.warning("InfluxDB %s did not take %d bytes (%s); spooled to %s", self.url, len(lines),
                         type(exc).__name__, path)
@@ -184,6 +235,27 @@ class InfluxSink:
         lines = to_line_protocol(legs, "option_leg", LEG_TAGS, LEG_FIELDS)
         lines += to_line_protocol(summary, "chain_summary", SUMMARY_TAGS, SUMMARY_FIELDS)
         return self.write(lines)
+
+
+def _read_batch(path: Path) -> bytes:
+    try:
+        return gzip.decompress(path.read_bytes())
+    except (OSError, EOFError, ValueError) as exc:  # gzip.BadGzipFile is an OSError
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise BatchRejected(f"spool file unreadable ({type(exc).__name__}: {exc})") from exc
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class InfluxReadError(RuntimeError):

@@ -176,6 +176,11 @@ def check_ticker(streaming: bool, in_session: bool, state: dict[str, str], now: 
 def check_influx(enabled: bool, reachable: bool | None, error: str | None, spool: dict[str, int]) -> CheckResult:
     if not enabled:
         return CheckResult("influxdb", OK, "disabled (INFLUXDB_URL empty)", None)
+    dead = spool.get("dead", 0)
+    if dead:
+        return CheckResult("influxdb", CRIT, f"{dead} batch(es) InfluxDB rejected are dead letters in influx_dead/ "
+                           "(each with its reason): fix the cause, then move them back to influx_spool/ to resend",
+                           dead)
     if not reachable:
         return CheckResult("influxdb", WARN, f"unreachable ({error}); {spool['files']} batches spooled on disk, "
                            "replayed when it answers", spool["files"])

@@ -56,7 +56,7 @@ class Measurements:
     provider_ok: dict | None = None
     influx_reachable: bool | None = None
     influx_error: str | None = None
-    spool: dict[str, int] = field(default_factory=lambda: {"files": 0, "bytes": 0})
+    spool: dict[str, int] = field(default_factory=lambda: {"files": 0, "bytes": 0, "dead": 0})
     eod: dict | None = None
     last_session: dt.date | None = None
     last_session_has_data: bool = False
