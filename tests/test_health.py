@@ -191,6 +191,78 @@ def test_smtp_down_is_logged_shown_and_retried_and_changes_nothing_else(redis_ur
         box.stop()
 
 
+class AuthInbox(Inbox):
+    """An SMTP server that wants a login, with STARTTLS (a self-signed certificate) or without it."""
+
+    def __init__(self, tmp_path: Path, starttls: bool):
+        import ssl
+
+        from aiosmtpd.controller import Controller
+        from aiosmtpd.smtp import AuthResult
+
+        super().__init__()
+        self.logins: list[tuple[str, bool]] = []
+        self.cert = tmp_path / "smtp.pem"
+        key = tmp_path / "smtp.key"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                        "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
+                        "-out", str(self.cert)], check=True, capture_output=True)
+        tls = None
+        if starttls:
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.load_cert_chain(self.cert, key)
+        inbox = self
+
+        def authenticator(server, session, envelope, mechanism, auth_data):
+            inbox.logins.append((auth_data.login.decode(), session.ssl is not None))
+            return AuthResult(success=auth_data.password == b"s3cret")
+
+        self.controller = Controller(self.controller.handler, hostname="127.0.0.1", port=self.port, tls_context=tls,
+                                     authenticator=authenticator, auth_require_tls=False)
+
+
+@pytest.mark.parametrize("starttls", [True, False], ids=["starttls", "no-starttls"])
+def test_smtp_credentials_go_only_over_tls_unless_plaintext_is_allowed(redis_url, monkeypatch, tmp_path, starttls):
+    """Before: with no STARTTLS on offer, the password went in clear. Now that is an alert-delivery error."""
+    from optask.ops.alerts import Alerter
+
+    box = AuthInbox(tmp_path, starttls).start()
+    try:
+        smtp_env(monkeypatch, box.port, ALERT_FOR_S="0", SMTP_USER="ops", SMTP_PASSWORD="s3cret",
+                 SMTP_CA_FILE=str(box.cert))
+        client = redis.Redis.from_url(redis_url)
+        client.delete("optask:alerts:outbox")
+        alerter = Alerter(load_settings(), client)
+        alerter.process(bad("starttls" if starttls else "no starttls"))
+        state = alerter.delivery_state()
+        if starttls:
+            assert box.logins == [("ops", True)] and len(box.messages) == 1 and state["email"]["ok"] is True
+            return
+        assert box.logins == [] and box.messages == []  # the password never left
+        assert state["email"]["ok"] is False and "SMTP_ALLOW_PLAINTEXT" in state["email"]["error"]
+        monkeypatch.setenv("SMTP_ALLOW_PLAINTEXT", "true")
+        get_settings.cache_clear()
+        assert Alerter(load_settings(), client).retry_outbox() == 1  # the operator allowed it: sent, in clear
+        assert box.logins == [("ops", False)] and len(box.messages) == 1
+    finally:
+        box.stop()
+
+
+def test_health_status_shows_the_refused_plaintext_login(redis_url, monkeypatch, tmp_path):
+    box = AuthInbox(tmp_path, starttls=False).start()
+    try:
+        smtp_env(monkeypatch, box.port, ALERT_FOR_S="0", SMTP_USER="ops", SMTP_PASSWORD="s3cret", REDIS_URL=redis_url)
+        from optask.ops.alerts import Alerter
+
+        Alerter(load_settings(), redis.Redis.from_url(redis_url)).process(bad())
+        out = optask("health", "--status", REDIS_URL=redis_url, SMTP_SERVER="127.0.0.1", SMTP_PORT=str(box.port),
+                     ALERT_RECIPIENTS="ops@example.com", SMTP_USER="ops", SMTP_PASSWORD="s3cret")
+        assert "alert delivery by email failing" in out.stdout and "SMTP_ALLOW_PLAINTEXT" in out.stdout, out.stdout
+        assert "s3cret" not in out.stdout + out.stderr
+    finally:
+        box.stop()
+
+
 # --- `optask health --check` for cron ------------------------------------------------------------
 
 def optask(*args: str, **env: str) -> subprocess.CompletedProcess:

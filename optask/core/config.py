@@ -281,6 +281,10 @@ class AlertSettings(BaseSettings):
     alert_recipients: Annotated[tuple[str, ...], NoDecode] = Field((), description="Comma-separated e-mail addresses.")
     smtp_from: str = Field("", description="Sender address of alert e-mails; empty uses SMTP_USER or optask@<host>.")
     smtp_timeout_s: float = Field(10.0, gt=0, le=120, description="Timeout of each SMTP connection, seconds.")
+    smtp_ssl: bool = Field(False, description="Implicit TLS from the first byte (usually port 465; port 465 implies it).")
+    smtp_allow_plaintext: bool = Field(
+        False, description="Send SMTP_USER's password over a server that offers no STARTTLS (in clear): only on a trusted link.")
+    smtp_ca_file: str = Field("", description="CA bundle that signs the SMTP server's certificate; empty uses the system's.")
     alert_webhook_url: str = Field("", description="Optional webhook: every notification is POSTed there as JSON.")
     alert_for_s: int = Field(
         120, ge=0, description="A condition must hold this long (s) before it notifies: one slow minute does not page.")

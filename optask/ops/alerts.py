@@ -262,13 +262,22 @@ class Alerter:
         msg["From"] = a.smtp_from or a.smtp_user or f"optask@{socket.gethostname()}"
         msg["To"] = ", ".join(a.alert_recipients)
         msg.set_content(note.body())
-        cls = smtplib.SMTP_SSL if a.smtp_port == 465 else smtplib.SMTP
-        with cls(a.smtp_server, a.smtp_port, timeout=a.smtp_timeout_s) as smtp:
+        context = ssl.create_default_context(cafile=a.smtp_ca_file or None)
+        implicit = a.smtp_ssl or a.smtp_port == 465
+        smtp = (smtplib.SMTP_SSL(a.smtp_server, a.smtp_port, timeout=a.smtp_timeout_s, context=context) if implicit
+                else smtplib.SMTP(a.smtp_server, a.smtp_port, timeout=a.smtp_timeout_s))
+        with smtp:
             smtp.ehlo()
-            if cls is smtplib.SMTP and smtp.has_extn("starttls"):
-                smtp.starttls(context=ssl.create_default_context())
+            encrypted = implicit
+            if not implicit and smtp.has_extn("starttls"):
+                smtp.starttls(context=context)
                 smtp.ehlo()
+                encrypted = True
             if a.smtp_user:
+                if not encrypted and not a.smtp_allow_plaintext:
+                    raise smtplib.SMTPNotSupportedError(
+                        f"{a.smtp_server}:{a.smtp_port} offers no STARTTLS: refusing to send SMTP_USER's password in "
+                        "clear; use SMTP_SSL=true (port 465) or a server with STARTTLS, or set SMTP_ALLOW_PLAINTEXT=true")
                 smtp.login(a.smtp_user, a.smtp_password.get_secret_value())
             smtp.send_message(msg)
 
