@@ -17,6 +17,7 @@ from test_up import Up, gone_within, up_env
 
 from optask.core.calendar import MarketCalendar
 from optask.core.config import get_settings, load_settings
+from optask.infra.redis_server import recorded_redis_url
 
 DAY = dt.date(2026, 11, 23)
 
@@ -55,7 +56,7 @@ def test_killed_redis_is_restarted_alerted_resolved_and_given_up_past_the_limit(
         wait_for(lambda: len(inbox.messages) >= 2, 60, what="the alert and its resolved notice")
         assert inbox.subjects()[0].startswith("[optask] WARN supervisor.redis: redis exited (killed by SIGKILL)")
         assert inbox.subjects()[1] == "[optask] RESOLVED supervisor.redis: redis running again for 20 s"
-        url = json.loads((isolated_settings / "redis" / "server.json").read_text())["url"]
+        url = recorded_redis_url(isolated_settings)
         history = redis.Redis.from_url(url).lrange("optask:alerts:history", 0, -1)
         kinds = [json.loads(h)["kind"] for h in history if b"supervisor.redis" in h]
         assert sorted(kinds) == ["firing", "resolved"], kinds  # recorded in Redis too, once it was back

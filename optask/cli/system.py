@@ -74,7 +74,8 @@ def redis_status() -> None:
         console.print(f"configured Redis {mask_url(url)}: {'up' if ok else 'DOWN'}")
         raise typer.Exit(0 if ok else 1)
     url = bundled_redis_url(settings.data.root)
-    console.print(f"bundled Redis: {url + ' up' if url else 'not running'} (data in {settings.data.root / 'redis'})")
+    console.print(f"bundled Redis: {mask_url(url) + ' up' if url else 'not running'} (data in {settings.data.root / 'redis'}; "
+                  "password in its 0600 file `password` there)")
     raise typer.Exit(0 if url else 1)
 
 
@@ -92,7 +93,7 @@ def redis_start() -> None:
         url, started = start_bundled_redis(settings.data.root)
     except RedisUnavailable as exc:
         fail(str(exc), 1)
-    console.print(f"bundled Redis {'started' if started else 'already running'} at {url}")
+    console.print(f"bundled Redis {'started' if started else 'already running'} at {mask_url(url)}")
 
 
 @redis_app.command("stop")

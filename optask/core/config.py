@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from optask.core.schema import EXPIRY_KINDS, INDICES
@@ -49,6 +50,20 @@ class RedisSettings(BaseSettings):
     port: int = Field(6379, ge=1, le=65535, description="Redis port (1-65535).")
     password: SecretStr = Field(SecretStr(""), description="Redis password.")
     db: int = Field(0, ge=0, le=15, description="Redis database number (0-15).")
+    allow_no_auth: bool = Field(
+        False, description="Accept a configured Redis without a password that listens beyond 127.0.0.1 (not advised).")
+
+    @model_validator(mode="after")
+    def _password_beyond_loopback(self) -> RedisSettings:
+        url = self.effective_url()
+        if not url or self.allow_no_auth or urlsplit(url).scheme == "unix":
+            return self
+        parts = urlsplit(url)
+        if not parts.password and not is_loopback(parts.hostname):
+            raise ValueError(f"Redis {mask_url(url)} is reached over the network without a password: anyone who "
+                             "reaches it reads the Kite token and can enqueue tasks. Put its password in REDIS_URL "
+                             "(redis://:PASSWORD@host:port/0) or REDIS_PASSWORD, or set REDIS_ALLOW_NO_AUTH=true")
+        return self
 
     @field_validator("url")
     @classmethod
@@ -332,6 +347,15 @@ def env_name(group: type[BaseSettings], field_name: str) -> str:
     return f"{group.model_config.get('env_prefix', '')}{field_name}".upper()
 
 
+def is_loopback(host: str | None) -> bool:
+    if not host or host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def mask_url(url: str) -> str:
     """A URL with its password replaced by ***, for logs and displays."""
     parts = urlsplit(url)
@@ -361,10 +385,11 @@ def load_settings(**overrides: Any) -> Settings:
             groups[name] = cls(**overrides.get(name, {}))
         except ValidationError as exc:
             err = exc.errors()[0]
-            field_name = str(err["loc"][0]) if err["loc"] else "?"
-            var = env_name(cls, field_name)
-            raw = os.environ.get(var, err.get("input"))
             reason = err["msg"].removeprefix("Value error, ")
+            if not err["loc"]:  # a rule across the group's settings: its message names them
+                raise SettingsError(reason) from None
+            var = env_name(cls, str(err["loc"][0]))
+            raw = os.environ.get(var, err.get("input"))
             raise SettingsError(f"{var}={raw!s}: {reason}") from None
     return Settings(**groups)
 

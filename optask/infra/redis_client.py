@@ -3,6 +3,8 @@ not waited on forever. Which server to open is `optask.infra.redis_server`'s bus
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import redis
 
 
@@ -13,6 +15,7 @@ def connect(url: str, timeout_s: float = 10.0, connect_timeout_s: float | None =
 
 
 def url_of(client: redis.Redis) -> str:
-    """The URL of the server a client talks to (no password: for a second client of the same local server)."""
+    """The URL of the server a client talks to, its password included: for a second client of the same server."""
     kw = client.connection_pool.connection_kwargs
-    return f"redis://{kw.get('host', '127.0.0.1')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
+    auth = f":{quote(kw['password'], safe='')}@" if kw.get("password") else ""
+    return f"redis://{auth}{kw.get('host', '127.0.0.1')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"

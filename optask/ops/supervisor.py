@@ -45,6 +45,7 @@ from optask.infra.redis_server import (
     ensure_redis,
     forget_bundled_redis,
     free_port,
+    local_url,
     record_bundled_redis,
     wait_for_redis,
 )
@@ -209,7 +210,7 @@ class Supervisor:
             self.stack = Stack(self.settings, url, root, extra_env=extra)
             return url
         port = free_port()
-        url = f"redis://127.0.0.1:{port}/0"
+        url = local_url(root / "redis", port)
         self.stack = Stack(self.settings, url, root, extra_env=extra)
         redis_proc = self.stack.start_redis(port)
         self.own_redis = True

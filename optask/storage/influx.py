@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import logging
 import json
+import logging
 import os
 import socket
 import time

@@ -24,6 +24,7 @@ from pathlib import Path
 import psutil
 
 from optask.infra.procutil import free_port
+from optask.infra.redis_server import recorded_redis_url
 
 #: A Sunday: the drills' sessions come from the overrides file, so they never meet a real one.
 DRILL_DAY = dt.date(2026, 11, 8)
@@ -137,7 +138,7 @@ class Drill:
     def redis(self):
         import redis
 
-        url = self.redis_url or json.loads((self.data / "redis" / "server.json").read_text())["url"]
+        url = self.redis_url or recorded_redis_url(self.data)
         return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
 
     def stored(self) -> dict[str, int]:
@@ -282,8 +283,7 @@ class Drill:
     def start_beat(self, name: str = "beat-extra") -> subprocess.Popen:
         """A second beat on the same Redis, as an operator's mistake would start one."""
         log = open(self.root / f"{name}.out", "ab")  # noqa: SIM115
-        env = {**self.process_env(), "REDIS_URL": self.redis_url or json.loads(
-            (self.data / "redis" / "server.json").read_text())["url"]}
+        env = {**self.process_env(), "REDIS_URL": self.redis_url or recorded_redis_url(self.data)}
         proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "tasks", "beat", "--loglevel=INFO",
                                  f"--schedule={self.root / (name + '-schedule')}"], env=env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
@@ -297,8 +297,7 @@ class Drill:
         from optask.infra.queues import FALLBACK_QUEUE, process_queue
 
         log = open(self.root / f"{name}.out", "ab")  # noqa: SIM115
-        env = {**self.process_env(), "REDIS_URL": self.redis_url or json.loads(
-            (self.data / "redis" / "server.json").read_text())["url"]}
+        env = {**self.process_env(), "REDIS_URL": self.redis_url or recorded_redis_url(self.data)}
         queues = ",".join([FALLBACK_QUEUE, *(process_queue(i) for i in indices)])
         proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "tasks", "worker", "--loglevel=INFO",
                                  "--concurrency=1", f"--hostname={name}@%h", f"--queues={queues}",
@@ -323,7 +322,6 @@ class Drill:
 
     def set_token(self, token: str) -> subprocess.CompletedProcess:
         """What the operator does when told the Kite token expired."""
-        env = {**self.process_env(), "REDIS_URL": self.redis_url or json.loads(
-            (self.data / "redis" / "server.json").read_text())["url"]}
+        env = {**self.process_env(), "REDIS_URL": self.redis_url or recorded_redis_url(self.data)}
         return subprocess.run([sys.executable, "-m", "optask.cli", "kite", "set-token", token], env=env,
                               capture_output=True, text=True, timeout=60)
