@@ -16,6 +16,7 @@ from optask.infra.queues import (
     live_process_queues,
 )
 from optask.jobs import RETRYABLE, batch, eod, minute, repair
+from optask.jobs.arguments import InvalidTaskArgument
 from tasks.application import app
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ class ProcessIndexTask(app.Task):
     def on_failure(self, exc, task_id, args, kwargs, einfo):
         """Retries exhausted or a permanent fault: the minute is recorded for backfill, never silently lost."""
         minute.record_fault(exc, "failures")
+        if isinstance(exc, InvalidTaskArgument):
+            return  # not a minute optask sent: nothing to repair
         index, ts = (list(args) + [kwargs.get("index"), kwargs.get("ts") or kwargs.get("minutes")])[:2]
         for one in ts if isinstance(ts, list) else [ts]:
             minute.record_missed(index, one, f"{type(exc).__name__}: {exc}")

@@ -288,3 +288,48 @@ def test_backfill_batch_through_the_worker_matches_live(redis_url, pipeline_env,
 
     legs = ParquetStore(settings.data.parquet_root).read_table("legs", "NIFTY", DAY)
     assert set(legs["source"].to_pylist()) == {"simulated", "backfill"}
+
+
+def test_a_task_with_a_path_in_its_arguments_is_refused_and_writes_nothing(redis_url, pipeline_env, isolated_settings):
+    """Before: an `index` of `../../x` reached raw_path and the store paths, writing outside the data root."""
+    from optask.jobs.arguments import InvalidTaskArgument
+    from optask.jobs.minute import store_minute
+
+    from optask.core.timeutils import parse_minute
+    from optask.providers.simulated import SimulatedProvider
+    from optask.storage.archive import raw_path, write_raw
+
+    settings = load_settings()
+    outside = isolated_settings.parent
+    # Before the fix the index went into raw_path unchecked: a payload planted outside the data root was read
+    # as the archive of that minute and stored as if NIFTY had sent it.
+    ts = parse_minute(MINUTES[30])
+    snap = SimulatedProvider.from_settings(settings).snapshot("NIFTY", ts)
+    planted = write_raw(outside / "planted", "NIFTY", ts, snap.provider, snap.raw)
+    escape = "../../planted/NIFTY"
+    assert raw_path(settings.data.raw_root, escape, ts).resolve() == planted.resolve()
+    before = {p for p in outside.rglob("*")}
+    with pytest.raises(InvalidTaskArgument, match="OPTASK_INDICES"):
+        store_minute(escape, MINUTES[30])
+    assert not (isolated_settings / "parquet").exists()  # nothing read from outside, nothing written
+    stack, client = start_stack(redis_url, isolated_settings, pipeline_env, workers=1)
+    ledger = Ledger(redis.Redis.from_url(redis_url))
+    try:
+        client.send_task("tasks.process_index", args=("../../escape", MINUTES[30]), queue="process.NIFTY")
+        client.send_task("tasks.process_index", args=("NIFTY", "../../2026-11-23"), queue="process.NIFTY")
+        bad_day = client.send_task("tasks.end_of_day", args=("../../../tmp",), queue="process.NIFTY")
+        bad_batch = client.send_task("tasks.backfill_minutes", args=("NIFTY/../../x", [MINUTES[31]]),
+                                     queue="process.NIFTY")
+        client.send_task("tasks.process_index", args=("NIFTY", MINUTES[32]), queue="process.NIFTY")
+        wait_stored(ledger, [("NIFTY", MINUTES[32])], timeout=60)  # after the bad ones: the worker carried on
+        for result in (bad_day, bad_batch):
+            with pytest.raises(Exception, match="is not"):
+                result.get(timeout=30)
+    finally:
+        stack.stop()
+        client.close()
+    created = {p for p in outside.rglob("*")} - before
+    assert not [p for p in created if "escape" in str(p) or not str(p).startswith(str(isolated_settings))], created
+    assert not ledger.missed("NIFTY", DAY)  # nothing recorded for repair either: not a minute optask sent
+    failures = redis.Redis.from_url(redis_url).hgetall("optask:metrics:failures")
+    assert int(failures.get(b"InvalidTaskArgument", 0)) >= 3, failures

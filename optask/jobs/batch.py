@@ -5,10 +5,12 @@ from __future__ import annotations
 import pyarrow as pa
 
 from optask.core.config import Settings, get_settings
-from optask.core.timeutils import IST, parse_minute
+from optask.core.timeutils import IST
 from optask.infra.ledger import ledger_for
+from optask.jobs.arguments import InvalidTaskArgument, checked_index, checked_minutes
 from optask.jobs.context import provider_for
 from optask.pipeline import process_snapshot
+from optask.providers import PROVIDERS
 from optask.storage.archive import archived_minutes, write_raw
 from optask.storage.sinks import present_minutes, write_minute
 
@@ -24,8 +26,11 @@ def store_minutes(index: str, minutes: list[str], provider_name: str | None = No
     `provider_name="replay"` uses the archive only.
     """
     settings = settings or get_settings()
+    index = checked_index(index, settings)
+    todo = sorted(set(checked_minutes(minutes)))
+    if provider_name is not None and provider_name not in PROVIDERS:
+        raise InvalidTaskArgument(f"provider {provider_name!r} is not one of {', '.join(PROVIDERS)}")
     ledger = ledger_for(settings)
-    todo = sorted({parse_minute(ts) for ts in minutes})
     days = {ts.astimezone(IST).date() for ts in todo}
     if len(days) != 1:
         raise ValueError(f"a batch covers one day; got {sorted(days) or 'no minutes'}")

@@ -8,6 +8,7 @@ import json
 from optask.core.calendar import get_calendar
 from optask.core.config import Settings, get_settings
 from optask.infra.ledger import ledger_for
+from optask.jobs.arguments import checked_day
 from optask.jobs.backfill import CHUNK_MINUTES
 from optask.jobs.batch import store_minutes
 from optask.quality.verify import EODDataVerificationSystem, missing_minutes
@@ -25,7 +26,7 @@ def end_of_day(day: str, settings: Settings | None = None, repair: bool = True) 
     `repair=False` only verifies (a demo that played part of a session).
     """
     settings = settings or get_settings()
-    d = dt.date.fromisoformat(day)
+    d = checked_day(day)
     if not get_calendar(settings.data.calendar_overrides).is_trading_day(d):
         return {"day": day, "session": False}
     indices = list(settings.market.indices)

@@ -26,6 +26,7 @@ from optask.core.config import Settings, get_settings
 from optask.core.timeutils import IST, parse_minute
 from optask.infra import counters
 from optask.infra.ledger import Ledger, ledger_for
+from optask.jobs.arguments import checked_index, checked_minute
 from optask.jobs.context import provider_for
 from optask.jobs.ticker import ticker_healthy
 from optask.pipeline import process_snapshot
@@ -70,7 +71,7 @@ class MinuteResult:
 def plan_minute(ts: str, settings: Settings | None = None, ledger: Ledger | None = None) -> MinutePlan:
     """Which indices to collect for this minute: none outside a session, none if another beat claimed it."""
     settings = settings or get_settings()
-    minute = parse_minute(ts)
+    minute = checked_minute(ts)
     calendar = get_calendar(settings.data.calendar_overrides)
     day = minute.astimezone(IST).date()
     session = calendar.session(day)
@@ -111,8 +112,8 @@ def store_minute(index: str, ts: str, settings: Settings | None = None, ledger: 
                  provider=None) -> MinuteResult:
     """Collect, archive, process and store one (index, minute). Safe to run any number of times."""
     settings = settings or get_settings()
+    index, minute = checked_index(index, settings), checked_minute(ts)
     ledger = ledger or ledger_for(settings)
-    minute = parse_minute(ts)
     result = MinuteResult(index=index, ts=minute.isoformat())
     if ledger.is_stored(index, result.ts) and ParquetStore.from_settings(settings).has_minute("summary", index, minute):
         # the ledger is a cache of the stores: a redelivered minute is skipped only if its files are there
@@ -190,8 +191,8 @@ def fetch_minute(ts: str, indices: list[str], settings: Settings | None = None) 
     fetch = settings.kite.fetch
     if not indices or settings.market.provider != "kite" or fetch == "index":
         return {}
-    minute = parse_minute(ts)
-    todo = list(indices)
+    minute = checked_minute(ts)
+    todo = [checked_index(i, settings) for i in indices]
     fallback = ""
     if fetch == "ticker":
         client = ledger_for(settings).redis

@@ -7,8 +7,9 @@ import datetime as dt
 
 from optask.core.calendar import get_calendar
 from optask.core.config import Settings, get_settings
-from optask.core.timeutils import IST, parse_minute
+from optask.core.timeutils import IST
 from optask.infra.ledger import ledger_for
+from optask.jobs.arguments import checked_minute
 from optask.jobs.batch import store_minutes
 
 #: In-session repair: leave a minute this many minutes to its own retries, then try at most REPAIR_ATTEMPTS times.
@@ -24,7 +25,7 @@ def repair_missed(ts: str, settings: Settings | None = None) -> dict:
     `ts` is the clock's current minute (from beat), so this runs the same in a replayed session.
     """
     settings = settings or get_settings()
-    now = parse_minute(ts)
+    now = checked_minute(ts)
     day = now.astimezone(IST).date()
     minutes = get_calendar(settings.data.calendar_overrides).session_minutes(day)
     due = [m.isoformat() for m in minutes if m <= now - dt.timedelta(minutes=REPAIR_AFTER_MINUTES)]
