@@ -311,8 +311,64 @@ def test_archive_retention_never_drops_unverified(tmp_path):
         write_raw(tmp_path, "NIFTY", ts, "simulated", b"{}")
     report = maintain(tmp_path, DAY, retention_days=30, compress=True,
                       verified=lambda index, day: day == old[0])
-    assert report == {"packed": ["NIFTY/2026-10-01"], "deleted": [], "kept_unverified": ["NIFTY/2026-10-02"]}
+    assert report == {"packed": ["NIFTY/2026-10-01"], "deleted": [], "kept_unverified": ["NIFTY/2026-10-02"],
+                      "refused": []}
     assert (tmp_path / "NIFTY" / "2026-10-01.tar").exists() and (tmp_path / "NIFTY" / "2026-10-02").is_dir()
     assert (tmp_path / "NIFTY" / DAY.isoformat()).is_dir()
     report = maintain(tmp_path, DAY, retention_days=30, compress=False, verified=lambda index, day: True)
     assert report["deleted"] == ["NIFTY/2026-10-02"]
+
+
+def test_two_end_of_days_retiring_one_raw_day_leave_a_complete_tar(tmp_path, redis_url):
+    """Before: a fixed temp name and no lock. Two end-of-days of one day (the 23:30 sweep, a second
+    maintenance node) packed at once; one tar could replace the other half-written, or lose the files the
+    other had already deleted: a partial tar left in place of a full one, the raw day gone."""
+    import tarfile
+    import threading
+
+    from optask.infra.coordination import writer_lock
+
+    old = dt.date(2026, 10, 1)
+    for minute in range(300):
+        ts = dt.datetime.combine(old, dt.time(3, 45), dt.UTC) + dt.timedelta(minutes=minute)
+        write_raw(tmp_path, "NIFTY", ts, "simulated", b'{"payload": "%d"}' % minute * 50)
+    client = redis.Redis.from_url(redis_url)
+    barrier = threading.Barrier(2)
+
+    def verified(index, day):
+        barrier.wait(10)  # both runs have seen the day before either retires it
+        return True
+
+    reports, errors = [], []
+
+    def run():
+        try:
+            reports.append(maintain(tmp_path, DAY, 30, True, verified, lock=lambda n: writer_lock(client, n)))
+        except Exception as exc:  # noqa: BLE001 - the test reports it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert sorted(sum((r["packed"] for r in reports), [])) == ["NIFTY/2026-10-01"]  # packed once
+    with tarfile.open(tmp_path / "NIFTY" / "2026-10-01.tar") as tar:
+        assert len([m for m in tar.getmembers() if m.isfile()]) == 300
+    assert not (tmp_path / "NIFTY" / "2026-10-01").exists()
+    assert not list((tmp_path / "NIFTY").glob(".*tmp"))
+
+
+def test_a_raw_day_is_deleted_only_when_the_tar_holds_every_file(tmp_path, monkeypatch):
+    from optask.storage import archive
+
+    old = dt.date(2026, 10, 1)
+    for minute in range(5):
+        write_raw(tmp_path, "NIFTY", dt.datetime.combine(old, dt.time(4, minute), dt.UTC), "simulated", b"{}")
+    real = archive._tar_files
+    monkeypatch.setattr(archive, "_tar_files", lambda path: real(path)[:-1])  # a tar missing its last member
+    report = maintain(tmp_path, DAY, 30, True, lambda index, day: True)
+    assert report["refused"] == ["NIFTY/2026-10-01"] and report["packed"] == []
+    assert len(list((tmp_path / "NIFTY" / "2026-10-01").iterdir())) == 5  # nothing deleted
+    assert not (tmp_path / "NIFTY" / "2026-10-01.tar").exists()

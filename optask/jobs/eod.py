@@ -7,7 +7,9 @@ import json
 
 from optask.core.calendar import get_calendar
 from optask.core.config import Settings, get_settings
+from optask.infra.coordination import writer_lock
 from optask.infra.ledger import ledger_for
+from optask.infra.queues import EOD_HARD_LIMIT_S
 from optask.jobs.arguments import checked_day
 from optask.jobs.backfill import CHUNK_MINUTES
 from optask.jobs.batch import store_minutes
@@ -56,8 +58,10 @@ def end_of_day(day: str, settings: Settings | None = None, repair: bool = True) 
                                           "after": after["summary"]["data_quality_score"],
                                           "status": after["overall_status"], "report": report_path,
                                           "repaired": sum(r["stored"] for r in repaired.values())})
+    client = ledger_for(settings).redis
     retention = maintain(settings.data.raw_root, d, settings.data.raw_retention_days, settings.data.compression_enabled,
-                         verified=lambda index, day: day_verified(index, day, settings))
+                         verified=lambda index, day: day_verified(index, day, settings),
+                         lock=lambda name: writer_lock(client, name, timeout_s=60.0, wait_s=EOD_HARD_LIMIT_S))
     return {
         "day": day, "session": True, "report": report_path, "repaired": repaired, "raw_retention": retention,
         "before": {"score": before["summary"]["data_quality_score"], "status": before["overall_status"]},

@@ -7,10 +7,13 @@ a gzip'd JSON envelope whose `payload` is the received text, byte for byte.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import gzip
 import json
+import logging
 import os
+import secrets
 import shutil
 import tarfile
 from dataclasses import dataclass
@@ -20,6 +23,8 @@ import orjson
 
 from optask.core.timeutils import IST, UTC, format_ts, parse_ts
 from optask.infra.fsutil import StorageError, atomic_write_bytes, fsync_path
+
+log = logging.getLogger(__name__)
 
 __all__ = ["RawRecord", "StorageError", "archived_minutes", "atomic_write_bytes", "maintain", "raw_path",
            "read_raw", "write_raw", "write_raw_once"]
@@ -109,14 +114,17 @@ def archived_minutes(root: Path, index: str, day: dt.date) -> list[dt.datetime]:
     return sorted(out)
 
 
-def maintain(root: Path, today: dt.date, retention_days: int, compress: bool, verified) -> dict[str, list[str]]:
+def maintain(root: Path, today: dt.date, retention_days: int, compress: bool, verified,
+             lock=contextlib.nullcontext) -> dict[str, list[str]]:
     """Retire raw days older than `retention_days` that passed verification; never touch one that did not.
 
     With `compress`, a retired day becomes one `{INDEX}/{YYYY-MM-DD}.tar` of its gzip files (kept);
-    without, the day is deleted. `verified(index, day) -> bool` says whether a day passed.
-    Returns what was packed, deleted and kept back (unverified).
+    without, the day is deleted. `verified(index, day) -> bool` says whether a day passed. Each day is
+    retired under `lock(name)` (end of day passes a Redis writer lock: two end-of-days of one day on two
+    nodes must not race), from a temp tar of its own, and the day's files are deleted only once the tar in
+    place holds every one of them. Returns what was packed, deleted, kept back (unverified) and refused.
     """
-    out: dict[str, list[str]] = {"packed": [], "deleted": [], "kept_unverified": []}
+    out: dict[str, list[str]] = {"packed": [], "deleted": [], "kept_unverified": [], "refused": []}
     cutoff = today - dt.timedelta(days=retention_days)
     for index_dir in sorted(p for p in Path(root).iterdir() if p.is_dir()) if Path(root).is_dir() else []:
         for day_dir in sorted(p for p in index_dir.iterdir() if p.is_dir()):
@@ -130,15 +138,41 @@ def maintain(root: Path, today: dt.date, retention_days: int, compress: bool, ve
             if not verified(index_dir.name, day):
                 out["kept_unverified"].append(label)
                 continue
-            if compress:
-                target = index_dir / f"{day_dir.name}.tar"
-                tmp = target.with_suffix(".tar.tmp")
-                with tarfile.open(tmp, "w") as tar:
-                    tar.add(day_dir, arcname=day_dir.name)
-                fsync_path(tmp)
-                os.replace(tmp, target)
-                out["packed"].append(label)
-            else:
-                out["deleted"].append(label)
-            shutil.rmtree(day_dir)
+            with lock(f"raw-retire:{label}"):
+                if not day_dir.is_dir():
+                    continue  # another end of day retired it while we waited
+                if compress and not _pack(day_dir, index_dir / f"{day_dir.name}.tar"):
+                    out["refused"].append(label)
+                    continue
+                out["packed" if compress else "deleted"].append(label)
+                shutil.rmtree(day_dir)
     return out
+
+
+def _pack(day_dir: Path, target: Path) -> bool:
+    """`day_dir` as one tar at `target`, unless a complete one is there already. True when the tar in place
+    holds every file of the day (only then may the day be deleted)."""
+    files = sorted(str(p.relative_to(day_dir.parent)) for p in day_dir.rglob("*") if p.is_file())
+    if target.exists() and _tar_files(target) == files:
+        return True
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with tarfile.open(tmp, "w") as tar:
+            tar.add(day_dir, arcname=day_dir.name)
+        fsync_path(tmp)
+        if _tar_files(tmp) != files:
+            log.error("raw day %s changed while it was packed: kept as it is, packed again at the next end of day",
+                      day_dir)
+            return False
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return True
+
+
+def _tar_files(path: Path) -> list[str]:
+    try:
+        with tarfile.open(path) as tar:
+            return sorted(m.name for m in tar.getmembers() if m.isfile())
+    except (tarfile.TarError, OSError):
+        return []
