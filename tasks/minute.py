@@ -7,6 +7,7 @@ import logging
 from celery.signals import task_revoked
 
 from optask.core.config import get_settings
+from optask.infra import deliveries
 from optask.infra.ledger import ledger_for
 from optask.infra.queues import (
     EOD_HARD_LIMIT_S,
@@ -37,7 +38,24 @@ def collect_minute(ts: str) -> dict:
     return plan.as_dict()
 
 
-class ProcessIndexTask(app.Task):
+class ParkedTask(app.Task):
+    """Counts each delivery of an attempt; one that was delivered MAX_DELIVERIES times without finishing
+    (its process killed every time) is parked with an alert instead of being run again."""
+
+    def __call__(self, *args, **kwargs):
+        request = self.request
+        if request.id and not request.is_eager:
+            client = ledger_for(get_settings()).redis
+            n = deliveries.count_delivery(client, request.id, request.retries or 0)
+            if n > deliveries.MAX_DELIVERIES:
+                entry = deliveries.park(client, self.name, request.id, list(args), kwargs, n)
+                log.error("parked %s %s after %d deliveries that never finished: %s", self.name, request.id, n - 1,
+                          entry["args"])
+                return {"parked": True, "deliveries": n}
+        return super().__call__(*args, **kwargs)
+
+
+class ProcessIndexTask(ParkedTask):
     def on_retry(self, exc, task_id, args, kwargs, einfo):
         minute.record_fault(exc, "retries")
 
@@ -71,7 +89,7 @@ def backfill_minutes(index: str, minutes: list[str], provider: str | None = None
     return batch.store_minutes(index, minutes, provider)
 
 
-@app.task(name="tasks.end_of_day", soft_time_limit=EOD_SOFT_LIMIT_S, time_limit=EOD_HARD_LIMIT_S)
+@app.task(name="tasks.end_of_day", base=ParkedTask, soft_time_limit=EOD_SOFT_LIMIT_S, time_limit=EOD_HARD_LIMIT_S)
 def end_of_day(day: str, repair: bool = True) -> dict:  # noqa: F811 - the argument shadows the module here only
     """Compaction, verification, repair of what is missing, verification again, the report."""
     return eod.end_of_day(day, repair=repair)

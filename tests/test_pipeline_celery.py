@@ -292,10 +292,9 @@ def test_backfill_batch_through_the_worker_matches_live(redis_url, pipeline_env,
 
 def test_a_task_with_a_path_in_its_arguments_is_refused_and_writes_nothing(redis_url, pipeline_env, isolated_settings):
     """Before: an `index` of `../../x` reached raw_path and the store paths, writing outside the data root."""
+    from optask.core.timeutils import parse_minute
     from optask.jobs.arguments import InvalidTaskArgument
     from optask.jobs.minute import store_minute
-
-    from optask.core.timeutils import parse_minute
     from optask.providers.simulated import SimulatedProvider
     from optask.storage.archive import raw_path, write_raw
 
@@ -333,3 +332,40 @@ def test_a_task_with_a_path_in_its_arguments_is_refused_and_writes_nothing(redis
     assert not ledger.missed("NIFTY", DAY)  # nothing recorded for repair either: not a minute optask sent
     failures = redis.Redis.from_url(redis_url).hgetall("optask:metrics:failures")
     assert int(failures.get(b"InvalidTaskArgument", 0)) >= 3, failures
+
+
+def test_a_task_whose_process_dies_every_time_is_parked_not_run_forever(redis_url, pipeline_env, isolated_settings):
+    """Before: acks_late + reject_on_worker_lost brought an always-dying task back without end."""
+    from optask.infra.deliveries import MAX_DELIVERIES, parked
+    from optask.ops.health.checks import CRIT, check_parked
+
+    slow_env = {**pipeline_env, "OPTASK_SIM_SLOW_S": "4"}
+    stack, client = start_stack(redis_url, isolated_settings, slow_env, workers=1)
+    r = redis.Redis.from_url(redis_url)
+    r.delete("optask:parked")
+    ledger = Ledger(r)
+    ts = MINUTES[40]
+    try:
+        task_id = client.send_task("tasks.process_index", args=("NIFTY", ts), queue="process.NIFTY").id
+        for n in range(1, MAX_DELIVERIES + 1):  # an OOM kill on every delivery
+            deadline = time.monotonic() + 30
+            while int(r.get(f"optask:deliveries:{task_id}:0") or 0) < n:
+                assert time.monotonic() < deadline, f"delivery {n} never came"
+                time.sleep(0.1)
+            time.sleep(0.5)  # inside the slow snapshot
+            for child in psutil.Process(stack.procs["worker"].pid).children():
+                os.kill(child.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while not parked(r):
+            assert time.monotonic() < deadline, "never parked"
+            time.sleep(0.2)
+        time.sleep(2)
+        assert int(r.get(f"optask:deliveries:{task_id}:0")) == MAX_DELIVERIES + 1  # not a fifth time
+    finally:
+        stack.stop()
+        client.close()
+    entry = parked(r)[0]
+    assert entry["task"] == "tasks.process_index" and entry["args"] == ["NIFTY", ts] and entry["id"] == task_id
+    assert not ledger.is_stored("NIFTY", ts)
+    check = check_parked(parked(r))
+    assert check.status == CRIT and "process_index" in check.reason and "run it again" in check.reason

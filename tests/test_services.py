@@ -11,7 +11,13 @@ import redis
 
 from optask.core.config import load_settings
 from optask.infra.procutil import free_port
-from optask.infra.redis_server import RedisServer, RedisUnavailable, bundled_redis_url, ensure_redis, redis_server_binary
+from optask.infra.redis_server import (
+    RedisServer,
+    RedisUnavailable,
+    bundled_redis_url,
+    ensure_redis,
+    redis_server_binary,
+)
 
 
 def optask(*args, env=None):

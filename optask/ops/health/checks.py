@@ -189,6 +189,17 @@ def check_influx(enabled: bool, reachable: bool | None, error: str | None, spool
     return CheckResult("influxdb", OK, "reachable, nothing spooled", 0)
 
 
+def check_parked(parked: list[dict]) -> CheckResult:
+    """Tasks delivered again and again without finishing (their process killed each time), parked."""
+    if not parked:
+        return CheckResult("tasks.parked", OK, "no task parked", 0)
+    last = parked[0]
+    args = ", ".join(repr(a) for a in last["args"])[:120]
+    return CheckResult("tasks.parked", CRIT, f"{len(parked)} task(s) parked after {last['deliveries'] - 1} deliveries "
+                       f"that never finished (their process died each time; memory?), latest {last['task']}({args}); "
+                       "fix the cause, then run it again (`optask backfill` or `optask verify --day`)", len(parked))
+
+
 def check_eod(eod: dict | None, last_session: dt.date | None, last_session_has_data: bool) -> CheckResult:
     """The last verification's verdict; WARN when a session with stored data has not been verified."""
     unverified = last_session is not None and last_session_has_data and (

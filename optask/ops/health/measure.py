@@ -21,6 +21,7 @@ from optask.core.timeutils import IST, floor_minute
 from optask.infra.celery_client import celery_client
 from optask.infra.coordination import PREFIX, heartbeats
 from optask.infra.counters import KEY, provider_state
+from optask.infra.deliveries import parked
 from optask.infra.ledger import Ledger
 from optask.infra.queues import queue_names, queue_oldest_age
 from optask.infra.redis_client import connect
@@ -62,6 +63,7 @@ class Measurements:
     last_session_has_data: bool = False
     ticker: dict[str, str] = field(default_factory=dict)
     ticker_fallbacks: int = 0
+    parked: list[dict] = field(default_factory=list)
 
 
 def _disk_free(root: Path) -> tuple[float, str]:
@@ -129,6 +131,7 @@ def measure(settings: Settings | None = None, worker_timeout_s: float = 1.0) -> 
         client.rpush(key, d)
         client.ltrim(key, -10, -1)
         m.depth_history[q] = [int(x) for x in client.lrange(key, 0, -1)]
+    m.parked = parked(client)
     beats = heartbeats(client)
     if "beat" in beats:
         m.beat_age_s = m.now - float(beats["beat"]["at"])

@@ -26,6 +26,7 @@ from optask.ops.health.checks import (
     check_eod,
     check_freshness,
     check_influx,
+    check_parked,
     check_provider,
     check_queues,
     check_redis,
@@ -53,6 +54,7 @@ def evaluate(m: Measurements, settings: Settings | None = None) -> list[CheckRes
         results += check_queues(m.depths, m.ages, mon)
         results += check_workers(m.consumers, m.depth_history, required, m.workers_error)
         results.append(check_beat(m.beat_age_s, beat_interval_s(settings)))
+        results.append(check_parked(m.parked))
         results += check_freshness(m.in_session, m.minutes_since, m.unrepaired, mon)
         results.append(check_provider(settings.market.provider, m.provider_error, m.provider_ok, m.now))
         ticker = check_ticker(settings.market.provider == "kite" and settings.kite.fetch == "ticker", m.in_session,
