@@ -169,7 +169,7 @@ def test_seed_entry_point(redis_url, isolated_settings):
 
 def _csv_writer_killed_before_sidecar(root: str, url: str) -> None:
     store = CsvStore(Path(root), redis.Redis.from_url(url))
-    Sidecar.save = lambda self, path: os.kill(os.getpid(), signal.SIGKILL)  # die after the data, before the sidecar
+    Sidecar.save = lambda self, path, fence=None: os.kill(os.getpid(), signal.SIGKILL)  # die after the data, before the sidecar
     store.append_minute("legs", "NIFTY", MINUTES[1], minute(1).legs)
 
 

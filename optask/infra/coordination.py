@@ -13,38 +13,86 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 
+from optask.infra.fsutil import StorageError
+
 PREFIX = "optask"
+log = logging.getLogger(__name__)
 
 
 class LockTimeout(TimeoutError):
     """Another writer held the lock for longer than we were willing to wait."""
 
 
+class LockLost(StorageError):
+    """This writer's lock expired and may be another's now: its commit was abandoned (retryable)."""
+
+
+@dataclass
+class Fence:
+    """The holder's proof, at each commit, that the lock is still its own.
+
+    `check()` compares the lock's token in Redis with ours and extends it in one atomic script (redis-py's
+    `reacquire`): after a passing check the lock stays ours for another `timeout_s`, so the rename, the
+    sidecar replace or the unlink right after it happens under the lock. A failing check raises `LockLost`
+    and the caller abandons its commit, leaving the store as the lock's new holder made it.
+    """
+
+    lock: redis.lock.Lock
+    name: str
+    renewals_lost: int = 0
+    lost: str = field(default="", repr=False)
+
+    def check(self) -> None:
+        try:
+            self.lock.reacquire()
+            return
+        except redis.exceptions.LockNotOwnedError:
+            self.lost = "another writer holds it now"
+        except (redis.RedisError, OSError) as exc:
+            self.lost = f"Redis could not confirm it ({type(exc).__name__})"
+        raise LockLost(0, f"lost the writer lock {self.name} before committing ({self.lost}); nothing was "
+                          "committed, the task retries")
+
+
+def _renew(lock: redis.lock.Lock) -> None:
+    lock.reacquire()
+
+
 @contextlib.contextmanager
-def writer_lock(client: redis.Redis, name: str, timeout_s: float = 30.0, wait_s: float = 60.0) -> Iterator[None]:
-    """Hold the lock `name` while the block runs; extended every timeout/3 so long writes keep it."""
+def writer_lock(client: redis.Redis, name: str, timeout_s: float = 30.0, wait_s: float = 60.0) -> Iterator[Fence]:
+    """Hold the lock `name` while the block runs; extended every timeout/3 so long writes keep it. Yields the
+    `Fence` that every commit inside the block checks first."""
     lock = client.lock(f"{PREFIX}:lock:{name}", timeout=timeout_s, blocking_timeout=wait_s, sleep=0.01,
                        thread_local=False)
     if not lock.acquire():
         raise LockTimeout(f"could not lock {name} within {wait_s:.0f}s: another writer holds it; retry later")
+    fence = Fence(lock, name)
     stop = threading.Event()
 
     def keep_alive() -> None:
         while not stop.wait(timeout_s / 3):
-            with contextlib.suppress(redis.RedisError):
-                lock.reacquire()
+            try:
+                _renew(lock)
+            except (redis.RedisError, OSError) as exc:
+                fence.renewals_lost += 1
+                if fence.renewals_lost == 1:
+                    log.warning("writer lock %s: renewal failed (%s: %s); every commit checks the lock first",
+                                name, type(exc).__name__, exc)
+                with contextlib.suppress(redis.RedisError, OSError):
+                    client.hincrby(f"{PREFIX}:metrics:lock_renewals_lost", name.split(":", 1)[0], 1)
 
-    keeper = threading.Thread(target=keep_alive, daemon=True)
+    keeper = threading.Thread(target=keep_alive, name=f"{threading.current_thread().name}-lock-keeper", daemon=True)
     keeper.start()
     try:
-        yield
+        yield fence
     finally:
         stop.set()
         keeper.join()

@@ -61,7 +61,9 @@ class OptaskCollector:
         yield fallback
         for family, help_text in (("retries", "Task retries, by exception kind"),
                                   ("failures", "Tasks failed for good, by exception kind"),
-                                  ("actions", "Self-healing actions taken, by action")):
+                                  ("actions", "Self-healing actions taken, by action"),
+                                  ("parked", "Tasks parked after deliveries that never finished, by task"),
+                                  ("lock_renewals_lost", "Writer-lock renewals that failed, by store")):
             m = CounterMetricFamily(f"optask_{family}", help_text, labels=["kind"])
             for kind, v in _hash(c, f"{KEY}:{family}").items():
                 m.add_metric([kind], v)

@@ -69,9 +69,9 @@ class Sidecar:
             return cls(minutes=[])
         return cls(**json.loads(meta.read_text()))
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, fence=None) -> None:
         meta = path.with_name(path.name + ".meta.json")
-        atomic_write_bytes(meta, json.dumps(self.__dict__).encode())
+        atomic_write_bytes(meta, json.dumps(self.__dict__).encode(), fence.check if fence is not None else None)
 
 
 @dataclass
@@ -80,6 +80,7 @@ class CsvStore:
     redis: redis.Redis | None = None
     incremental: bool = True  # ENABLE_INCREMENTAL: read_new resumes from the consumer's cursor
     name: str = "csv"
+    lock_timeout_s: float = 30.0  # the writer lock expires this long after its holder stops renewing it
 
     @classmethod
     def from_settings(cls, settings, redis_client=None) -> CsvStore:
@@ -93,7 +94,7 @@ class CsvStore:
     def _lock(self, path: Path):
         if self.redis is None:
             raise StorageError(0, "the CSV writer needs Redis for its single-writer lock")
-        return writer_lock(self.redis, f"csv:{path}")
+        return writer_lock(self.redis, f"csv:{path}", timeout_s=self.lock_timeout_s)
 
     def append_minute(self, table_name: str, index: str, ts: dt.datetime, table: pa.Table) -> int:
         """Append one minute's rows; returns rows written (0 if the minute is already present)."""
@@ -110,7 +111,7 @@ class CsvStore:
         if not parts:
             return 0
         path = self.path(table_name, index, parts[0][0].astimezone(IST).date())
-        with self._lock(path):
+        with self._lock(path) as fence:
             meta = Sidecar.load(path)
             present = set(meta.minutes)
             fresh = []
@@ -129,6 +130,7 @@ class CsvStore:
             if meta.columns is not None:
                 table = _conform(table, meta.columns)
             data = to_csv_bytes(table, header=meta.bytes == 0)
+            fence.check()  # the append is in place: prove the lock is ours before touching the file
             try:
                 with open(path, "r+b" if path.exists() else "wb") as fh:
                     fh.truncate(meta.bytes)  # drop a torn append left by a crash
@@ -147,7 +149,7 @@ class CsvStore:
                 meta.sorted = meta.sorted and (meta.last_ts is None or minute > meta.last_ts)
                 meta.minutes.append(minute)
                 meta.last_ts = max(meta.last_ts or minute, minute)
-            meta.save(path)
+            meta.save(path, fence)  # lost meanwhile: the bytes past the sidecar's length are a torn append
             return table.num_rows
 
     write_minutes = append_minutes  # the store interface's name for it
@@ -198,7 +200,7 @@ class CsvStore:
     def compact(self, table: str, index: str, day: dt.date) -> bool:
         """Rewrite a day that received late minutes, sorted by key; atomic. False when already sorted."""
         path = self.path(table, index, day)
-        with self._lock(path):
+        with self._lock(path) as fence:
             meta = Sidecar.load(path)
             if meta.sorted or meta.bytes == 0:
                 return False
@@ -208,9 +210,9 @@ class CsvStore:
             buf = io.BytesIO()
             pacsv.write_csv(data, buf, pacsv.WriteOptions(include_header=True, quoting_style="needed"))
             blob = buf.getvalue()
-            atomic_write_bytes(path, blob)
+            atomic_write_bytes(path, blob, fence.check)
             meta.bytes, meta.sorted, meta.generation = len(blob), True, meta.generation + 1
-            meta.save(path)
+            meta.save(path, fence)
             return True
 
 

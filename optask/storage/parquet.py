@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,7 @@ class ParquetStore:
     memory_map: bool = True  # USE_MEMORY_MAPPING: read files through mmap
     incremental: bool = True  # ENABLE_INCREMENTAL: read_new resumes from the consumer's cursor
     name: str = "parquet"
+    lock_timeout_s: float = 30.0  # the writer lock expires this long after its holder stops renewing it
 
     @classmethod
     def from_settings(cls, settings, redis_client=None) -> ParquetStore:
@@ -81,25 +83,31 @@ class ParquetStore:
 
         if self.redis is None:
             raise StorageError(0, "the Parquet writer needs Redis for its single-writer lock")
-        return writer_lock(self.redis, f"parquet:{table}:{index}:{day}")
+        return writer_lock(self.redis, f"parquet:{table}:{index}:{day}", timeout_s=self.lock_timeout_s)
 
     def day_dir(self, table: str, index: str, day: dt.date) -> Path:
         if table not in TABLES:
             raise ValueError(f"unknown table {table!r}; allowed: {', '.join(TABLES)}")
         return Path(self.root) / table / f"index={index}" / f"date={day.isoformat()}"
 
-    def _write_atomic(self, table: pa.Table, path: Path) -> None:
+    def _write_atomic(self, table: pa.Table, path: Path, fence=None) -> None:
+        """Temp file, fsync, the writer's fence (it still holds the lock), rename."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
             pq.write_table(_without_partitions(table), tmp, compression=self.compression)
             fsync_path(tmp)
+            if fence is not None:
+                fence.check()
             os.replace(tmp, path)
+        except StorageError:
+            tmp.unlink(missing_ok=True)
+            raise
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise StorageError(exc.errno, f"cannot write {path}: {exc.strerror or exc}; free space or fix permissions") from exc
 
-    def write_minute(self, table_name: str, index: str, ts: dt.datetime, table: pa.Table) -> Path:
+    def write_minute(self, table_name: str, index: str, ts: dt.datetime, table: pa.Table, fence=None) -> Path:
         """Store one minute of one table; the same rows again change nothing, different rows replace them."""
         path = self.day_dir(table_name, index, ts.astimezone(IST).date()) / _minute_name(ts)
         body = _without_partitions(table)
@@ -109,7 +117,7 @@ class ParquetStore:
                     return path
             except (OSError, pa.ArrowInvalid):
                 pass  # unreadable: replace it
-        self._write_atomic(body, path)
+        self._write_atomic(body, path, fence)
         return path
 
     def write_minutes(self, table_name: str, index: str, parts: list[tuple[dt.datetime, pa.Table]]) -> int:
@@ -117,9 +125,9 @@ class ParquetStore:
         day.parquet; returns rows written."""
         if not parts:
             return 0
-        with self._lock(table_name, index, parts[0][0].astimezone(IST).date()):
+        with self._lock(table_name, index, parts[0][0].astimezone(IST).date()) as fence:
             for ts, part in parts:
-                self.write_minute(table_name, index, ts, part)
+                self.write_minute(table_name, index, ts, part, fence)
         return sum(p.num_rows for _, p in parts)
 
     def minutes_present(self, table: str, index: str, day: dt.date) -> set[str]:
@@ -224,11 +232,12 @@ class ParquetStore:
 
     def compact_locked(self, table: str, index: str, day: dt.date) -> Path | None:
         """`compact` under the writers' lock."""
-        with self._lock(table, index, day):
-            return self.compact(table, index, day)
+        with self._lock(table, index, day) as fence:
+            return self.compact(table, index, day, fence)
 
-    def compact(self, table: str, index: str, day: dt.date) -> Path | None:
-        """Rewrite the day into one sorted file atomically; then remove the minute files folded in."""
+    def compact(self, table: str, index: str, day: dt.date, fence=None) -> Path | None:
+        """Rewrite the day into one sorted file atomically; then remove the minute files folded in (each commit
+        behind the writer's fence, when one is given: a writer that lost its lock unlinks nothing)."""
         day_file, minutes = self.files(table, index, day)
         if not minutes:
             return day_file
@@ -236,7 +245,9 @@ class ParquetStore:
         keys = [k for k in ("ts", *TABLES[table]) if k != "index"]
         data = data.sort_by([(k, "ascending") for k in dict.fromkeys(keys) if k in data.column_names])
         target = self.day_dir(table, index, day) / DAY_FILE
-        self._write_atomic(data, target)
+        self._write_atomic(data, target, fence)
+        if fence is not None:
+            fence.check()
         for p in minutes:
             p.unlink(missing_ok=True)
         return target
