@@ -23,14 +23,18 @@ from tasks.application import app
 log = logging.getLogger(__name__)
 
 
-@app.task(name="tasks.collect_minute", ignore_result=True)
-def collect_minute(ts: str) -> dict:
-    """Fan a session minute out to one process_index per index; claimed once even if beat runs twice."""
-    plan = minute.plan_minute(ts)
+@app.task(name="tasks.collect_minute", bind=True, ignore_result=True, autoretry_for=RETRYABLE, retry_backoff=1,
+          retry_backoff_max=5, retry_jitter=False, retry_kwargs={"max_retries": 3})
+def collect_minute(self, ts: str) -> dict:
+    """Fan a session minute out to one process_index per index; claimed once even if beat runs twice, and
+    finished by a redelivery or retry of this task if it dies or fails before the fan-out is done."""
+    plan = minute.plan_minute(ts, owner=self.request.id)
     minute.fetch_minute(ts, plan.indices)  # Kite: the whole minute in the fewest calls, archived first
     queues = live_process_queues(ledger_for(get_settings()).redis, plan.indices)
     for index in plan.indices:
         process_index.apply_async((index, ts), queue=queues[index], expires=MINUTE_EXPIRES_S)
+    if plan.indices:
+        minute.mark_dispatched(ts)
     day = minute.should_close_day(ts)
     if day:
         # Give the session's last minute time to land before the day is closed (90 s of the session's clock).

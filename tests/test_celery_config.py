@@ -90,6 +90,24 @@ def test_plan_claims_each_minute_once(redis_url):
     assert last.last_of_session and not first.last_of_session
 
 
+def test_a_redelivered_collect_minute_finishes_what_its_first_delivery_claimed(redis_url):
+    """Before: the claim was taken before the fetch and fan-out, so a redelivery (the worker killed) or a retry
+    found it taken and did nothing: the minute waited for repair's history candles."""
+    from optask.jobs.minute import mark_dispatched
+
+    settings = load_settings()
+    ts = "2026-11-23T03:50:00+00:00"
+    first = plan_minute(ts, settings=settings, owner="task-1")
+    assert first.indices and not first.resumed
+    again = plan_minute(ts, settings=settings, owner="task-1")  # the same task, delivered again
+    assert again.indices == first.indices and again.resumed
+    other = plan_minute(ts, settings=settings, owner="task-2")  # a second beat's tick of the minute
+    assert other.indices == [] and "already claimed" in other.reason
+    mark_dispatched(ts, settings)
+    done = plan_minute(ts, settings=settings, owner="task-1")  # redelivered after its fan-out: nothing to do
+    assert done.indices == [] and done.reason == "already dispatched"
+
+
 def test_plan_sunday_special_session(redis_url, isolated_settings):
     import json
 

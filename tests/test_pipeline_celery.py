@@ -369,3 +369,38 @@ def test_a_task_whose_process_dies_every_time_is_parked_not_run_forever(redis_ur
     assert not ledger.is_stored("NIFTY", ts)
     check = check_parked(parked(r))
     assert check.status == CRIT and "process_index" in check.reason and "run it again" in check.reason
+
+
+def test_worker_killed_inside_a_slow_live_fetch_stores_the_minute_live_on_redelivery(
+        redis_url, isolated_settings, kite_server):
+    """SIGKILL the whole worker while collect_minute waits on the venue: the redelivered task finds the minute
+    claimed by itself, not dispatched, and finishes it from the live fetch (source live), not by repair."""
+    from optask.storage.parquet import ParquetStore
+
+    ts = kite_server.minute
+    env = {"OPTASK_PROVIDER": "kite", "KITE_ROOT_URL": kite_server.url, "KITE_API_KEY": "api-key",
+           "KITE_ACCESS_TOKEN": "access-token", "KITE_FETCH": "minute", "OPTASK_INDICES": "NIFTY",
+           "OPTASK_STRIKES_AROUND_ATM": "3", "CELERY_VISIBILITY_TIMEOUT_S": "5"}  # no beat: no repair runs
+    kite_server.faults.slow_s = 2.0  # each call to the venue takes 2 s
+    stack, client = start_stack(redis_url, isolated_settings, env, workers=1)
+    ledger = Ledger(redis.Redis.from_url(redis_url))
+    try:
+        calls = len(kite_server.requests)
+        client.send_task("tasks.collect_minute", args=(ts.isoformat(),), queue="optask")
+        deadline = time.monotonic() + 20
+        while len(kite_server.requests) == calls:  # the fetch has begun
+            assert time.monotonic() < deadline, "collect_minute never called the venue"
+            time.sleep(0.05)
+        os.killpg(stack.procs["worker"].pid, signal.SIGKILL)
+        stack.procs["worker"].wait(10)
+        assert not ledger.is_stored("NIFTY", ts.isoformat())
+        kite_server.faults.slow_s = 0.0
+        stack.procs.clear()
+        stack.start_worker(concurrency=1)
+        wait_stored(ledger, [("NIFTY", ts.isoformat())], timeout=60)
+    finally:
+        kite_server.faults.slow_s = 0.0
+        stack.stop()
+        client.close()
+    legs = ParquetStore(load_settings().data.parquet_root).read_table("legs", "NIFTY", ts.date())
+    assert legs.num_rows and set(legs["source"].to_pylist()) == {"live"}, set(legs["source"].to_pylist())  # not backfill

@@ -23,6 +23,18 @@ from optask.infra.coordination import PREFIX, claim_once, heartbeat
 from optask.infra.redis_server import client_for
 
 EVENTS = f"{PREFIX}:events"
+#: SET NX the claim; the progress hash says who holds it and how far it got (see Ledger.claim_progress).
+_CLAIM_PROGRESS = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[3]) then
+  redis.call('HSET', KEYS[2], 'owner', ARGV[2], 'state', 'claimed')
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+  return 'new'
+end
+local progress = redis.call('HMGET', KEYS[2], 'owner', 'state')
+if progress[2] == 'dispatched' then return 'dispatched' end
+if progress[1] == ARGV[2] then return 'resume' end
+return 'taken'
+"""
 CLAIM_TTL_S = 2 * 24 * 3600
 
 
@@ -37,6 +49,17 @@ class Ledger:
     def claim(self, task: str, key: str, ttl_s: int = CLAIM_TTL_S) -> bool:
         """True for the first caller only, across processes and machines. The value is the claim time."""
         return claim_once(self.redis, task, key, ttl_s)
+
+    def claim_progress(self, task: str, key: str, owner: str, ttl_s: int = CLAIM_TTL_S) -> str:
+        """Claim (task, key) for `owner` (a Celery task id), recording progress: "new" for the first caller,
+        "resume" for the same owner again while it has not reported `dispatched` (a redelivery or retry of
+        the one task that claimed it: it must finish the job), "dispatched" once it has, "taken" for anyone
+        else (a second beat's tick of the same minute)."""
+        return self.redis.eval(_CLAIM_PROGRESS, 2, f"{PREFIX}:claim:{task}:{key}",
+                               f"{PREFIX}:claim:{task}:{key}:progress", repr(time.time()), owner, ttl_s).decode()
+
+    def mark_dispatched(self, task: str, key: str) -> None:
+        self.redis.hset(f"{PREFIX}:claim:{task}:{key}:progress", "state", "dispatched")
 
     def claimed_at(self, task: str, key: str) -> float | None:
         """When a claim was taken (for a minute: when its tick was dispatched), or None."""

@@ -46,6 +46,7 @@ class MinutePlan:
     indices: list[str]
     reason: str = ""  # why nothing is dispatched (outside session, already claimed)
     last_of_session: bool = False
+    resumed: bool = False  # a redelivery or retry finishing the fan-out its first delivery claimed
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -68,8 +69,12 @@ class MinuteResult:
         return asdict(self)
 
 
-def plan_minute(ts: str, settings: Settings | None = None, ledger: Ledger | None = None) -> MinutePlan:
-    """Which indices to collect for this minute: none outside a session, none if another beat claimed it."""
+def plan_minute(ts: str, settings: Settings | None = None, ledger: Ledger | None = None,
+                owner: str | None = None) -> MinutePlan:
+    """Which indices to collect for this minute: none outside a session, none if another beat's tick claimed it
+    or its fan-out is done. `owner` (the collect_minute task's id) makes a redelivery or a retry of the task
+    that claimed the minute, killed or failed before its fan-out, finish it: the minute comes from the live
+    fetch, not minutes later from repair's history candles."""
     settings = settings or get_settings()
     minute = checked_minute(ts)
     calendar = get_calendar(settings.data.calendar_overrides)
@@ -80,12 +85,19 @@ def plan_minute(ts: str, settings: Settings | None = None, ledger: Ledger | None
         plan.reason = "outside session"
         return plan
     ledger = ledger or ledger_for(settings)
-    if not ledger.claim("collect_minute", plan.ts):
-        plan.reason = "already claimed (duplicate tick)"
+    claim = ledger.claim_progress("collect_minute", plan.ts, owner or f"untracked-{time.time_ns()}")
+    if claim in ("taken", "dispatched"):
+        plan.reason = "already claimed (duplicate tick)" if claim == "taken" else "already dispatched"
         return plan
+    plan.resumed = claim == "resume"
     plan.indices = list(settings.market.indices)
     plan.last_of_session = minute + dt.timedelta(minutes=1) >= session.close
     return plan
+
+
+def mark_dispatched(ts: str, settings: Settings | None = None) -> None:
+    """collect_minute's fan-out is done: a later delivery of it does nothing."""
+    ledger_for(settings or get_settings()).mark_dispatched("collect_minute", checked_minute(ts).isoformat())
 
 
 def should_close_day(ts: str, settings: Settings | None = None, ledger: Ledger | None = None) -> str | None:
