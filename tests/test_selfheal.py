@@ -3,6 +3,7 @@ worker stops."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -13,7 +14,7 @@ import psutil
 import pytest
 import redis
 from test_health import Inbox
-from test_up import Up, gone_within, up_env
+from test_up import Up, gone_within, up_env, up_factory  # noqa: F401 - a fixture
 
 from optask.core.calendar import MarketCalendar
 from optask.core.config import get_settings, load_settings
@@ -123,3 +124,43 @@ def test_an_index_whose_worker_stops_goes_warn_then_crit_and_its_minutes_are_rep
         assert repaired and all(r["last"] == "stored" for r in repaired.values()), repaired
     finally:
         stack.stop()
+
+
+def test_a_worker_that_answers_pings_while_its_queue_only_grows_is_restarted_and_its_queue_drains(
+        isolated_settings, up_factory):
+    """Before: heal sent pool_restart, which Celery refuses unless worker_pool_restarts is on (and which would
+    not restart a stuck consumer), and recorded the refusal as an action. Now the monitor restarts the worker:
+    a warm shutdown, then a kill of a worker still hung after HEAL_GRACE_S; `optask up` starts it again."""
+    from optask.ops.health.monitor import ACTIONS
+
+    env = up_env(OPTASK_SIMULATED_SESSION_DAY=DAY.isoformat(), OPTASK_SIMULATED_SESSION_SPEED="30",
+                 HEALTH_CHECK_INTERVAL="5", CPU_WARN_PCT="100", CPU_CRIT_PCT="100", MEMORY_WARN_PCT="100",
+                 MEMORY_CRIT_PCT="100")
+    up = up_factory(env)
+    up.read_until(lambda ln: "indices" in ln and "legs" in ln)
+    r = redis.Redis.from_url(recorded_redis_url(isolated_settings))
+    def live_worker() -> list[psutil.Process]:  # the supervisor's child, not its forked pool
+        return [p for p in psutil.Process(up.proc.pid).children()
+                if any(a.startswith("--hostname=worker-") and "maintenance" not in a for a in p.cmdline())]
+
+    workers = live_worker()
+    assert len(workers) == 1, [p.cmdline() for p in workers]
+    hung = workers[0].children()
+    for child in hung:  # its pool hangs: the worker still answers pings, its queues only grow
+        child.suspend()
+    try:
+        action = wait_for(lambda: next((json.loads(a) for a in r.lrange(ACTIONS, 0, -1)
+                                        if json.loads(a)["action"] == "restart_worker"), None), 150,
+                          what="the monitor's restart of the stuck worker")
+        assert action["target"].startswith("worker-") and "optask" in action["target"], action
+        assert "killed it" in action["result"] and "supervisor starts it again" in action["result"], action
+        up.read_until(lambda ln: "worker restarted" in ln, timeout=60)
+        wait_for(lambda: r.llen("optask") == 0, 90,
+                 what="the stuck queues drained by the restarted worker")
+        restarted = live_worker()
+        assert restarted and restarted[0].pid != workers[0].pid
+        assert all(json.loads(a)["action"] != "pool_restart" for a in r.lrange(ACTIONS, 0, -1))
+    finally:
+        for child in hung:
+            with contextlib.suppress(psutil.Error):
+                child.kill()

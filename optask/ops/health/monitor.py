@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import socket
 import time
 from dataclasses import dataclass, field
 
+import psutil
 import redis
 
 from optask.core.clock import clock_speed
@@ -14,6 +18,7 @@ from optask.core.config import Settings, get_settings
 from optask.infra import counters
 from optask.infra.celery_client import celery_client
 from optask.infra.coordination import PREFIX
+from optask.infra.queues import DEFAULT_QUEUE
 from optask.infra.redis_client import connect
 from optask.infra.redis_server import url_if_running
 from optask.ops.alerts import Alerter
@@ -41,13 +46,56 @@ log = logging.getLogger("optask.health")
 
 LAST_REPORT = f"{PREFIX}:health:last"
 ACTIONS = f"{PREFIX}:health:actions"
+HEALING = f"{PREFIX}:health:healing"
+#: How long a stuck worker gets to stop after a warm shutdown before it is killed (when it runs here).
+HEAL_GRACE_S = 15
+
+
+def _gone_within(app, host: str, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not app.control.ping(destination=[host], timeout=1.0):
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def restart_worker(app, host: str, grace_s: float) -> str:
+    """Stop a stuck worker so that its supervisor starts it afresh; returns what happened, in words.
+
+    On this machine its process is watched (a worker in warm shutdown stops answering pings before it exits)
+    and killed with its pool if it has not exited within `grace_s`; elsewhere only the request can be sent."""
+    stats = (app.control.inspect(destination=[host], timeout=2.0).stats() or {}).get(host) or {}
+    pid = stats.get("pid")
+    local = host.partition("@")[2] == socket.gethostname() and pid and psutil.pid_exists(pid) \
+        and pid not in (os.getpid(), os.getppid())
+    if not local:
+        app.control.shutdown(destination=[host])
+        if _gone_within(app, host, grace_s):
+            return f"asked to stop (warm shutdown); it stopped answering within {grace_s} s, its supervisor restarts it"
+        return f"asked to stop (warm shutdown), still answering after {grace_s} s on another machine: restart it there"
+    worker = psutil.Process(pid)
+    procs = [worker, *worker.children(recursive=True)]
+    app.control.shutdown(destination=[host])
+    try:
+        worker.wait(grace_s)
+        return f"asked to stop (warm shutdown); pid {pid} exited within {grace_s} s and its supervisor starts it again"
+    except psutil.TimeoutExpired:
+        pass
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(procs, timeout=10)
+    return (f"asked to stop (warm shutdown), pid {pid} still running after {grace_s} s (a hung task?): killed it "
+            f"and its {len(procs) - 1} pool process(es); acks_late requeues their tasks and its supervisor "
+            "starts it again")
 
 
 def evaluate(m: Measurements, settings: Settings | None = None) -> list[CheckResult]:
     """Every check, from one set of measurements (pure)."""
     settings = settings or get_settings()
     mon = settings.monitoring
-    required = [f"process.{i}" for i in settings.market.indices]
+    required = [DEFAULT_QUEUE] + [f"process.{i}" for i in settings.market.indices]  # beat's ticks, then each index
     results = check_system(m.cpu_pct, m.mem_pct, m.disk_free_gb, m.disk_where, mon)
     results += check_redis(m.redis_info, m.redis_latency_ms, m.redis_error)
     if m.redis_info is not None:
@@ -145,21 +193,32 @@ class EnhancedHealthMonitor:
         return report
 
     def heal(self, report: HealthReport, client) -> list[dict]:
-        """Actions for conditions that fix themselves: a worker that stopped consuming gets its pool restarted."""
+        """A worker that answers pings while a queue it consumes only grows is restarted: asked to stop (a warm
+        shutdown, which works across machines and containers), then, if it is still there after
+        HEAL_GRACE_S and runs on this machine, killed. Its supervisor starts it again: `optask up` within
+        its restart limits, compose by the container's restart policy. Each action is recorded as it went."""
+        stuck: dict[str, list[str]] = {}
+        for c in report.checks:
+            if c.name.startswith("workers.") and c.status == CRIT and "not consuming" in c.reason:
+                stuck.setdefault(c.name.removeprefix("workers."), [])
+        if not stuck:
+            return []
+        url, _ = url_if_running(self.settings)
+        app = celery_client(self.settings, url)
         actions = []
-        stuck = [c for c in report.checks if c.name.startswith("workers.process.") and c.status == CRIT
-                 and "not consuming" in c.reason]
-        if stuck:
-            url, _ = url_if_running(self.settings)
-            app = celery_client(self.settings, url)
-            try:
-                for c in stuck:
-                    queue = c.name.removeprefix("workers.")
-                    hosts = consumers(self.settings, url, [queue], 1.0)[0] or {}
-                    replies = app.control.pool_restart(destination=hosts.get(queue) or None, reply=True, timeout=2) or []
-                    actions.append(record_action(client, "pool_restart", queue, json.dumps(replies)[:300] or "no reply"))
-            finally:
-                app.close()
+        try:
+            hosts: dict[str, list[str]] = {}
+            found = consumers(self.settings, url, list(stuck), 2.0)[0] or {}
+            for queue in stuck:
+                for host in found.get(queue) or []:
+                    hosts.setdefault(host, []).append(queue)
+            for host, queues in hosts.items():
+                if not client.set(f"{HEALING}:{host}", "1", nx=True, ex=HEAL_GRACE_S * 8):
+                    continue  # restarted a moment ago: give it time before judging it again
+                result = restart_worker(app, host, HEAL_GRACE_S)
+                actions.append(record_action(client, "restart_worker", f"{host} ({', '.join(queues)})", result))
+        finally:
+            app.close()
         return actions
 
     def start_monitoring(self, interval_s: float | None = None, stop=None, on_report=None) -> None:
