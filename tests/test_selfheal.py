@@ -127,7 +127,7 @@ def test_an_index_whose_worker_stops_goes_warn_then_crit_and_its_minutes_are_rep
 
 
 def test_a_worker_that_answers_pings_while_its_queue_only_grows_is_restarted_and_its_queue_drains(
-        isolated_settings, up_factory):
+        isolated_settings, up_factory):  # noqa: F811 - the fixture imported from test_up
     """Before: heal sent pool_restart, which Celery refuses unless worker_pool_restarts is on (and which would
     not restart a stuck consumer), and recorded the refusal as an action. Now the monitor restarts the worker:
     a warm shutdown, then a kill of a worker still hung after HEAL_GRACE_S; `optask up` starts it again."""
