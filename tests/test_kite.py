@@ -305,3 +305,72 @@ def test_sampling_span_is_stored_in_the_summary_and_flagged_by_verification(kite
     flagged = check_sampling("NIFTY", store, DAY, max_span_ms=slower - 0.5)
     assert len(flagged) == 1 and flagged[0].kind == "slow_sample" and "apart" in flagged[0].reason
     assert check_sampling("NIFTY", store, DAY, max_span_ms=0) == []
+
+
+# --- the daily login: `optask kite login` against the test server's POST /session/token -----------
+
+def kite_cli(*args, input_text=None, **env):
+    return subprocess.run([sys.executable, "-m", "optask.cli", *args], capture_output=True, text=True, timeout=120,
+                          input=input_text, env={**os.environ, "KITE_API_KEY": "api-key",
+                                                 "KITE_API_SECRET": "test-api-secret", **env})
+
+
+def test_kite_login_exchanges_the_request_token_and_every_command_uses_the_token(kite_server, isolated_settings):
+    """Before: KITE_API_SECRET was read by nothing and the token was the user's to fetch every morning."""
+    kite_server.faults.valid_tokens = set()  # only a token made by a login is accepted
+    root = {"KITE_ROOT_URL": kite_server.url, "KITE_ACCESS_TOKEN": ""}
+    request_token = kite_server.issue_request_token()
+    redirect = f"https://example.com/kite/redirect?action=login&type=login&status=success&request_token={request_token}"
+    proc = kite_cli("kite", "login", redirect, **root)
+    assert proc.returncode == 0, proc.stderr
+    access = next(iter(kite_server.sessions))
+    assert kite_server.sessions[access] == request_token and access not in proc.stdout  # masked
+    assert "logged in as XX0000" in proc.stdout and "valid until" in proc.stdout and "06:00 IST" in proc.stdout
+    # `optask collect --provider kite` with KITE_ACCESS_TOKEN unset uses the stored token
+    collect = kite_cli("collect", "--provider", "kite", "--index", "SENSEX", "--at", TS.isoformat(),
+                       OPTASK_STRIKES_AROUND_ATM="3", KITE_QUOTE_RATE_PER_S="50", **root)
+    assert collect.returncode == 0 and "from kite" in collect.stdout, collect.stderr
+    # the request token worked once: a second exchange is one clear line and exit 2
+    again = kite_cli("kite", "login", request_token, **root)
+    assert again.returncode == 2 and "invalid or has expired" in again.stderr and len(again.stderr.splitlines()) <= 2
+    wrong = kite_cli("kite", "login", kite_server.issue_request_token(), KITE_API_SECRET="not-the-secret", **root)
+    assert wrong.returncode == 2 and "checksum" in wrong.stderr and "KITE_API_SECRET" in wrong.stderr
+
+
+def test_kite_login_without_an_argument_prints_the_login_url_and_asks(kite_server, isolated_settings):
+    kite_server.faults.valid_tokens = set()
+    token = kite_server.issue_request_token()
+    proc = kite_cli("kite", "login", input_text=token + "\n", KITE_ROOT_URL=kite_server.url)
+    assert proc.returncode == 0, proc.stderr
+    assert "https://kite.zerodha.com/connect/login?api_key=api-key&v=3" in proc.stdout
+    assert kite_server.sessions and not kite_server.request_tokens
+
+
+def test_kite_login_refuses_what_is_not_a_request_token(kite_server, isolated_settings):
+    bad = kite_cli("kite", "login", "https://example.com/?status=cancelled&request_token=abcdefgh1234",
+                   KITE_ROOT_URL=kite_server.url)
+    assert bad.returncode == 2 and "did not succeed" in bad.stderr
+    junk = kite_cli("kite", "login", "not a token!", KITE_ROOT_URL=kite_server.url)
+    assert junk.returncode == 2 and "request token" in junk.stderr
+    nosecret = kite_cli("kite", "login", "abcdefgh1234", KITE_API_SECRET="", KITE_ROOT_URL=kite_server.url)
+    assert nosecret.returncode == 2 and "KITE_API_SECRET is not set" in nosecret.stderr
+
+
+def test_health_warns_the_evening_before_the_token_dies_before_the_next_session():
+    import datetime as dt
+
+    from optask.core.timeutils import IST
+    from optask.ops.health.checks import CRIT, OK, WARN, check_kite_token
+    from optask.providers.kite.session import token_dies
+
+    made = dt.datetime(2026, 11, 27, 8, 30, tzinfo=IST)  # a Friday morning's login
+    meta = {"dies_at": token_dies(made).isoformat()}
+    assert token_dies(made) == dt.datetime(2026, 11, 28, 6, 0, tzinfo=IST)
+    monday = dt.datetime(2026, 11, 30, 9, 15, tzinfo=IST)
+    friday_noon = check_kite_token("kite", meta, dt.datetime(2026, 11, 27, 12, 0, tzinfo=IST), monday)
+    assert friday_noon.status == OK
+    evening = check_kite_token("kite", meta, dt.datetime(2026, 11, 27, 19, 0, tzinfo=IST), monday)
+    assert evening.status == WARN and "optask kite login" in evening.reason and "Mon 30 Nov" in evening.reason
+    dead = check_kite_token("kite", meta, dt.datetime(2026, 11, 28, 7, 0, tzinfo=IST), monday)
+    assert dead.status == CRIT and "optask kite login" in dead.reason
+    assert check_kite_token("simulated", meta, monday, None) is None

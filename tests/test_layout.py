@@ -54,7 +54,7 @@ def _product_lines(pattern: str) -> dict[str, int]:
 def test_redis_clients_come_from_one_factory_with_timeouts():
     """Every Redis client of the product is made by `optask.infra.redis_client.connect` (timeouts always)."""
     made = _product_lines(r"redis\.Redis\(|Redis\.from_url\(|StrictRedis")
-    assert set(made) == {"optask/infra/redis_client.py:11"}, made
+    assert set(made) == {"optask/infra/redis_client.py:13"}, made
 
 
 def test_now_is_read_by_the_clock():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import typer
 from rich.table import Table
 
@@ -116,7 +118,7 @@ def kite_set_token(token: str = typer.Argument(..., help="Today's access token f
     """
     from optask.infra.redis_client import connect
     from optask.infra.redis_server import url_if_running
-    from optask.providers.kite import token_key
+    from optask.providers.kite.session import store_token
 
     settings = get_settings()
     if not settings.kite.api_key:
@@ -126,6 +128,41 @@ def kite_set_token(token: str = typer.Argument(..., help="Today's access token f
     url, why = url_if_running(settings)
     if url is None:
         fail(f"{why}; with the stack stopped, set KITE_ACCESS_TOKEN in .env instead")
-    connect(url).set(token_key(settings.kite.api_key), token.strip(), ex=36 * 3600)
+    store_token(connect(url), settings.kite.api_key, token.strip(), how="set-token")
     console.print(f"access token for API key {settings.kite.api_key} set ({token.strip()[:4]}***); "
                   "workers use it from their next call")
+
+
+@kite_app.command("login")
+def kite_login(answer: str = typer.Argument("", metavar="[REQUEST_TOKEN | REDIRECT_URL]",
+                                            help="The URL Kite redirected to after login, or its request_token; "
+                                                 "asked for when left out.")) -> None:
+    """The day's Kite login: exchange a request token for the access token (with KITE_API_SECRET) and hand it
+    to every worker, as `optask kite set-token` does. Without an argument, prints the login URL and asks."""
+    from optask.core.timeutils import IST
+    from optask.infra.redis_client import connect
+    from optask.infra.redis_server import RedisUnavailable, redis_for_command
+    from optask.providers.kite.session import LoginRefused, exchange, login_url, request_token_of, store_token
+
+    settings = get_settings()
+    k = settings.kite
+    if not k.api_key:
+        fail("KITE_API_KEY is not set: the login is for an API key (developers.kite.trade)")
+    if not k.api_secret.get_secret_value():
+        fail("KITE_API_SECRET is not set: the request token is exchanged with the API key's secret")
+    if not answer:
+        console.print(f"Log in at\n  {login_url(k.api_key)}\nthen paste the URL Kite sends you to (or its request_token).")
+        answer = typer.prompt("redirect URL or request_token")
+    try:
+        session = exchange(k.api_key, k.api_secret.get_secret_value(), request_token_of(answer), k.root_url, k.timeout_s)
+    except LoginRefused as exc:
+        fail(str(exc))
+    try:
+        with redis_for_command(settings) as url:
+            meta = store_token(connect(url), k.api_key, session.access_token, session.login_time)
+    except RedisUnavailable as exc:
+        fail(f"{exc}; the access token was made but could not be handed to the workers: log in again once "
+             "Redis answers (a request token works once)")
+    dies = dt.datetime.fromisoformat(meta["dies_at"]).astimezone(IST)
+    console.print(f"logged in as {session.user_id or 'the API key owner'}; access token {session.access_token[:4]}*** "
+                  f"stored for every worker, valid until {dies:%a %d %b %H:%M} IST")

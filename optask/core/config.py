@@ -111,9 +111,10 @@ class KiteSettings(BaseSettings):
 
     model_config = _group("KITE_")
     api_key: str = Field("", description="Kite Connect API key.")
-    api_secret: SecretStr = Field(SecretStr(""), description="Kite Connect API secret (accepted, not used yet: "
-                                  "no login flow; `optask config` says so when it is set).")
-    access_token: SecretStr = Field(SecretStr(""), description="Daily Kite access token.")
+    api_secret: SecretStr = Field(SecretStr(""), description="Kite Connect API secret: `optask kite login` exchanges "
+                                  "the day's request token with it.")
+    access_token: SecretStr = Field(SecretStr(""), description="Daily Kite access token; empty uses the one "
+                                    "`optask kite login` stored.")
     root_url: str = Field("https://api.kite.trade", description="Kite REST API root.")
     timeout_s: float = Field(7.0, gt=0, description="HTTP timeout per Kite request, seconds.")
     quote_rate_per_s: float = Field(1.0, gt=0, description="Quote requests per second, account-wide.")
@@ -348,10 +349,9 @@ def env_name(group: type[BaseSettings], field_name: str) -> str:
 
 
 def is_loopback(host: str | None) -> bool:
-    if not host or host == "localhost":
-        return True
+    """True for a name or address that only this machine reaches."""
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return not host or host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
 

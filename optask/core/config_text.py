@@ -13,8 +13,6 @@ from optask.core.config import _GROUPS, Settings, env_name
 IGNORED: dict[tuple[str, str], str] = {
     ("service", "processing_batch_size"): "work is batched by minutes, not rows: a backfill chunk is 75 minutes of "
     "one index-day and a CSV write is one append per minute (or per batch)",
-    ("kite", "api_secret"): "optask has no Kite login flow yet: generate the day's access token yourself and hand it "
-    "over with `optask kite set-token` or KITE_ACCESS_TOKEN",
 }
 
 

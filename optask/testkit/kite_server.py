@@ -10,8 +10,11 @@ malformed bodies and slow responses. Every request is logged with its time.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
 import io
 import json
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,6 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 import pyarrow as pa
 
 from optask.core.calendar import MarketCalendar
+from optask.core.clock import WallClock
 from optask.core.timeutils import IST
 from optask.providers.kite import SPOT_KEYS, SPOT_TOKENS
 from optask.providers.simulated import SPECS, SimulatedProvider, index_of_token
@@ -45,7 +49,7 @@ class KiteTestServer:
     """Start with `.start()`; `.url` is the root for KITE_ROOT_URL; `.minute` is the market's clock."""
 
     def __init__(self, minute: dt.datetime | None = None, strikes_around_atm: int = 10, seed: int = 7,
-                 clock=None, calendar: MarketCalendar | None = None):
+                 clock=None, calendar: MarketCalendar | None = None, api_secret: str = "test-api-secret"):
         """`minute` fixes the market's clock; or `clock` (anything with `now()`, e.g. the shared session clock)."""
         self._minute = minute
         self.clock = clock
@@ -56,6 +60,40 @@ class KiteTestServer:
         self.request_log: list[tuple[float, str, int, list[str]]] = []  # the same with the instruments themselves
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
+        self.api_secret = api_secret
+        self.request_tokens: set[str] = set()  # what Kite's login page redirects with; each works once
+        self.sessions: dict[str, str] = {}  # access token -> the request token it was exchanged for
+
+    def issue_request_token(self) -> str:
+        """What a user's login on Kite's page yields (`?request_token=...&status=success` on the redirect)."""
+        token = secrets.token_hex(16)
+        with self._lock:
+            self.request_tokens.add(token)
+        return token
+
+    def _session(self, form: dict[str, list[str]]) -> tuple[int, dict]:
+        """POST /session/token as Kite answers it (the shape of Zerodha's mock `generate_session.json`)."""
+        api_key, request_token, checksum = (form.get(k, [""])[0] for k in ("api_key", "request_token", "checksum"))
+        expected = hashlib.sha256((api_key + request_token + self.api_secret).encode()).hexdigest()
+        if not hmac.compare_digest(checksum, expected):
+            return 403, {"status": "error", "message": "Invalid `checksum`.", "data": None, "error_type": "TokenException"}
+        with self._lock:
+            if request_token not in self.request_tokens:
+                return 403, {"status": "error", "message": "Token is invalid or has expired.", "data": None,
+                             "error_type": "TokenException"}
+            self.request_tokens.discard(request_token)
+            access = secrets.token_hex(16)
+            self.sessions[access] = request_token
+            if self.faults.valid_tokens is not None:
+                self.faults.valid_tokens.add(access)
+        login = WallClock().now().astimezone(IST).strftime("%Y-%m-%d %H:%M:%S")
+        return 200, {"status": "success", "data": {
+            "user_type": "individual", "email": "xxxyyy@gmail.com", "user_name": "Kite Connect",
+            "user_shortname": "Connect", "broker": "ZERODHA", "exchanges": ["NSE", "NFO", "BSE", "BFO"],
+            "products": ["CNC", "NRML", "MIS"], "order_types": ["MARKET", "LIMIT", "SL", "SL-M"], "avatar_url": None,
+            "user_id": "XX0000", "api_key": api_key, "access_token": access, "public_token": secrets.token_hex(8),
+            "enctoken": secrets.token_hex(8), "refresh_token": "", "silo": "", "login_time": login,
+            "meta": {"demat_consent": "physical"}}}
 
     @property
     def minute(self) -> dt.datetime:
@@ -191,6 +229,16 @@ class KiteTestServer:
             def error(self, code: int, error_type: str, message: str) -> None:
                 self.send(code, json.dumps({"status": "error", "message": message, "data": None,
                                             "error_type": error_type}).encode())
+
+            def do_POST(self):  # noqa: N802 - http.server's name
+                url = urlsplit(self.path)
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0)).decode()
+                with server._lock:
+                    server.requests.append((time.time(), url.path, 0))
+                if url.path != "/session/token":
+                    return self.error(404, "GeneralException", f"Route not found: {url.path}")
+                code, answer = server._session(parse_qs(body))
+                return self.send(code, json.dumps(answer).encode())
 
             def do_GET(self):  # noqa: N802 - http.server's name
                 url = urlsplit(self.path)

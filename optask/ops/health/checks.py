@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import asdict, dataclass
 
+from optask.core.timeutils import IST
 from optask.jobs.ticker import STATE_TTL_S
 
 OK, WARN, CRIT = "OK", "WARN", "CRIT"
@@ -187,6 +188,27 @@ def check_influx(enabled: bool, reachable: bool | None, error: str | None, spool
     if spool["files"]:
         return CheckResult("influxdb", WARN, f"reachable; {spool['files']} spooled batches still to replay", spool["files"])
     return CheckResult("influxdb", OK, "reachable, nothing spooled", 0)
+
+
+def check_kite_token(provider: str, meta: dict | None, now: dt.datetime, next_open: dt.datetime | None,
+                     warn_before_s: float = 12 * 3600) -> CheckResult | None:
+    """The stored Kite access token against the next session: it dies every morning around 06:00 IST, so from
+    the evening before (WARN) the person who logs in is told to, with the command; dead is CRIT."""
+    if provider != "kite":
+        return None
+    if meta is None:
+        return CheckResult("kite.token", OK, "no token stored by `optask kite login` (KITE_ACCESS_TOKEN is used)", None)
+    dies = dt.datetime.fromisoformat(meta["dies_at"])
+    left_h = (dies - now).total_seconds() / 3600
+    when_text = dies.astimezone(IST).strftime("%a %d %b %H:%M IST")
+    if left_h <= 0:
+        return CheckResult("kite.token", CRIT, f"the Kite access token died at {when_text}: run `optask kite login`",
+                           round(left_h, 1))
+    if next_open is not None and dies < next_open and left_h * 3600 <= warn_before_s:
+        return CheckResult("kite.token", WARN, f"the Kite access token dies at {when_text}, before the next session "
+                           f"({next_open.astimezone(IST):%a %d %b %H:%M} IST): after it, run `optask kite login`",
+                           round(left_h, 1))
+    return CheckResult("kite.token", OK, f"the Kite access token lives until {when_text}", round(left_h, 1))
 
 
 def check_parked(parked: list[dict]) -> CheckResult:

@@ -28,6 +28,7 @@ from optask.infra.redis_client import connect
 from optask.infra.redis_server import url_if_running
 from optask.infra.session_clock import get_clock
 from optask.jobs.ticker import ticker_state
+from optask.providers.kite.session import token_meta
 from optask.storage.influx import InfluxSink
 
 DEPTHS = f"{PREFIX}:health:depths"
@@ -64,6 +65,8 @@ class Measurements:
     ticker: dict[str, str] = field(default_factory=dict)
     ticker_fallbacks: int = 0
     parked: list[dict] = field(default_factory=list)
+    kite_token: dict | None = None  # what `optask kite login` stored: when the token dies
+    next_open: dt.datetime | None = None  # the next session's open after now
 
 
 def _disk_free(root: Path) -> tuple[float, str]:
@@ -132,6 +135,10 @@ def measure(settings: Settings | None = None, worker_timeout_s: float = 1.0) -> 
         client.ltrim(key, -10, -1)
         m.depth_history[q] = [int(x) for x in client.lrange(key, 0, -1)]
     m.parked = parked(client)
+    if settings.market.provider == "kite":
+        m.kite_token = token_meta(client, settings.kite.api_key)
+        upcoming = [x for x in calendar.sessions(today, today + dt.timedelta(days=14)) if x.open > clock_minute]
+        m.next_open = upcoming[0].open if upcoming else None
     beats = heartbeats(client)
     if "beat" in beats:
         m.beat_age_s = m.now - float(beats["beat"]["at"])

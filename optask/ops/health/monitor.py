@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ import redis
 
 from optask.core.clock import clock_speed
 from optask.core.config import Settings, get_settings
+from optask.core.timeutils import UTC
 from optask.infra import counters
 from optask.infra.celery_client import celery_client
 from optask.infra.coordination import PREFIX
@@ -31,6 +33,7 @@ from optask.ops.health.checks import (
     check_eod,
     check_freshness,
     check_influx,
+    check_kite_token,
     check_parked,
     check_provider,
     check_queues,
@@ -103,6 +106,10 @@ def evaluate(m: Measurements, settings: Settings | None = None) -> list[CheckRes
         results += check_workers(m.consumers, m.depth_history, required, m.workers_error)
         results.append(check_beat(m.beat_age_s, beat_interval_s(settings)))
         results.append(check_parked(m.parked))
+        token = check_kite_token(settings.market.provider, m.kite_token, dt.datetime.fromtimestamp(m.now, UTC),
+                                 m.next_open)
+        if token is not None:
+            results.append(token)
         results += check_freshness(m.in_session, m.minutes_since, m.unrepaired, mon)
         results.append(check_provider(settings.market.provider, m.provider_error, m.provider_ok, m.now))
         ticker = check_ticker(settings.market.provider == "kite" and settings.kite.fetch == "ticker", m.in_session,

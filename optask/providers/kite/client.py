@@ -25,8 +25,8 @@ from optask.providers.base import PermanentProviderError, TemporaryProviderError
 
 #: A 429 is retried this many times here (with backoff and jitter); every other fault goes to Celery at once.
 RATE_LIMIT_RETRIES = 2
-TOKEN_EXPIRED = ("KITE_ACCESS_TOKEN expired or invalid; generate a new access token (Kite login flow) and run "
-                 "`optask kite set-token <token>` (every worker picks it up), or set KITE_ACCESS_TOKEN and restart")
+TOKEN_EXPIRED = ("KITE_ACCESS_TOKEN expired or invalid (Kite's die every morning around 06:00 IST): run "
+                 "`optask kite login` (or `optask kite set-token <token>`); every worker picks it up, no restart")
 
 
 def token_key(api_key: str) -> str:

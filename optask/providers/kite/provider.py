@@ -25,6 +25,7 @@ from optask.infra.redis_server import client_for
 from optask.providers.base import PermanentProviderError, Snapshot, TemporaryProviderError, Universe
 from optask.providers.kite.client import KiteClient
 from optask.providers.kite.parse import candles_table, parse_quote_payload, sampling, spot_of
+from optask.providers.kite.session import stored_token
 from optask.providers.kite.universe import SPOT_KEYS, KiteUniverse
 
 log = logging.getLogger(__name__)
@@ -63,10 +64,15 @@ class KiteProvider:
     @classmethod
     def from_settings(cls, settings) -> KiteProvider:
         k = settings.kite
-        if not k.api_key or not k.access_token.get_secret_value():
-            raise PermanentProviderError("OPTASK_PROVIDER=kite needs KITE_API_KEY and KITE_ACCESS_TOKEN")
-        return cls(k.api_key, k.access_token.get_secret_value(), k.root_url, settings.data.root / "kite_cache",
-                   client_for(settings), settings.market.strikes_around_atm, settings.market.expiry_kinds,
+        if not k.api_key:
+            raise PermanentProviderError("OPTASK_PROVIDER=kite needs KITE_API_KEY")
+        redis_client = client_for(settings)
+        token = k.access_token.get_secret_value() or stored_token(redis_client, k.api_key)
+        if not token:
+            raise PermanentProviderError("OPTASK_PROVIDER=kite needs the day's access token: run `optask kite login` "
+                                         "(or set KITE_ACCESS_TOKEN)")
+        return cls(k.api_key, token, k.root_url, settings.data.root / "kite_cache",
+                   redis_client, settings.market.strikes_around_atm, settings.market.expiry_kinds,
                    k.timeout_s, k.quote_rate_per_s, k.historical_rate_per_s)
 
     # --- the universe, for collection and for the ticker's subscriptions ------------------------
