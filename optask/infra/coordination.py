@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import redis
 
@@ -48,21 +48,21 @@ class Fence:
     lock: redis.lock.Lock
     name: str
     renewals_lost: int = 0
-    lost: str = field(default="", repr=False)
 
     def check(self) -> None:
         try:
             self.lock.reacquire()
             return
         except redis.exceptions.LockNotOwnedError:
-            self.lost = "another writer holds it now"
+            why = "another writer holds it now"
         except (redis.RedisError, OSError) as exc:
-            self.lost = f"Redis could not confirm it ({type(exc).__name__})"
-        raise LockLost(0, f"lost the writer lock {self.name} before committing ({self.lost}); nothing was "
+            why = f"Redis could not confirm it ({type(exc).__name__})"
+        raise LockLost(0, f"lost the writer lock {self.name} before committing ({why}); nothing was "
                           "committed, the task retries")
 
 
 def _renew(lock: redis.lock.Lock) -> None:
+    """The keep-alive's renewal, apart from `Fence.check` (the fencing tests make renewals fail here)."""
     lock.reacquire()
 
 
