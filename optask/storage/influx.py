@@ -207,10 +207,9 @@ class InfluxSink:
                 stale = time.time() - claimed.stat().st_mtime > CLAIM_STALE_S
             except FileNotFoundError:
                 continue
-            if not stale and host in ("", here) and _alive(int(pid) if pid.isdigit() else -1):
-                continue  # its replayer lives
-            if not stale and host not in ("", here):
-                continue  # another machine's replayer: only its age can tell
+            local = host in ("", here)
+            if not stale and (not local or _alive(int(pid) if pid.isdigit() else -1)):
+                continue  # its replayer lives here, or is on another machine, where only its age can tell
             with contextlib.suppress(FileNotFoundError):
                 os.rename(claimed, claimed.with_name(claimed.name.split(".sending-")[0]))
 

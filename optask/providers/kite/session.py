@@ -46,10 +46,10 @@ def request_token_of(answer: str) -> str:
     """The request token from what the user pasted: the redirect URL Kite sent them to, or the bare token."""
     answer = answer.strip()
     if "request_token=" in answer:
-        values = parse_qs(urlsplit(answer).query).get("request_token") or []
-        if "status=" in answer and parse_qs(urlsplit(answer).query).get("status", ["success"])[0] != "success":
+        query = parse_qs(urlsplit(answer).query)
+        if query.get("status", ["success"])[0] != "success":
             raise LoginRefused("the redirect URL says the login did not succeed (status is not success): log in again")
-        answer = values[0] if values else ""
+        answer = (query.get("request_token") or [""])[0]
     if not answer.isalnum() or not 8 <= len(answer) <= 64:
         raise LoginRefused("that is neither a redirect URL with a request_token nor a request token "
                            "(an alphanumeric string from the URL Kite redirects to after login)")
