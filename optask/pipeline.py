@@ -230,6 +230,17 @@ def _col(t: pa.Table, name: str, fill: float | None = None) -> np.ndarray:
     return np.nan_to_num(a, nan=fill) if fill is not None else a
 
 
+def parity_forwards(k: np.ndarray, c_px: np.ndarray, p_px: np.ndarray, years: np.ndarray, rate: float,
+                    codes: np.ndarray, starts: np.ndarray, spot: np.ndarray) -> np.ndarray:
+    """Per group (rows sorted by group, `starts` its first rows): the forward implied by put-call parity at the
+    strike where CE and PE trade closest, K + (C - P) e^{rT}; the group's spot where no strike has both."""
+    with np.errstate(invalid="ignore"):
+        fwd_i = k + (c_px - p_px) * np.exp(rate * np.maximum(years, 0.0))
+    diff = np.abs(c_px - p_px)
+    best = _group_argmin(diff, codes, starts)
+    return np.where(np.isfinite(diff[best]), fwd_i[best], spot)
+
+
 def summarize(legs: pa.Table, rate: float | None = None, merged: pa.Table | None = None) -> pa.Table:
     """Per (ts, index, expiry): spot, ATM strike and IV, PCR by OI and volume, exact max pain, OI totals, legs."""
     if rate is None:
@@ -264,15 +275,10 @@ def summarize(legs: pa.Table, rate: float | None = None, merged: pa.Table | None
     payout = (k * call_n - call_kn) + ((put_ktot - put_kle) - k * (put_tot - put_le))
     pain = _group_argmin(payout, codes, starts)
     # ATM: the strike nearest the forward implied by put-call parity where both sides trade; else spot.
-    c_px, p_px = _col(m, "ce_ltp"), _col(m, "pe_ltp")
     ts = m["ts"].cast(pa.int64()).to_numpy().astype("datetime64[ns]")
     t = year_fraction(ts, m["expiry"].to_numpy(zero_copy_only=False).astype("datetime64[D]"))
-    with np.errstate(invalid="ignore"):
-        fwd_i = k + (c_px - p_px) * np.exp(rate * np.maximum(t, 0.0))
-    diff = np.abs(c_px - p_px)
-    best = _group_argmin(diff, codes, starts)
-    spot = _col(m, "spot")
-    fwd = np.where(np.isfinite(diff[best]), fwd_i[best], spot[starts])
+    spot, c_px, p_px = _col(m, "spot"), _col(m, "ce_ltp"), _col(m, "pe_ltp")
+    fwd = parity_forwards(k, c_px, p_px, t, rate, codes, starts, spot[starts])
     atm_row = _group_argmin(np.abs(k - np.repeat(fwd, sizes)), codes, starts)
     pair = np.vstack([_col(m, "ce_iv")[atm_row], _col(m, "pe_iv")[atm_row]])
     seen = (~np.isnan(pair)).sum(axis=0)

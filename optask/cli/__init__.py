@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from optask.cli import data, drills, health, run, system  # noqa: F401 - each registers its verbs on `app`
+from optask.cli import api, data, drills, health, run, system  # noqa: F401 - each registers its verbs on `app`
 from optask.cli.app import app, err
 from optask.cli.health import run_health
 from optask.core.config import SettingsError

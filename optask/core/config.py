@@ -10,41 +10,23 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from optask.core.schema import EXPIRY_KINDS, INDICES
+from optask.core.settings_base import ENV_FILE, SettingsError, group_config, is_loopback, mask_url, split_csv
 
-ENV_FILE = ".env"
-
-
-class SettingsError(ValueError):
-    """A setting has a value that is not allowed; the message is meant for an operator."""
-
-
-def _group(prefix: str = "") -> SettingsConfigDict:
-    return SettingsConfigDict(
-        env_prefix=prefix, env_file=ENV_FILE, env_file_encoding="utf-8", extra="ignore",
-        case_sensitive=False, validate_default=True,
-    )
-
-
-def _split_csv(value: Any) -> Any:
-    if isinstance(value, str):
-        return tuple(part.strip() for part in value.split(",") if part.strip())
-    return value
-
+__all__ = ["ENV_FILE", "Settings", "SettingsError", "get_settings", "is_loopback", "load_settings", "mask_url"]
 
 class RedisSettings(BaseSettings):
     """Broker, result backend and coordination store. `REDIS_URL` wins over host/port."""
 
-    model_config = _group("REDIS_")
+    model_config = group_config("REDIS_")
     url: str = Field("", description="Full Redis URL (redis:// or rediss:// for TLS); wins over host/port.")
     host: str = Field("", description="Redis host; empty with an empty REDIS_URL starts the bundled server.")
     port: int = Field(6379, ge=1, le=65535, description="Redis port (1-65535).")
@@ -91,7 +73,7 @@ class RedisSettings(BaseSettings):
 class InfluxSettings(BaseSettings):
     """InfluxDB 2 sink; disabled when `INFLUXDB_URL` is empty."""
 
-    model_config = _group("INFLUXDB_")
+    model_config = group_config("INFLUXDB_")
     url: str = Field("", description="InfluxDB URL, e.g. http://127.0.0.1:8086; empty disables the sink.")
     org: str = Field("optask", description="InfluxDB organisation.")
     bucket: str = Field("options", description="InfluxDB bucket.")
@@ -109,7 +91,7 @@ class InfluxSettings(BaseSettings):
 class KiteSettings(BaseSettings):
     """Zerodha Kite Connect credentials and endpoint."""
 
-    model_config = _group("KITE_")
+    model_config = group_config("KITE_")
     api_key: str = Field("", description="Kite Connect API key.")
     api_secret: SecretStr = Field(SecretStr(""), description="Kite Connect API secret: `optask kite login` exchanges "
                                   "the day's request token with it.")
@@ -136,7 +118,7 @@ class KiteSettings(BaseSettings):
 class DataSettings(BaseSettings):
     """Where data lives and how it is written and read."""
 
-    model_config = _group()
+    model_config = group_config()
     base_data_dir: Path = Field(Path("./data"), description="Data root (DESIGN section 4).")
     csv_data_root: str = Field("", description="CSV root; empty means BASE_DATA_DIR/csv_data.")
     json_snapshots_root: str = Field("", description="Raw snapshot archive; empty means BASE_DATA_DIR/raw_snapshots.")
@@ -179,7 +161,7 @@ class DataSettings(BaseSettings):
 class MarketSettings(BaseSettings):
     """What to collect and from where."""
 
-    model_config = _group("OPTASK_")
+    model_config = group_config("OPTASK_")
     provider: Literal["simulated", "kite", "replay"] = Field("simulated", description="simulated | kite | replay.")
     indices: Annotated[tuple[str, ...], NoDecode] = Field(INDICES, description="Comma-separated indices to collect.")
     expiry_kinds: Annotated[tuple[str, ...], NoDecode] = Field(
@@ -201,7 +183,7 @@ class MarketSettings(BaseSettings):
     @field_validator("indices", "expiry_kinds", mode="before")
     @classmethod
     def _split(cls, v: Any) -> Any:
-        return _split_csv(v)
+        return split_csv(v)
 
     @field_validator("simulated_session_day", mode="before")
     @classmethod
@@ -229,7 +211,7 @@ class MarketSettings(BaseSettings):
 class ServiceSettings(BaseSettings):
     """Worker sizing and batching."""
 
-    model_config = _group()
+    model_config = group_config()
     processing_batch_size: int = Field(1000, ge=1, description="Accepted for the seed's .env and ignored (optask "
                                        "batches by minutes); `optask config` says so when it is set.")
     processing_max_workers: int = Field(2, ge=1, le=256, description="Worker processes (1-256).")
@@ -246,7 +228,7 @@ class ServiceSettings(BaseSettings):
     @field_validator("worker_indices", mode="before")
     @classmethod
     def _split(cls, v: Any) -> Any:
-        return _split_csv(v)
+        return split_csv(v)
 
     @field_validator("worker_indices")
     @classmethod
@@ -261,7 +243,7 @@ class ServiceSettings(BaseSettings):
 class MonitoringSettings(BaseSettings):
     """Health checks and self-healing."""
 
-    model_config = _group()
+    model_config = group_config()
     health_check_interval: int = Field(60, ge=5, description="Seconds between health checks (>= 5).")
     health_in_beat: bool = Field(
         True, description="Run the health checks as a beat task too (optask up runs its own monitor and turns this off).")
@@ -289,7 +271,7 @@ class MonitoringSettings(BaseSettings):
 class AlertSettings(BaseSettings):
     """Who is told when a person is needed."""
 
-    model_config = _group()
+    model_config = group_config()
     smtp_server: str = Field("", description="SMTP server; empty disables e-mail alerts.")
     smtp_port: int = Field(587, ge=1, le=65535, description="SMTP port.")
     smtp_user: str = Field("", description="SMTP user.")
@@ -310,7 +292,26 @@ class AlertSettings(BaseSettings):
     @field_validator("alert_recipients", mode="before")
     @classmethod
     def _split(cls, v: Any) -> Any:
-        return _split_csv(v)
+        return split_csv(v)
+
+
+class ApiSettings(BaseSettings):
+    """The HTTP read side, `optask serve`."""
+
+    model_config = group_config("API_")
+    enabled: bool = Field(True, description="`optask up` starts the API server too.")
+    host: str = Field("127.0.0.1", description="Address the API binds to; anything but loopback is reached by others.")
+    port: int = Field(8008, ge=1, le=65535, description="API port.")
+    row_limit: int = Field(200_000, ge=1, description="Most rows one response holds; larger answers are paged (cursor=).")
+    rate_limit: int = Field(6000, ge=1, description="Requests per token per API_RATE_WINDOW_S, shared by every API process.")
+    rate_window_s: int = Field(60, ge=1, le=3600, description="The rate limit's window, seconds.")
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="Comma-separated origins allowed by CORS (empty: CORS off).")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split(cls, v: Any) -> Any:
+        return split_csv(v)
 
 
 class Settings(BaseModel):
@@ -324,6 +325,7 @@ class Settings(BaseModel):
     service: ServiceSettings
     monitoring: MonitoringSettings
     alerts: AlertSettings
+    api: ApiSettings
 
     def display(self) -> dict[str, dict[str, str]]:
         """Every effective setting by group and variable name, secrets as `***`."""
@@ -340,29 +342,12 @@ class Settings(BaseModel):
 _GROUPS: dict[str, type[BaseSettings]] = {
     "redis": RedisSettings, "influx": InfluxSettings, "kite": KiteSettings, "data": DataSettings,
     "market": MarketSettings, "service": ServiceSettings, "monitoring": MonitoringSettings,
-    "alerts": AlertSettings,
+    "alerts": AlertSettings, "api": ApiSettings,
 }
 
 
 def env_name(group: type[BaseSettings], field_name: str) -> str:
     return f"{group.model_config.get('env_prefix', '')}{field_name}".upper()
-
-
-def is_loopback(host: str | None) -> bool:
-    """True for a name or address that only this machine reaches."""
-    try:
-        return not host or host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def mask_url(url: str) -> str:
-    """A URL with its password replaced by ***, for logs and displays."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
 
 
 def _mask(value: Any) -> str:

@@ -23,6 +23,7 @@ from optask.infra.coordination import PREFIX, claim_once, heartbeat
 from optask.infra.redis_server import client_for
 
 EVENTS = f"{PREFIX}:events"
+EVENTS_KEPT = 50_000  # the stream is capped near this many stored-minute events (about three weeks of six indices)
 #: SET NX the claim; the progress hash says who holds it and how far it got (see Ledger.claim_progress).
 _CLAIM_PROGRESS = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[3]) then
@@ -74,12 +75,12 @@ class Ledger:
         which health's freshness check reads: repairs must not hide a live pipeline that stopped."""
         day = _day(ts)
         now = time.time()
-        info = json.dumps({"legs": legs, "stages_ms": stages_ms, "stored_at": now})
+        info = json.dumps({"legs": legs, "stages_ms": stages_ms, "stored_at": now, "live": live})
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(f"{PREFIX}:stored:{index}:{day}", ts, info)
         pipe.hdel(f"{PREFIX}:missed:{index}:{day}", ts)
         pipe.set(f"{PREFIX}:last_stored:{index}", ts)
-        pipe.xadd(EVENTS, {"index": index, "ts": ts, "legs": legs, "stored_at": now}, maxlen=50_000, approximate=True)
+        pipe.xadd(EVENTS, {"index": index, "ts": ts, "legs": legs, "stored_at": now}, maxlen=EVENTS_KEPT, approximate=True)
         first_time = pipe.execute()[0]
         if first_time:  # a repeat of a stored minute is not counted twice
             self.redis.hincrby(f"{PREFIX}:metrics:stored", index, 1)

@@ -6,12 +6,18 @@ from __future__ import annotations
 from urllib.parse import quote
 
 import redis
+import redis.asyncio
 
 
 def connect(url: str, timeout_s: float = 10.0, connect_timeout_s: float | None = None) -> redis.Redis:
     """A client whose every call has a timeout (`timeout_s`; connecting at most `connect_timeout_s`)."""
     return redis.Redis.from_url(url, socket_timeout=timeout_s,
                                 socket_connect_timeout=connect_timeout_s or min(timeout_s, 5.0))
+
+
+def connect_async(url: str, timeout_s: float = 2.0) -> redis.asyncio.Redis:
+    """The asyncio client (the API server's event loop), with the same rule: every call has a timeout."""
+    return redis.asyncio.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
 
 
 def url_of(client: redis.Redis) -> str:

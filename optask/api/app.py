@@ -1,0 +1,144 @@
+"""The API application: FastAPI with the docs served from the package (no CDN), bearer tokens and a shared
+rate limit in front of /v1, and every refusal as one JSON body that names what was wrong."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from optask import __version__
+from optask.api import routes
+from optask.api.catalog import Catalog
+from optask.api.params import ApiError
+from optask.api.state import ServerState
+from optask.api.tokens import AUTHORIZE, verdict_of
+from optask.core.calendar import get_calendar
+from optask.core.config import Settings, get_settings
+from optask.infra.redis_client import connect_async
+from optask.infra.redis_server import client_for, url_if_running
+
+log = logging.getLogger("optask.api")
+
+
+def _error(status: int, parameter: str | None, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(ApiError(status, parameter, message).body(), status_code=status, headers=headers)
+
+
+class TokenGate:
+    """ASGI middleware in front of /v1: a known bearer token within its rate limit, else 401 or 429.
+    One Redis round trip per request (tokens.AUTHORIZE); the limit's headers go on every answer."""
+
+    def __init__(self, app, settings: Settings) -> None:
+        self.app, self.limit, self.window = app, settings.api.rate_limit, settings.api.rate_window_s
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1"):
+            return await self.app(scope, receive, send)
+        state: ServerState = scope["app"].state.optask
+        auth = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        if not token:
+            return await _error(401, "Authorization", "an API token is needed: send 'Authorization: Bearer TOKEN' "
+                                "(make one with `optask api token create NAME`)",
+                                {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+        try:
+            verdict = verdict_of(await state.authorize(token, self.window))
+        except Exception as exc:  # noqa: BLE001 - Redis away: refuse plainly rather than serve unauthenticated
+            log.warning("cannot check a token: %s", exc)
+            return await _error(503, None, "the API cannot reach its Redis to check tokens; try again shortly",
+                                {"Retry-After": "5"})(scope, receive, send)
+        if not verdict.known:
+            return await _error(401, "Authorization", "this token is not known (revoked, or never made here)",
+                                {"WWW-Authenticate": 'Bearer error="invalid_token"'})(scope, receive, send)
+        left = max(0, self.limit - verdict.count)
+        extra = [(b"x-ratelimit-limit", str(self.limit).encode()), (b"x-ratelimit-remaining", str(left).encode()),
+                 (b"x-ratelimit-reset", str(verdict.reset_s).encode())]
+        if verdict.count > self.limit:
+            headers = {k.decode(): v.decode() for k, v in extra} | {"Retry-After": str(verdict.reset_s)}
+            return await _error(429, None, f"token {verdict.name!r} made more than {self.limit} requests in "
+                                f"{self.window} s; retry after {verdict.reset_s} s", headers)(scope, receive, send)
+
+        async def send_with_limits(message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        scope.setdefault("state", {})["token_name"] = verdict.name
+        return await self.app(scope, receive, send_with_limits)
+
+
+async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0]
+    where = first["loc"][-1] if first.get("loc") else None
+    given = first.get("input")
+    return _error(400, str(where), f"{where}={given!r}: {first.get('msg', 'not allowed')}")
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return _error(exc.status_code, None, str(exc.detail), getattr(exc, "headers", None))
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("error answering %s", request.url.path)
+    return _error(500, None, "internal error answering this request; the server's log has the details")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    url, why = url_if_running(settings)
+    if url is None:
+        raise RuntimeError(why)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        client, events = connect_async(url), connect_async(url, timeout_s=15.0)  # events: its read blocks 5 s
+        state = ServerState(Catalog.from_settings(settings), get_calendar(settings.data.calendar_overrides), client,
+                            tuple(settings.market.indices), sync_redis=client_for(settings), settings=settings)
+        state.authorize_sha = await client.script_load(AUTHORIZE)
+        await state.start_cursor()
+        await asyncio.to_thread(state.load_latest)
+        app.state.optask = state
+        follower = asyncio.create_task(state.follow(events))
+        try:
+            yield
+        finally:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
+            await client.aclose()
+            await events.aclose()
+
+    app = FastAPIOffline(title="optask", version=__version__, lifespan=lifespan,
+                         description="Every stored minute of Indian index-option chains: the chain as of any "
+                         "minute, history, series and coverage. Every /v1 call needs 'Authorization: Bearer TOKEN' "
+                         "(`optask api token create NAME`).")
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
+    app.include_router(routes.router)
+    app.add_middleware(TokenGate, settings=settings)
+    if settings.api.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.api.cors_origins), allow_methods=["GET"],
+                           allow_headers=["Authorization", "If-None-Match"],
+                           expose_headers=["ETag", "X-Stored-Cursor", "X-Next-Cursor", "X-RateLimit-Limit",
+                                           "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After"])
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn's factory when it runs several worker processes (`API_WORKERS`)."""
+    return create_app()
+

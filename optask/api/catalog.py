@@ -1,0 +1,219 @@
+"""The stores as the API reads them: which days and minutes are stored, a minute's rows, a day's rows.
+
+Reads take no lock and never write, so the writers never wait for a reader. A file the writers replace or
+fold into day.parquet while it is being read is read again (compaction renames day.parquet in before it
+unlinks the minute files, so a second listing always finds the rows). A day's table is kept in memory by
+its files' fingerprint (names, sizes, mtimes): a day that has not changed is never read twice, and today's
+is read again only for the minute files that are new.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from optask.core.schema import TABLE_KEYS
+from optask.core.timeutils import IST
+from optask.storage.parquet import DAY_FILE, ParquetStore
+
+UTC = dt.UTC
+_READ_TRIES = 4
+
+
+def stamps_of(files: list[Path]) -> dict[str, str]:
+    """name -> size:mtime of each file still there."""
+    out = {}
+    for p in files:
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            continue
+        out[p.name] = f"{st.st_size}:{st.st_mtime_ns}"
+    return out
+
+
+def fingerprint_of(stamps: dict[str, str]) -> str:
+    text = "|".join(f"{k}:{v}" for k, v in sorted(stamps.items()))
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+@dataclass
+class Catalog:
+    """Read-only view of the Parquet dataset, with a byte-bounded cache of day tables."""
+
+    store: ParquetStore
+    cache_bytes: int = 256 * 2**20
+    _days: OrderedDict = field(default_factory=OrderedDict)  # (table, index, day) -> (file stamps, table)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def from_settings(cls, settings) -> Catalog:
+        return cls(ParquetStore.from_settings(settings))
+
+    def days(self, table: str, index: str) -> list[dt.date]:
+        """Days that have files of a table for an index, oldest first."""
+        root = Path(self.store.root) / table / f"index={index}"
+        out = []
+        for d in root.glob("date=*"):
+            if any(d.glob("*.parquet")):
+                try:
+                    out.append(dt.date.fromisoformat(d.name[5:]))
+                except ValueError:
+                    continue
+        return sorted(out)
+
+    def day_files(self, table: str, index: str, day: dt.date) -> list[Path]:
+        day_file, minutes = self.store.files(table, index, day)
+        return ([day_file] if day_file else []) + minutes
+
+    def fingerprint(self, table: str, index: str, day: dt.date) -> str:
+        return fingerprint_of(stamps_of(self.day_files(table, index, day)))
+
+    def day_table(self, table: str, index: str, day: dt.date) -> pa.Table:
+        """The day's rows (minute files winning over day.parquet), sorted by ts; empty when nothing is stored."""
+        key = (table, index, day)
+        for _ in range(_READ_TRIES):
+            stamps = stamps_of(self.day_files(table, index, day))
+            with self._lock:
+                hit = self._days.get(key)
+            if hit and hit[0] == stamps:
+                with self._lock:
+                    self._days.move_to_end(key)
+                return hit[1]
+            try:
+                data = self._read_changed(table, index, day, stamps, hit)
+            except (FileNotFoundError, OSError, pa.ArrowInvalid):
+                continue  # a file was replaced or folded in meanwhile: list again
+            if data.num_columns and data.num_rows:
+                data = data.sort_by(sort_keys(table, data))
+            self._remember(key, stamps, data)
+            return data
+        raise OSError(f"the files of {table} {index} {day} kept changing while being read")
+
+    def _read_changed(self, table: str, index: str, day: dt.date, stamps: dict, hit) -> pa.Table:
+        """The whole day, or (when only minute files were added or rewritten since `hit`) the cached rows with
+        those minutes read again: the 375th minute of today costs what the first did."""
+        d = self.store.day_dir(table, index, day)
+        if hit is None or hit[0].get(DAY_FILE) != stamps.get(DAY_FILE) or not hit[1].num_columns \
+                or any(name not in stamps for name in hit[0]):
+            return self.store.read_table(table, index, day)
+        changed = [d / name for name, st in sorted(stamps.items()) if hit[0].get(name) != st]
+        fresh = self.store.read_files(None, changed, index)
+        if fresh is None or not fresh.num_rows:
+            return hit[1]
+        old = hit[1].filter(pc.invert(pc.is_in(hit[1]["ts"], value_set=pc.unique(fresh["ts"]))))
+        try:
+            return pa.concat_tables([old, fresh.select(old.column_names).cast(old.schema)])
+        except (KeyError, pa.ArrowInvalid, pa.ArrowTypeError):  # files of another version: read the day whole
+            return self.store.read_table(table, index, day)
+
+    def _remember(self, key, stamps: dict, data: pa.Table) -> None:
+        with self._lock:
+            self._days[key] = (stamps, data)
+            self._days.move_to_end(key)
+            total = sum(t.nbytes for _, t in self._days.values())
+            while total > self.cache_bytes and len(self._days) > 1:
+                _, (_, old) = self._days.popitem(last=False)
+                total -= old.nbytes
+
+    def minute_rows(self, table: str, index: str, ts: dt.datetime) -> pa.Table:
+        """One minute's rows: its own file when there is one (a small read), else a slice of the day."""
+        day = ts.astimezone(IST).date()
+        path = self.store.day_dir(table, index, day) / f"minute-{ts.astimezone(IST):%H%M}.parquet"
+        for _ in range(_READ_TRIES):
+            if path.exists():
+                try:
+                    return self.store.read_files(None, [path], index) or pa.table({})
+                except (FileNotFoundError, OSError, pa.ArrowInvalid):
+                    continue
+            return minute_slice(self.day_table(table, index, day), ts)
+        return minute_slice(self.day_table(table, index, day), ts)
+
+    def minutes(self, index: str, day: dt.date) -> np.ndarray:
+        """Stored minutes of a day (the summary table's), as sorted int64 ns UTC."""
+        t = self.day_table("summary", index, day)
+        if not t.num_columns or not t.num_rows:
+            return np.array([], dtype=np.int64)
+        return np.unique(t["ts"].cast(pa.int64()).to_numpy())
+
+    def latest_minute(self, index: str) -> dt.datetime | None:
+        for day in reversed(self.days("summary", index)):
+            m = self.minutes(index, day)
+            if len(m):
+                return _to_dt(m[-1])
+        return None
+
+    def nearest(self, index: str, ts: dt.datetime) -> tuple[dt.datetime | None, dt.datetime | None]:
+        """The stored minutes just before and just after `ts` (either may be None), across days."""
+        days = self.days("summary", index)
+        target = int(ts.timestamp() * 1e9)
+        before = after = None
+        day = ts.astimezone(IST).date()
+        for d in reversed([x for x in days if x <= day]):
+            m = self.minutes(index, d)
+            m = m[m < target]
+            if len(m):
+                before = _to_dt(m[-1])
+                break
+        for d in [x for x in days if x >= day]:
+            m = self.minutes(index, d)
+            m = m[m > target]
+            if len(m):
+                after = _to_dt(m[0])
+                break
+        return before, after
+
+
+def sort_keys(table: str, data: pa.Table) -> list[tuple[str, str]]:
+    """ts first, then the table's key: the order pages are cut in."""
+    keys = [k for k in dict.fromkeys(("ts", *TABLE_KEYS[table])) if k != "index" and k in data.column_names]
+    return [(k, "ascending") for k in keys]
+
+
+def _to_dt(ns: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(int(ns) / 1e9, UTC)
+
+
+def minute_slice(day: pa.Table, ts: dt.datetime) -> pa.Table:
+    """The rows of minute `ts` of a day table sorted by ts (two binary searches, no scan)."""
+    if not day.num_columns or not day.num_rows:
+        return day
+    v = day["ts"].cast(pa.int64()).to_numpy()
+    target = int(ts.timestamp() * 1e9)
+    lo, hi = np.searchsorted(v, target, "left"), np.searchsorted(v, target, "right")
+    return day.slice(int(lo), int(hi - lo))
+
+
+def ts_between(day: pa.Table, first: dt.datetime, last: dt.datetime) -> pa.Table:
+    """Rows with first <= ts <= last of a day table sorted by ts."""
+    if not day.num_columns or not day.num_rows:
+        return day
+    v = day["ts"].cast(pa.int64()).to_numpy()
+    lo = np.searchsorted(v, int(first.timestamp() * 1e9), "left")
+    hi = np.searchsorted(v, int(last.timestamp() * 1e9), "right")
+    return day.slice(int(lo), int(hi - lo))
+
+
+def key_filter(t: pa.Table, expiry=None, strikes: list[float] | None = None, side: str | None = None) -> pa.Table:
+    """Rows of the given expiry (("kind", k) or ("date", d)), strikes and side."""
+    mask = None
+
+    def both(m):
+        return m if mask is None else pc.and_(mask, m)
+
+    if expiry is not None and t.num_rows:
+        kind, value = expiry
+        mask = both(pc.equal(t["expiry_kind"], value) if kind == "kind" else pc.equal(t["expiry"], pa.scalar(value)))
+    if strikes is not None and t.num_rows:
+        mask = both(pc.is_in(t["strike"], value_set=pa.array(strikes, pa.float64())))
+    if side is not None and t.num_rows and "side" in t.column_names:
+        mask = both(pc.equal(t["side"], side))
+    return t if mask is None else t.filter(mask)

@@ -1,0 +1,66 @@
+"""Can I trust this day? Per session day of an index: minutes each store holds, the gaps, the end-of-day
+verdict and how many minutes were repaired, read from the stores and the day's verification report (the
+ledger adds only what it alone knows: which minutes a repair or backfill wrote)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pandas as pd
+
+from optask.core.calendar import MarketCalendar
+from optask.core.timeutils import IST
+from optask.infra.ledger import Ledger
+from optask.storage.sinks import present_minutes
+
+
+def gaps_of(session: pd.DatetimeIndex, have: set[str]) -> list[list[str]]:
+    """Runs of session minutes a store lacks, as [first, last] in IST."""
+    missing = [t for t in session if t.isoformat() not in have]
+    runs: list[list[pd.Timestamp]] = []
+    for t in missing:
+        if runs and t - runs[-1][1] == pd.Timedelta(minutes=1):
+            runs[-1][1] = t
+        else:
+            runs.append([t, t])
+    return [[a.tz_convert(IST).isoformat(), b.tz_convert(IST).isoformat()] for a, b in runs]
+
+
+def eod_of(settings, day: dt.date, index: str) -> dict | None:
+    """The end-of-day verdict of the day's verification report, or None when end of day has not run."""
+    path = settings.data.reports_root / "eod" / day.isoformat() / "verification.json"
+    try:
+        doc = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    mine = doc.get("indices", {}).get(index)
+    if mine is None:
+        return None
+    before = doc.get("before_repair", {}).get("indices", {}).get(index)
+    return {"score": mine.get("score"), "status": mine.get("status"),
+            "score_before_repair": before.get("score") if before else None,
+            "findings": len(mine.get("findings", [])), "report": str(path.with_name("report.html"))}
+
+
+def day_coverage(settings, calendar: MarketCalendar, ledger: Ledger, index: str, day: dt.date) -> dict:
+    session = calendar.session_minutes(day)
+    present = present_minutes(index, day, settings)
+    stored = ledger.stored(index, day)
+    by_batch = sum(1 for info in stored.values() if info.get("live") is False)
+    summary = present.get("parquet.summary", set())
+    return {
+        "day": day.isoformat(), "session_minutes": len(session),
+        "stored": {name: len(minutes & {t.isoformat() for t in session}) for name, minutes in present.items()},
+        "complete": all(len(m) >= len(session) for m in present.values()),
+        "gaps": gaps_of(session, summary),
+        "gaps_by_store": {name: gaps_of(session, m) for name, m in present.items() if m != summary},
+        "eod": eod_of(settings, day, index),
+        "repaired": by_batch,
+        "repair_attempts": len(ledger.repair_attempts(index, day)),
+    }
+
+
+def coverage(settings, calendar: MarketCalendar, ledger: Ledger, index: str, days: list[dt.date]) -> dict:
+    sessions = [d for d in days if calendar.is_trading_day(d)]
+    return {"index": index, "days": [day_coverage(settings, calendar, ledger, index, d) for d in sessions]}

@@ -1,0 +1,202 @@
+"""The /v1 endpoints. Each checks its parameters (params), reads through the catalog in a worker thread (the
+event loop never waits on a disk), and answers with an ETag and the stored cursor (X-Stored-Cursor: pass it
+back as since= to get only what was stored after this answer)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+
+import orjson
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
+
+from optask.api.chain import LEG_COLUMNS, build_chain
+from optask.api.coverage import coverage
+from optask.api.formats import MEDIA, body, negotiate
+from optask.api.history import Query as RowQuery
+from optask.api.history import columns_of, page_batches, plan_page, schema_of
+from optask.api.params import (
+    ApiError,
+    checked_columns,
+    checked_expiry,
+    checked_index,
+    checked_limit,
+    checked_numbers,
+    checked_range,
+    checked_side,
+    iso,
+    parse_time,
+    tz_of,
+)
+from optask.api.state import ServerState
+from optask.core.timeutils import IST
+from optask.infra.ledger import Ledger
+
+router = APIRouter(prefix="/v1")
+MAX_DAYS = 400
+
+
+def _state(request: Request) -> ServerState:
+    return request.app.state.optask
+
+
+def _tag(*parts: object) -> str:
+    return '"' + hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=16).hexdigest() + '"'
+
+
+def _fresh(request: Request, etag: str) -> bool:
+    """The caller already holds this answer (If-None-Match)."""
+    held = request.headers.get("if-none-match")
+    return bool(held) and (held.strip() == "*" or etag in [t.strip() for t in held.split(",")])
+
+
+def _headers(state: ServerState, etag: str, **extra: str) -> dict[str, str]:
+    return {"ETag": etag, "X-Stored-Cursor": state.last_event_id, "Cache-Control": "no-cache", **extra}
+
+
+def _send(request: Request, state: ServerState, etag: str, content: bytes) -> Response:
+    if _fresh(request, etag):
+        return Response(status_code=304, headers=_headers(state, etag))
+    return Response(content, media_type="application/json", headers=_headers(state, etag))
+
+
+async def _json(request: Request, state: ServerState, key, build) -> Response:
+    """A JSON answer (ETag: a hash of its body), kept until the index it is about stores another minute."""
+    hit = state.cached(key)
+    if hit is None:
+        content = orjson.dumps(await asyncio.to_thread(build), option=orjson.OPT_SERIALIZE_NUMPY)
+        hit = (_tag(content), content)
+        state.remember(key, *hit)
+    return _send(request, state, *hit)
+
+
+@router.get("/indices", summary="The configured indices, the days each has data for, the last stored minute")
+async def indices(request: Request, tz: str | None = None) -> Response:
+    state, zone = _state(request), tz_of(tz)
+
+    def build() -> dict:
+        out = []
+        for name in state.indices:
+            days = state.catalog.days("summary", name)
+            out.append({"index": name, "days": [d.isoformat() for d in days], "first_day": iso_day(days, 0),
+                        "last_day": iso_day(days, -1), "last_minute": iso(state.latest.get(name), zone)})
+        return {"indices": out}
+
+    return await _json(request, state, ("indices", tuple(state.generation.values()), str(request.url.query)), build)
+
+
+def iso_day(days: list[dt.date], i: int) -> str | None:
+    return days[i].isoformat() if days else None
+
+
+@router.get("/chain/{index}", summary="The option chain at one stored minute (default: the latest)")
+async def chain(request: Request, index: str, at: str | None = None,
+                expiry: str | None = Query(None, description="YYYY-MM-DD, or this_week, next_week, this_month, "
+                                           "next_month (default: the nearest expiry)"),
+                atm_window: int | None = Query(None, ge=0, le=500, description="Strikes each side of ATM"),
+                strikes: str | None = Query(None, description="Comma-separated strikes"),
+                greeks: bool = True, columns: str | None = None,
+                oi_change_minutes: int | None = Query(None, ge=1, le=1500,
+                                                      description="oi_change_n: OI change against N minutes earlier"),
+                tz: str | None = Query(None, description="UTC (default) or IST")) -> Response:
+    state = _state(request)
+    name = checked_index(index, state.indices)
+    key = ("chain", name, state.generation.get(name), str(request.url.query))
+    if (hit := state.cached(key)) is not None:
+        return _send(request, state, *hit)
+    ts = state.latest.get(name) if at is None else parse_time(at, "at")
+    if ts is None:
+        raise ApiError(404, "at", f"nothing is stored for {name} yet")
+    ask = {"expiry": checked_expiry(expiry), "atm_window": atm_window, "strikes": checked_numbers(strikes, "strikes"),
+           "greeks": greeks, "columns": checked_columns(columns, list(LEG_COLUMNS)), "tz": tz_of(tz)}
+    return await _json(request, state, key, lambda: chain_doc(state, name, ts, oi_change_minutes, ask))
+
+
+def chain_doc(state: ServerState, name: str, ts: dt.datetime, n_minutes: int | None, ask: dict) -> dict:
+    cat, cal = state.catalog, state.calendar
+    day = ts.astimezone(IST).date()
+    if not cal.is_trading_day(day):
+        raise ApiError(400, "at", f"{day} has no market session (weekend or exchange holiday); the previous "
+                       f"session was {cal.previous_trading_day(day)}")
+    minutes = cat.minutes(name, day)
+    if int(ts.timestamp() * 1e9) not in set(minutes.tolist()):
+        before, after = cat.nearest(name, ts)
+        raise ApiError(404, "at", f"{name} has no stored minute at {iso(ts, IST)}; the nearest stored are "
+                       f"{iso(before, IST) or 'none'} before and {iso(after, IST) or 'none'} after",
+                       nearest_before=iso(before), nearest_after=iso(after))
+    prev_minutes = cat.minutes(name, cal.previous_trading_day(day))
+    prev_ts = dt.datetime.fromtimestamp(prev_minutes[-1] / 1e9, dt.UTC) if len(prev_minutes) else None
+    prev = (prev_ts, cat.minute_rows("legs", name, prev_ts) if prev_ts else None)
+    n_ts = n_legs = None
+    if n_minutes:
+        n_ts = ts - dt.timedelta(minutes=n_minutes)
+        if int(n_ts.timestamp() * 1e9) in set(cat.minutes(name, n_ts.astimezone(IST).date()).tolist()):
+            n_legs = cat.minute_rows("legs", name, n_ts)
+    info = Ledger(state.sync_redis).stored_info(ts.isoformat(), [name]).get(name) if state.sync_redis else None
+    return build_chain(name, ts, cat.minute_rows("legs", name, ts), cat.minute_rows("summary", name, ts),
+                       prev=prev, earlier=(n_minutes, n_ts, n_legs), ledger_info=info,
+                       rate=state.settings.market.risk_free_rate if state.settings else 0.065, **ask)
+
+
+async def _rows(request: Request, table: str, index: str, start: str | None, stop: str | None, expiry: str | None,
+                strike: str | None, side: str | None, columns: str | None, fmt: str | None, limit: int | None,
+                cursor: str | None, since: str | None, tz: str | None) -> Response:
+    state = _state(request)
+    name = checked_index(index, state.indices)
+    kind = negotiate(fmt, request.headers.get("accept"))
+    cols = checked_columns(columns, columns_of(table), always=("ts", "index"))
+    latest = state.latest.get(name)
+    span = checked_range(start, stop, latest.astimezone(IST).date() if latest else None, state.calendar, MAX_DAYS)
+    row_limit = state.settings.api.row_limit
+    lim = checked_limit(limit, row_limit)
+    only = await state.minutes_since(since, name) if since else None
+    q = RowQuery(table, name, span, checked_expiry(expiry), checked_numbers(strike, "strike"), checked_side(side),
+                 cols, only)
+    page = await asyncio.to_thread(plan_page, state.catalog, q, lim, cursor)
+    if page.next_cursor and limit is None and cursor is None:
+        raise ApiError(413, "limit", f"this range holds more than {row_limit} rows, this server's row limit (API_ROW_LIMIT): "
+                       f"page through it with limit={row_limit} (or less) and pass each page's next_cursor as cursor=, "
+                       "or ask for fewer days", row_limit=row_limit)
+    etag = _tag(page.fingerprint, kind, request.url.query, since and state.last_event_id)
+    extra = {"X-Rows": str(page.rows)} | ({"X-Next-Cursor": page.next_cursor} if page.next_cursor else {})
+    if _fresh(request, etag):
+        return Response(status_code=304, headers=_headers(state, etag, **extra))
+    meta = {"index": name, "from": iso(span.first, tz_of(tz)), "to": iso(span.last, tz_of(tz)), "rows": page.rows,
+            "next_cursor": page.next_cursor}
+    if kind in ("arrow", "parquet"):
+        extra["Content-Disposition"] = f'attachment; filename="{name}-{table}.{kind}"'
+    stream = body(kind, page_batches(state.catalog, q, page, cursor), schema_of(table, cols), tz_of(tz), meta)
+    return StreamingResponse(stream, media_type=MEDIA[kind], headers=_headers(state, etag, **extra))
+
+
+@router.get("/summary/{index}", summary="The summary series per minute (ATM IV, PCR, max pain, OI totals)")
+async def summary(request: Request, index: str, from_: str | None = Query(None, alias="from"),
+                  to: str | None = None, expiry: str | None = None, columns: str | None = None,
+                  format: str | None = None, limit: int | None = None, cursor: str | None = None,
+                  since: str | None = None, tz: str | None = None) -> Response:
+    return await _rows(request, "summary", index, from_, to, expiry, None, None, columns, format, limit, cursor,
+                       since, tz)
+
+
+@router.get("/legs", summary="Leg history over any range: every stored contract-minute")
+async def legs(request: Request, index: str, from_: str | None = Query(None, alias="from"), to: str | None = None,
+               expiry: str | None = None, strike: str | None = None, side: str | None = None,
+               columns: str | None = None, format: str | None = None, limit: int | None = None,
+               cursor: str | None = None, since: str | None = None, tz: str | None = None) -> Response:
+    return await _rows(request, "legs", index, from_, to, expiry, strike, side, columns, format, limit, cursor,
+                       since, tz)
+
+
+@router.get("/coverage/{index}", summary="Per day: minutes per store, gaps, end-of-day score, repairs")
+async def coverage_of(request: Request, index: str, from_: str | None = Query(None, alias="from"),
+                      to: str | None = None) -> Response:
+    state = _state(request)
+    name = checked_index(index, state.indices)
+    latest = state.latest.get(name)
+    span = checked_range(from_, to, latest.astimezone(IST).date() if latest else None, state.calendar, MAX_DAYS)
+    doc = await asyncio.to_thread(coverage, state.settings, state.calendar, Ledger(state.sync_redis), name, span.days())
+    content = orjson.dumps(doc)
+    return _send(request, state, _tag(content), content)
+

@@ -1,0 +1,39 @@
+"""`optask serve`: the API on uvicorn, bound to API_HOST:API_PORT (127.0.0.1:8008 unless configured)."""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+import uvicorn
+
+from optask.api.app import create_app
+from optask.core.config import Settings
+
+
+class PortInUse(RuntimeError):
+    """The API's address is taken; the message says which setting to change."""
+
+
+def check_port(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(f"the API cannot listen on {host}:{port}: the port is in use; set API_PORT to a "
+                                "free port") from None
+            raise PortInUse(f"the API cannot listen on {host}:{port}: {exc.strerror}; check API_HOST") from None
+
+
+def serve(settings: Settings, host: str | None = None, port: int | None = None, workers: int = 1) -> None:
+    """Run until SIGINT or SIGTERM (uvicorn finishes the requests in flight, then exits 0)."""
+    host, port = host or settings.api.host, port or settings.api.port
+    check_port(host, port)
+    if workers > 1:  # several processes: each builds its app from the same environment
+        uvicorn.run("optask.api.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+                    access_log=False, log_level="warning", server_header=False)
+        return
+    uvicorn.run(create_app(settings), host=host, port=port, access_log=False, log_level="warning",
+                server_header=False)

@@ -1,0 +1,131 @@
+"""What one API process knows between requests: the newest stored minute of each index and the newest
+stored-minute event, learnt by following the ledger's event stream (one blocking read per process, never
+one per request), and the answers it can give again while nothing changed."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+import redis
+import redis.asyncio
+
+from optask.api.catalog import Catalog
+from optask.api.params import ApiError
+from optask.api.tokens import AUTHORIZE, RATE, TOKENS, USED, digest
+from optask.core.calendar import MarketCalendar
+from optask.core.timeutils import IST, parse_ts
+from optask.infra.coordination import PREFIX
+from optask.infra.ledger import EVENTS, EVENTS_KEPT
+
+log = logging.getLogger("optask.api")
+_EVENT_ID = re.compile(r"^\d+-\d+$")
+
+
+@dataclass
+class ServerState:
+    catalog: Catalog
+    calendar: MarketCalendar
+    redis: redis.asyncio.Redis
+    indices: tuple[str, ...]
+    sync_redis: redis.Redis | None = None  # for the ledger's sync readers (coverage), in worker threads
+    settings: object = None
+    authorize_sha: str = ""
+    latest: dict[str, dt.datetime | None] = field(default_factory=dict)
+    generation: dict[str, int] = field(default_factory=dict)  # bumped by every stored-minute event of an index
+    last_event_id: str = "0-0"
+    answers: OrderedDict = field(default_factory=OrderedDict)  # (index, gen, url) -> (etag, body)
+
+    def load_latest(self) -> None:
+        for index in self.indices:
+            self.latest[index] = self.catalog.latest_minute(index)
+            self.generation.setdefault(index, 0)
+
+    def on_event(self, event_id: str, fields: dict) -> None:
+        index, ts = fields.get("index"), fields.get("ts")
+        self.last_event_id = event_id
+        if index not in self.generation or not ts:
+            return
+        self.generation[index] += 1
+        t = parse_ts(ts)
+        if self.latest.get(index) is None or t > self.latest[index]:
+            self.latest[index] = t
+
+    async def follow(self, client: redis.asyncio.Redis) -> None:
+        """Follow the stored-minute events for as long as the server runs (on its own client, whose timeout
+        outlasts the blocking read); a lost Redis is retried."""
+        while True:
+            try:
+                out = await client.xread({EVENTS: self.last_event_id}, block=5000, count=1000) or []
+                for _, entries in out:
+                    for eid, raw in entries:
+                        self.on_event(eid.decode(), {k.decode(): v.decode() for k, v in raw.items()})
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Redis away: keep serving what is on disk, retry
+                log.warning("cannot follow the stored-minute events (%s); retrying in 2 s", exc)
+                await asyncio.sleep(2)
+
+    async def start_cursor(self) -> None:
+        last = await self.redis.xrevrange(EVENTS, count=1)
+        self.last_event_id = last[0][0].decode() if last else "0-0"
+
+    async def authorize(self, token: str, window_s: int):
+        """tokens.AUTHORIZE's reply for this token (loaded again if Redis restarted and forgot the script)."""
+        args = (3, TOKENS, RATE, USED, digest(token), window_s)
+        try:
+            return await self.redis.evalsha(self.authorize_sha, *args)
+        except redis.exceptions.NoScriptError:
+            self.authorize_sha = await self.redis.script_load(AUTHORIZE)
+            return await self.redis.evalsha(self.authorize_sha, *args)
+
+    def cached(self, key) -> tuple[str, bytes] | None:
+        hit = self.answers.get(key)
+        if hit is not None:
+            self.answers.move_to_end(key)
+        return hit
+
+    def remember(self, key, etag: str, body: bytes) -> None:
+        self.answers[key] = (etag, body)
+        while len(self.answers) > 512:
+            self.answers.popitem(last=False)
+
+    async def ledger_info(self, index: str, ts: dt.datetime) -> dict | None:
+        """What the ledger recorded when the minute was stored (when, and whether live or by a repair)."""
+        raw = await self.redis.hget(f"{PREFIX}:stored:{index}:{ts.astimezone(IST).date()}", ts.isoformat())
+        return orjson.loads(raw) if raw else None
+
+    async def minutes_since(self, since: str, index: str) -> np.ndarray:
+        """since=: the minutes of `index` stored (or stored again) after event `since`, up to now (int64 ns)."""
+        if not _EVENT_ID.match(since):
+            raise ApiError(400, "since", f"since={since!r} is not a stored cursor; pass the X-Stored-Cursor header "
+                           "of an earlier response (like 1764489300000-0)")
+        first = await self.redis.xrange(EVENTS, count=1)
+        trimmed = await self.redis.xlen(EVENTS) >= EVENTS_KEPT * 0.9  # never trimmed: every event is there
+        if first and trimmed and _older(since, first[0][0].decode()):
+            raise ApiError(410, "since", f"since={since} is older than the stored-minute events kept (oldest "
+                           f"{first[0][0].decode()}); read the range again without since=")
+        out: set[int] = set()
+        start = f"({since}"
+        while True:
+            chunk = await self.redis.xrange(EVENTS, min=start, max="+", count=10_000)
+            for _eid, raw in chunk:
+                if raw.get(b"index", b"").decode() == index:
+                    out.add(int(parse_ts(raw[b"ts"].decode()).timestamp() * 1e9))
+            if len(chunk) < 10_000:
+                break
+            start = f"({chunk[-1][0].decode()}"
+        return np.array(sorted(out), dtype=np.int64)
+
+
+def _older(a: str, b: str) -> bool:
+    """Event id a is before event id b."""
+    ax, ay = (int(x) for x in a.split("-"))
+    bx, by = (int(x) for x in b.split("-"))
+    return (ax, ay) < (bx, by)
