@@ -129,6 +129,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
     app.include_router(routes.router)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict:
+        """For supervisors and probes: no token, no data; the newest stored-minute event this process saw."""
+        return {"ok": True, "stored_cursor": app.state.optask.last_event_id}
+
     app.add_middleware(TokenGate, settings=settings)
     if settings.api.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.api.cors_origins), allow_methods=["GET"],

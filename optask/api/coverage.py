@@ -10,6 +10,7 @@ import json
 import pandas as pd
 
 from optask.core.calendar import MarketCalendar
+from optask.core.clock import WallClock
 from optask.core.timeutils import IST
 from optask.infra.ledger import Ledger
 from optask.storage.sinks import present_minutes
@@ -40,19 +41,20 @@ def eod_of(settings, day: dt.date, index: str) -> dict | None:
     before = doc.get("before_repair", {}).get("indices", {}).get(index)
     return {"score": mine.get("score"), "status": mine.get("status"),
             "score_before_repair": before.get("score") if before else None,
-            "findings": len(mine.get("findings", [])), "report": str(path.with_name("report.html"))}
+            "findings_by_kind": mine.get("findings_by_kind", {}), "report": str(path.with_name("report.html"))}
 
 
 def day_coverage(settings, calendar: MarketCalendar, ledger: Ledger, index: str, day: dt.date) -> dict:
     session = calendar.session_minutes(day)
+    session = session[session <= pd.Timestamp(WallClock().now())]  # today's minutes still to come are no gap
     present = present_minutes(index, day, settings)
     stored = ledger.stored(index, day)
     by_batch = sum(1 for info in stored.values() if info.get("live") is False)
     summary = present.get("parquet.summary", set())
     return {
-        "day": day.isoformat(), "session_minutes": len(session),
+        "day": day.isoformat(), "session_minutes": len(calendar.session_minutes(day)), "minutes_due": len(session),
         "stored": {name: len(minutes & {t.isoformat() for t in session}) for name, minutes in present.items()},
-        "complete": all(len(m) >= len(session) for m in present.values()),
+        "complete": all(len(m) >= len(session) for m in present.values()) and bool(present),
         "gaps": gaps_of(session, summary),
         "gaps_by_store": {name: gaps_of(session, m) for name, m in present.items() if m != summary},
         "eod": eod_of(settings, day, index),
