@@ -48,7 +48,7 @@ def seconds(text: str) -> float:
     return sum(float(n) * units[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)([smh])", text))
 
 
-OPTASK_SERVICES = ("worker", "maintenance", "beat", "flower", "monitor", "metrics", "ticker")
+OPTASK_SERVICES = ("worker", "maintenance", "beat", "flower", "monitor", "metrics", "ticker", "api")
 
 
 def test_redis_needs_its_password_and_every_client_sends_it():
@@ -85,6 +85,12 @@ def test_workers_stop_warm_within_their_task_limits_and_without_gossip():
     assert seconds(services["maintenance"]["stop_grace_period"]) > EOD_HARD_LIMIT_S
     for name in ("worker", "maintenance"):
         assert {"--without-gossip", "--without-mingle"} <= set(services[name]["command"]), name
+
+
+def test_the_api_is_a_service_of_its_own_on_the_hosts_loopback():
+    api = render(dotenv(REDIS_PASSWORD="pw", FLOWER_BASIC_AUTH="ops:pw"))["services"]["api"]
+    assert api["command"] == ["optask", "serve"] and api["environment"]["API_HOST"] == "0.0.0.0"
+    assert api["ports"] == ["127.0.0.1:8008:8008"] and api["restart"] == "unless-stopped"
 
 
 def test_services_present():

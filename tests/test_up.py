@@ -32,7 +32,8 @@ def get(url: str, auth: str | None = None) -> tuple[int, bytes]:
 
 
 def up_env(**more: str) -> dict[str, str]:
-    return {**os.environ, "FLOWER_PORT": str(free_port()), "METRICS_PORT": str(free_port()), "FLOWER_BASIC_AUTH": "ops:s3cret-pw",
+    return {**os.environ, "FLOWER_PORT": str(free_port()), "METRICS_PORT": str(free_port()), "API_PORT": str(free_port()),
+            "FLOWER_BASIC_AUTH": "ops:s3cret-pw",
             "OPTASK_INDICES": "NIFTY,SENSEX", "OPTASK_STRIKES_AROUND_ATM": "3", "PROCESSING_MAX_WORKERS": "1", **more}
 
 
@@ -130,6 +131,25 @@ def test_up_runs_the_stack_and_stops_cleanly(isolated_settings, redis_url, up_fa
     code, body = get(f"http://127.0.0.1:{port}/api/tasks", "ops:s3cret-pw")
     names = {t.get("name") for t in json.loads(body).values()}
     assert "tasks.process_index" in names
+    # the API: printed with Flower, behind tokens, serving what the stack stores
+    api = f"http://127.0.0.1:{env['API_PORT']}"
+    assert f"API:     {api}/v1" in out
+    for _ in range(100):
+        try:
+            code, _ = get(f"{api}/v1/indices")
+        except urllib.error.URLError:  # still starting
+            code = None
+        if code == 401:
+            break
+        time.sleep(0.2)
+    assert code == 401, (env["BASE_DATA_DIR"], out)
+    made = subprocess.run([sys.executable, "-m", "optask.cli", "api", "token", "create", "up-test"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    token = made.stdout.strip().splitlines()[-1]
+    req = urllib.request.Request(f"{api}/v1/chain/NIFTY?atm_window=1", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        chain = json.loads(resp.read())
+    assert chain["index"] == "NIFTY" and len(chain["strikes"]) == 3, chain
     family = up.family()
     up.proc.send_signal(signal.SIGINT)
     code, out = up.finish(90)

@@ -24,9 +24,9 @@ from optask.infra.redis_server import redis_server_args
 
 CELERY = [sys.executable, "-m", "celery", "-A", "tasks"]
 #: Stop order, by name prefix: nothing new is scheduled, nobody watches, running tasks finish, then the broker goes.
-STOP_ORDER = ("beat", "flower", "metrics", "monitor", "ticker", "worker", "redis")
+STOP_ORDER = ("beat", "flower", "api", "metrics", "monitor", "ticker", "worker", "redis")
 #: Seconds each stage may take before its process group is killed.
-STOP_TIMEOUT_S = {"beat": 10.0, "flower": 10.0, "metrics": 5.0, "monitor": 10.0, "ticker": 10.0, "worker": 90.0,
+STOP_TIMEOUT_S = {"beat": 10.0, "flower": 10.0, "api": 10.0, "metrics": 5.0, "monitor": 10.0, "ticker": 10.0, "worker": 90.0,
                   "redis": 15.0}
 
 
@@ -105,6 +105,10 @@ class Stack:
         args = [*CELERY, "flower", f"--address={mon.flower_address}", f"--port={mon.flower_port}"]
         # The credentials travel in the environment (Flower reads FLOWER_BASIC_AUTH), not on the command line.
         return self._spawn("flower", args, FLOWER_BASIC_AUTH=auth), auth
+
+    def start_api(self) -> subprocess.Popen:
+        """The HTTP read side (`optask serve`) on API_HOST:API_PORT."""
+        return self._spawn("api", [sys.executable, "-m", "optask.cli", "serve"])
 
     def start_monitor(self) -> subprocess.Popen:
         """Health checks, alerts and self-healing in a process of their own (`optask health --start`)."""

@@ -185,8 +185,11 @@ class Supervisor:
     def _preflight(self) -> dict[str, str]:
         """Ports free, and which session to play: the environment every child gets."""
         mon = self.settings.monitoring
-        for what, address, port, setting in (("Flower", mon.flower_address, mon.flower_port, "FLOWER_PORT"),
-                                             ("Metrics", mon.metrics_address, mon.metrics_port, "METRICS_PORT")):
+        api = self.settings.api
+        ports = [("Flower", mon.flower_address, mon.flower_port, "FLOWER_PORT"),
+                 ("Metrics", mon.metrics_address, mon.metrics_port, "METRICS_PORT")]
+        ports += [("The API", api.host, api.port, "API_PORT")] if api.enabled else []
+        for what, address, port, setting in ports:
             if _port_in_use(address, port):
                 raise ChildFailed(f"{what} cannot listen on {address}:{port}: the port is in use; "
                                   f"set {setting} to a free port (or stop what listens there)")
@@ -249,6 +252,8 @@ class Supervisor:
                                   f"see {stack.logs / 'flower.log'}")
             time.sleep(0.1)
         stack.start_metrics()
+        if settings.api.enabled:
+            stack.start_api()
         stack.start_monitor()
         if settings.market.provider == "kite" and settings.kite.fetch == "ticker":
             stack.start_ticker()
@@ -264,6 +269,10 @@ class Supervisor:
         self.console.print(f"Flower:  http://{mon.flower_address}:{mon.flower_port}  user [bold]{user}[/bold]" + (
             "" if mon.flower_basic_auth.get_secret_value() else f"  password [bold]{password}[/bold] (generated)"))
         self.console.print(f"Metrics: http://{mon.metrics_address}:{mon.metrics_port}/metrics   health: optask health --status")
+        if self.settings.api.enabled:
+            api = self.settings.api
+            self.console.print(f"API:     http://{api.host}:{api.port}/v1  docs http://{api.host}:{api.port}/docs   "
+                               "token: optask api token create NAME")
         self.console.print(f"Data:    {self.settings.data.root}   Redis: {mask_url(url)} ({redis_note})   "
                            f"logs: {self.stack.logs}")
 

@@ -120,6 +120,7 @@ class Drill:
             self.write_calendar()
         self.env.setdefault("FLOWER_PORT", str(free_port()))
         self.env.setdefault("METRICS_PORT", str(free_port()))
+        self.env.setdefault("API_PORT", str(free_port()))
         log = open(self.root / "up.out", "ab")  # noqa: SIM115 - the child's stdout for the drill's life
         self.up = subprocess.Popen([sys.executable, "-m", "optask.cli", "up"], env=self.process_env(), stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
