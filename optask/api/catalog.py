@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +52,10 @@ class Catalog:
 
     store: ParquetStore
     cache_bytes: int = 256 * 2**20
+    recheck_s: float = 1.0  # a cached day's files are listed again at most this often, or when its index changes
     _days: OrderedDict = field(default_factory=OrderedDict)  # (table, index, day) -> (file stamps, table)
+    _checked: dict = field(default_factory=dict)  # (table, index, day) -> when its files were last listed
+    _minutes: dict = field(default_factory=dict)  # (index, day) -> (summary table, its sorted minutes)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
@@ -80,8 +84,14 @@ class Catalog:
     def day_table(self, table: str, index: str, day: dt.date) -> pa.Table:
         """The day's rows (minute files winning over day.parquet), sorted by ts; empty when nothing is stored."""
         key = (table, index, day)
+        with self._lock:
+            hit = self._days.get(key)
+            if hit and time.monotonic() - self._checked.get(key, -1e9) < self.recheck_s:
+                return hit[1]
         for _ in range(_READ_TRIES):
             stamps = stamps_of(self.day_files(table, index, day))
+            with self._lock:
+                self._checked[key] = time.monotonic()
             with self._lock:
                 hit = self._days.get(key)
             if hit and hit[0] == stamps:
@@ -115,6 +125,12 @@ class Catalog:
         except (KeyError, pa.ArrowInvalid, pa.ArrowTypeError):  # files of another version: read the day whole
             return self.store.read_table(table, index, day)
 
+    def changed(self, index: str) -> None:
+        """An index stored (or repaired) a minute: list its days' files again on the next read."""
+        with self._lock:
+            for key in [k for k in self._checked if k[1] == index]:
+                del self._checked[key]
+
     def _remember(self, key, stamps: dict, data: pa.Table) -> None:
         with self._lock:
             self._days[key] = (stamps, data)
@@ -142,7 +158,16 @@ class Catalog:
         t = self.day_table("summary", index, day)
         if not t.num_columns or not t.num_rows:
             return np.array([], dtype=np.int64)
-        return np.unique(t["ts"].cast(pa.int64()).to_numpy())
+        known = self._minutes.get((index, day))
+        if known is None or known[0] is not t:
+            known = (t, np.unique(t["ts"].cast(pa.int64()).to_numpy()))
+            self._minutes[(index, day)] = known
+        return known[1]
+
+    def has_minute(self, index: str, ts: dt.datetime) -> bool:
+        m = self.minutes(index, ts.astimezone(IST).date())
+        i = np.searchsorted(m, int(ts.timestamp() * 1e9))
+        return bool(i < len(m) and m[i] == int(ts.timestamp() * 1e9))
 
     def latest_minute(self, index: str) -> dt.datetime | None:
         for day in reversed(self.days("summary", index)):

@@ -11,9 +11,10 @@ from __future__ import annotations
 import datetime as dt
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from optask.api.formats import iso_column
 from optask.api.params import ApiError, iso
 from optask.core.pricing import year_fraction
 from optask.core.schema import PER_SIDE_COLUMNS
@@ -43,24 +44,30 @@ def choose_expiry(summary: pa.Table, expiry) -> dict:
     raise ApiError(404, "expiry", f"expiry={value} is not stored at this minute; stored: {have}")
 
 
-def oi_at(legs: pa.Table | None, expiry: dt.date) -> pd.DataFrame | None:
-    """(strike, side) -> oi of one expiry at a base minute, or None when that minute is not stored."""
+def _of_expiry(legs: pa.Table | None, expiry: dt.date) -> pa.Table | None:
     if legs is None or not legs.num_columns or not legs.num_rows:
         return None
-    df = legs.select(["expiry", "strike", "side", "oi"]).to_pandas()
-    return df[df["expiry"] == expiry].drop(columns="expiry").set_index(["strike", "side"])["oi"]
+    return legs.filter(pc.equal(legs["expiry"], pa.scalar(expiry, legs.schema.field("expiry").type)))
 
 
-def with_changes(legs: pd.DataFrame, prev_oi: pd.Series | None, n_oi: pd.Series | None) -> pd.DataFrame:
-    """ltp_change, oi_change (vs the previous session's last minute), oi_change_n (vs N minutes earlier)."""
-    out = legs.copy()
-    out["ltp_change"] = out["ltp"] - out["close"]
-    key = pd.MultiIndex.from_arrays([out["strike"], out["side"]])
-    for name, base in (("oi_change", prev_oi), ("oi_change_n", n_oi)):
-        if base is None:
-            out[name] = pd.array([pd.NA] * len(out), dtype="Int64")
-        else:
-            out[name] = (out["oi"].astype("Int64").to_numpy() - base.reindex(key).astype("Int64").to_numpy())
+def _contract_keys(t: pa.Table) -> np.ndarray:
+    """One number per (strike, side) of one expiry: strike * 2, plus 1 for a PE."""
+    return t["strike"].to_numpy(zero_copy_only=False) * 2 + pc.equal(t["side"], "PE").to_numpy(zero_copy_only=False)
+
+
+def oi_change_against(legs: pa.Table, base: pa.Table | None) -> np.ndarray:
+    """Each leg's OI minus the same contract's OI in `base` (another minute, same expiry); NaN where the contract
+    or the base minute is not stored."""
+    out = np.full(legs.num_rows, np.nan)
+    if base is None or not base.num_rows:
+        return out
+    bkeys, boi = _contract_keys(base), base["oi"].to_numpy(zero_copy_only=False).astype(float)
+    order = np.argsort(bkeys)
+    bkeys, boi = bkeys[order], boi[order]
+    keys = _contract_keys(legs)
+    at = np.clip(np.searchsorted(bkeys, keys), 0, max(len(bkeys) - 1, 0))
+    hit = bkeys[at] == keys
+    out[hit] = legs["oi"].to_numpy(zero_copy_only=False).astype(float)[hit] - boi[at[hit]]
     return out
 
 
@@ -73,19 +80,55 @@ def strike_window(strikes: np.ndarray, atm: float, atm_window: int | None, asked
     return strikes[max(0, i - atm_window): i + atm_window + 1]
 
 
-def forward_of(legs: pd.DataFrame, ts: dt.datetime, expiry: dt.date, rate: float, spot: float) -> float:
+def forward_of(legs: pa.Table, ts: dt.datetime, expiry: dt.date, rate: float, spot: float) -> float:
     """The forward implied by put-call parity at the strike where CE and PE trade closest (as the summary's ATM)."""
-    ce = legs[legs["side"] == "CE"].set_index("strike")["ltp"]
-    pe = legs[legs["side"] == "PE"].set_index("strike")["ltp"]
-    both = pd.concat([ce.rename("c"), pe.rename("p")], axis=1).sort_index()
-    if both.empty:
+    ce, pe = (legs.filter(pc.equal(legs["side"], side)) for side in ("CE", "PE"))
+    k = np.intersect1d(ce["strike"].to_numpy(), pe["strike"].to_numpy())
+    if not len(k):
         return spot
-    k = both.index.to_numpy(float)
-    t = year_fraction(np.array([np.datetime64(ts.replace(tzinfo=None), "ns")] * len(k)),
-                      np.array([np.datetime64(expiry, "D")] * len(k)))
-    fwd = parity_forwards(k, both["c"].to_numpy(float), both["p"].to_numpy(float), t, rate,
-                          np.zeros(len(k), dtype=np.intp), np.array([0]), np.array([spot]))
+
+    def ltp_at(t: pa.Table) -> np.ndarray:
+        strikes, ltp = t["strike"].to_numpy(), t["ltp"].to_numpy(zero_copy_only=False).astype(float)
+        order = np.argsort(strikes)
+        return ltp[order][np.searchsorted(strikes[order], k)]
+
+    years = year_fraction(ts, np.full(len(k), np.datetime64(expiry, "D")))
+    fwd = parity_forwards(k, ltp_at(ce), ltp_at(pe), years, rate, np.zeros(len(k), dtype=np.intp), np.array([0]),
+                          np.array([spot]))
     return float(fwd[0])
+
+
+def _side_rows(legs: pa.Table, side: str, chosen: np.ndarray, fields: list[str], tz) -> list[dict | None]:
+    """The legs of one side at the chosen strikes, as dicts of the chosen fields (None where no row)."""
+    part = legs.filter(pc.equal(legs["side"], side))
+    strikes = part["strike"].to_numpy(zero_copy_only=False)
+    order = np.argsort(strikes)
+    at = np.searchsorted(strikes[order], chosen).clip(0, max(len(strikes) - 1, 0))
+    found = (strikes[order][at] == chosen) if len(strikes) else np.zeros(len(chosen), bool)
+    rows = part.take(pa.array(order[at][found])) if found.any() else part.slice(0, 0)
+    cols = {}
+    for f in fields:
+        col = rows[f]
+        if pa.types.is_timestamp(col.type):
+            col = iso_column(col, tz)
+        cols[f] = col.to_pylist()
+    records = [dict(zip(fields, values, strict=True)) for values in zip(*cols.values(), strict=True)] \
+        if fields else [{} for _ in range(rows.num_rows)]
+    out: list[dict | None] = [None] * len(chosen)
+    for slot, rec in zip(np.flatnonzero(found).tolist(), records, strict=True):
+        out[slot] = rec
+    return out
+
+
+def with_changes(legs: pa.Table, prev: pa.Table | None, earlier: pa.Table | None) -> pa.Table:
+    """ltp_change (vs the previous close), oi_change (vs the previous session's last minute), oi_change_n (vs N
+    minutes earlier); nulls where the base is not stored."""
+    ltp, close = (legs[c].to_numpy(zero_copy_only=False).astype(float) for c in ("ltp", "close"))
+    out = legs.append_column("ltp_change", pa.array(ltp - close, pa.float64()))
+    for name, base in (("oi_change", prev), ("oi_change_n", earlier)):
+        change = oi_change_against(legs, base)
+        out = out.append_column(name, pa.array(change, pa.float64(), mask=np.isnan(change)).cast(pa.int64()))
+    return out
 
 
 def build_chain(index: str, ts: dt.datetime, legs: pa.Table, summary: pa.Table, *, expiry=None,
@@ -96,40 +139,29 @@ def build_chain(index: str, ts: dt.datetime, legs: pa.Table, summary: pa.Table, 
     """The response of /v1/chain for one stored minute."""
     head = choose_expiry(summary, expiry)
     exp = head["expiry"]
-    df = legs.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
-    df = df[df["expiry"] == exp]
+    mine = _of_expiry(legs, exp)
     n_minutes, n_ts, n_legs = earlier
-    df = with_changes(df, oi_at(prev[1], exp), oi_at(n_legs, exp) if n_minutes else None)
+    mine = with_changes(mine, _of_expiry(prev[1], exp), _of_expiry(n_legs, exp) if n_minutes else None)
     fields = [c for c in (columns or LEG_COLUMNS) if c in LEG_COLUMNS and (greeks or c not in GREEKS)]
     if not n_minutes:
         fields = [c for c in fields if c != "oi_change_n"]
-    chosen = strike_window(np.unique(df["strike"].to_numpy(float)), head["atm_strike"], atm_window, strikes)
-    side_rows = {side: part.set_index("strike") for side, part in df.groupby("side")}
-    table = []
-    for side in ("CE", "PE"):
-        part = side_rows.get(side)
-        cols = part.reindex(chosen)[fields] if part is not None else pd.DataFrame(index=chosen, columns=fields)
-        if "last_trade_time" in cols:
-            cols["last_trade_time"] = [iso(v, tz) for v in cols["last_trade_time"]]
-        present = part.index.isin(chosen) if part is not None else np.array([], bool)
-        have = set(part.index[present]) if part is not None else set()
-        records = cols.astype(object).where(cols.notna(), None).to_dict("records")
-        table.append([r if k in have else None for k, r in zip(chosen, records, strict=True)])
-    sources = sorted({SOURCE_NAMES.get(s, s) for s in df["source"].dropna().unique()})
+    chosen = strike_window(np.unique(mine["strike"].to_numpy()), head["atm_strike"], atm_window, strikes)
+    ce, pe = (_side_rows(mine, side, chosen, fields, tz) for side in ("CE", "PE"))
+    sources = sorted({SOURCE_NAMES.get(s, s) for s in pc.unique(mine["source"]).to_pylist() if s})
     info = ledger_info or {}
+    stored_at = info.get("stored_at")
     return {
         "index": index, "ts": iso(ts, tz), "expiry": exp.isoformat(), "expiry_kind": head["expiry_kind"],
         "expiries": [{"expiry": r["expiry"].isoformat(), "expiry_kind": r["expiry_kind"]}
                      for r in summary.sort_by([("expiry", "ascending")]).to_pylist()],
-        "spot": head["spot"], "forward": forward_of(df, ts, exp, rate, head["spot"]), "atm_strike": head["atm_strike"],
+        "spot": head["spot"], "forward": forward_of(mine, ts, exp, rate, head["spot"]), "atm_strike": head["atm_strike"],
         "summary": {k: head[k] for k in SUMMARY_FIELDS},
         "provenance": {"source": ",".join(sources) or None, "sample_span_ms": head.get("sample_span_ms"),
                        "spot_offset_ms": head.get("spot_offset_ms"),
                        "repaired": None if "live" not in info else not info["live"],
-                       "stored_at": iso(pd.Timestamp(info["stored_at"], unit="s", tz="UTC"), tz)
-                       if info.get("stored_at") else None},
+                       "stored_at": iso(dt.datetime.fromtimestamp(stored_at, dt.UTC), tz) if stored_at else None},
         "oi_change_base": {"previous_session_minute": iso(prev[0], tz), "oi_change_minutes": n_minutes,
                            "minutes_earlier": iso(n_ts, tz) if n_legs is not None else None},
         "columns": fields,
-        "strikes": [{"strike": float(k), "ce": ce, "pe": pe} for k, ce, pe in zip(chosen, *table, strict=True)],
+        "strikes": [{"strike": k, "ce": c, "pe": p} for k, c, p in zip(chosen.tolist(), ce, pe, strict=True)],
     }

@@ -14,7 +14,7 @@ from fastapi.responses import StreamingResponse
 
 from optask.api.chain import LEG_COLUMNS, build_chain
 from optask.api.coverage import coverage
-from optask.api.formats import MEDIA, body, negotiate
+from optask.api.formats import MEDIA, arrow_length, body, negotiate
 from optask.api.history import Query as RowQuery
 from optask.api.history import columns_of, page_batches, plan_page, schema_of
 from optask.api.params import (
@@ -120,8 +120,7 @@ def chain_doc(state: ServerState, name: str, ts: dt.datetime, n_minutes: int | N
     if not cal.is_trading_day(day):
         raise ApiError(400, "at", f"{day} has no market session (weekend or exchange holiday); the previous "
                        f"session was {cal.previous_trading_day(day)}")
-    minutes = cat.minutes(name, day)
-    if int(ts.timestamp() * 1e9) not in set(minutes.tolist()):
+    if not cat.has_minute(name, ts):
         before, after = cat.nearest(name, ts)
         raise ApiError(404, "at", f"{name} has no stored minute at {iso(ts, IST)}; the nearest stored are "
                        f"{iso(before, IST) or 'none'} before and {iso(after, IST) or 'none'} after",
@@ -132,7 +131,7 @@ def chain_doc(state: ServerState, name: str, ts: dt.datetime, n_minutes: int | N
     n_ts = n_legs = None
     if n_minutes:
         n_ts = ts - dt.timedelta(minutes=n_minutes)
-        if int(n_ts.timestamp() * 1e9) in set(cat.minutes(name, n_ts.astimezone(IST).date()).tolist()):
+        if cat.has_minute(name, n_ts):
             n_legs = cat.minute_rows("legs", name, n_ts)
     info = Ledger(state.sync_redis).stored_info(ts.isoformat(), [name]).get(name) if state.sync_redis else None
     return build_chain(name, ts, cat.minute_rows("legs", name, ts), cat.minute_rows("summary", name, ts),
@@ -167,6 +166,9 @@ async def _rows(request: Request, table: str, index: str, start: str | None, sto
             "next_cursor": page.next_cursor}
     if kind in ("arrow", "parquet"):
         extra["Content-Disposition"] = f'attachment; filename="{name}-{table}.{kind}"'
+    if kind == "arrow":
+        size = await asyncio.to_thread(arrow_length, page_batches(state.catalog, q, page, cursor), schema_of(table, cols))
+        extra["Content-Length"] = str(size)
     stream = body(kind, page_batches(state.catalog, q, page, cursor), schema_of(table, cols), tz_of(tz), meta)
     return StreamingResponse(stream, media_type=MEDIA[kind], headers=_headers(state, etag, **extra))
 

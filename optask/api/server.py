@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import socket
 
 import uvicorn
@@ -31,6 +32,8 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None, 
     """Run until SIGINT or SIGTERM (uvicorn finishes the requests in flight, then exits 0)."""
     host, port = host or settings.api.host, port or settings.api.port
     check_port(host, port)
+    if settings.api.nice:  # readers yield the CPU to the workers storing minutes on the same machine
+        os.nice(settings.api.nice)
     if workers > 1:  # several processes: each builds its app from the same environment
         uvicorn.run("optask.api.app:app_from_env", factory=True, host=host, port=port, workers=workers,
                     access_log=False, log_level="warning", server_header=False)

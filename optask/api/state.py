@@ -53,6 +53,7 @@ class ServerState:
         if index not in self.generation or not ts:
             return
         self.generation[index] += 1
+        self.catalog.changed(index)
         t = parse_ts(ts)
         if self.latest.get(index) is None or t > self.latest[index]:
             self.latest[index] = t
