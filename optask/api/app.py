@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
+from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,13 +21,14 @@ from optask.api import routes
 from optask.api.catalog import Catalog
 from optask.api.params import ApiError
 from optask.api.state import ServerState
-from optask.api.tokens import AUTHORIZE, verdict_of
+from optask.api.tokens import AUTHORIZE, TokenLedger
 from optask.core.calendar import get_calendar
 from optask.core.config import Settings, get_settings
 from optask.infra.redis_client import connect_async
 from optask.infra.redis_server import client_for, url_if_running
 
 log = logging.getLogger("optask.api")
+BUILDERS = 2
 
 
 def _error(status: int, parameter: str | None, message: str, headers: dict | None = None) -> JSONResponse:
@@ -33,16 +36,17 @@ def _error(status: int, parameter: str | None, message: str, headers: dict | Non
 
 
 class TokenGate:
-    """ASGI middleware in front of /v1: a known bearer token within its rate limit, else 401 or 429.
-    One Redis round trip per request (tokens.AUTHORIZE); the limit's headers go on every answer."""
+    """The ASGI app uvicorn runs: in front of FastAPI, every /v1 request needs a known bearer token within its
+    rate limit, else 401 or 429 (one Redis round trip, tokens.AUTHORIZE); the limit's headers go on every
+    answer. A chain asked again before its index changed is answered here from the kept bytes."""
 
-    def __init__(self, app, settings: Settings) -> None:
+    def __init__(self, app: FastAPI, settings: Settings) -> None:
         self.app, self.limit, self.window = app, settings.api.rate_limit, settings.api.rate_window_s
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1"):
-            return await self.app(scope, receive, send)
-        state: ServerState = scope["app"].state.optask
+        if scope["type"] != "http" or not scope["path"].startswith("/v1") or scope["method"] == "OPTIONS":
+            return await self.app(scope, receive, send)  # lifespan, docs, CORS preflight
+        state: ServerState = self.app.state.optask
         auth = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
         token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
         if not token:
@@ -50,7 +54,7 @@ class TokenGate:
                                 "(make one with `optask api token create NAME`)",
                                 {"WWW-Authenticate": "Bearer"})(scope, receive, send)
         try:
-            verdict = verdict_of(await state.authorize(token, self.window))
+            verdict = await state.tokens.check(token)
         except Exception as exc:  # noqa: BLE001 - Redis away: refuse plainly rather than serve unauthenticated
             log.warning("cannot check a token: %s", exc)
             return await _error(503, None, "the API cannot reach its Redis to check tokens; try again shortly",
@@ -66,13 +70,27 @@ class TokenGate:
             return await _error(429, None, f"token {verdict.name!r} made more than {self.limit} requests in "
                                 f"{self.window} s; retry after {verdict.reset_s} s", headers)(scope, receive, send)
 
+        kept = state.kept_answer(scope["path"], scope["query_string"].decode("latin-1"))
+        if kept is not None:  # the same question since the index last changed: skip routing and parsing
+            return await _send_kept(scope, send, state, *kept, extra)
+
         async def send_with_limits(message) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
-        scope.setdefault("state", {})["token_name"] = verdict.name
         return await self.app(scope, receive, send_with_limits)
+
+
+async def _send_kept(scope, send, state: ServerState, etag: str, body: bytes, extra: list) -> None:
+    held = dict(scope["headers"]).get(b"if-none-match", b"").decode("latin-1")
+    fresh = bool(held) and (held.strip() == "*" or etag in [t.strip() for t in held.split(",")])
+    headers = [(b"etag", etag.encode()), (b"x-stored-cursor", state.last_event_id.encode()),
+               (b"cache-control", b"no-cache"), *extra]
+    if not fresh:
+        headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 304 if fresh else 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if fresh else body})
 
 
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -95,7 +113,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return _error(500, None, "internal error answering this request; the server's log has the details")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> TokenGate:
     settings = settings or get_settings()
     url, why = url_if_running(settings)
     if url is None:
@@ -103,20 +121,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        # Answers are built in two threads (reads release the GIL, building holds it): more would only take turns
+        # on the GIL, and a shorter switch interval keeps the event loop answering kept answers meanwhile.
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(BUILDERS, thread_name_prefix="build"))
+        sys.setswitchinterval(0.001)
         client, events = connect_async(url), connect_async(url, timeout_s=15.0)  # events: its read blocks 5 s
         state = ServerState(Catalog.from_settings(settings), get_calendar(settings.data.calendar_overrides), client,
                             tuple(settings.market.indices), sync_redis=client_for(settings), settings=settings)
-        state.authorize_sha = await client.script_load(AUTHORIZE)
+        state.tokens = TokenLedger(client, settings.api.rate_window_s, await client.script_load(AUTHORIZE))
         await state.start_cursor()
         await asyncio.to_thread(state.load_latest)
         app.state.optask = state
-        follower = asyncio.create_task(state.follow(events))
+        chores = [asyncio.create_task(state.follow(events)), asyncio.create_task(state.tokens.flush_forever())]
         try:
             yield
         finally:
-            follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await follower
+            for task in chores:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await client.aclose()
             await events.aclose()
 
@@ -135,16 +158,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """For supervisors and probes: no token, no data; the newest stored-minute event this process saw."""
         return {"ok": True, "stored_cursor": app.state.optask.last_event_id}
 
-    app.add_middleware(TokenGate, settings=settings)
     if settings.api.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.api.cors_origins), allow_methods=["GET"],
                            allow_headers=["Authorization", "If-None-Match"],
                            expose_headers=["ETag", "X-Stored-Cursor", "X-Next-Cursor", "X-RateLimit-Limit",
                                            "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After"])
-    return app
+    return TokenGate(app, settings)
 
 
-def app_from_env() -> FastAPI:
+def app_from_env() -> TokenGate:
     """uvicorn's factory when it runs several worker processes (`API_WORKERS`)."""
     return create_app()
 

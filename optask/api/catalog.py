@@ -56,6 +56,7 @@ class Catalog:
     _days: OrderedDict = field(default_factory=OrderedDict)  # (table, index, day) -> (file stamps, table)
     _checked: dict = field(default_factory=dict)  # (table, index, day) -> when its files were last listed
     _minutes: dict = field(default_factory=dict)  # (index, day) -> (summary table, its sorted minutes)
+    _ts: dict = field(default_factory=dict)  # (table, index, day) -> (day table, its ts as int64 ns)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
@@ -132,12 +133,15 @@ class Catalog:
                 del self._checked[key]
 
     def _remember(self, key, stamps: dict, data: pa.Table) -> None:
+        ts = data["ts"].cast(pa.int64()).to_numpy() if data.num_columns and data.num_rows else np.array([], np.int64)
         with self._lock:
+            self._ts[key] = (data, ts)
             self._days[key] = (stamps, data)
             self._days.move_to_end(key)
             total = sum(t.nbytes for _, t in self._days.values())
             while total > self.cache_bytes and len(self._days) > 1:
-                _, (_, old) = self._days.popitem(last=False)
+                gone, (_, old) = self._days.popitem(last=False)
+                self._ts.pop(gone, None)
                 total -= old.nbytes
 
     def minute_rows(self, table: str, index: str, ts: dt.datetime) -> pa.Table:
@@ -150,8 +154,19 @@ class Catalog:
                     return self.store.read_files(None, [path], index) or pa.table({})
                 except (FileNotFoundError, OSError, pa.ArrowInvalid):
                     continue
-            return minute_slice(self.day_table(table, index, day), ts)
-        return minute_slice(self.day_table(table, index, day), ts)
+            break
+        return self.rows_between(table, index, day, ts, ts)
+
+    def rows_between(self, table: str, index: str, day: dt.date, first: dt.datetime, last: dt.datetime) -> pa.Table:
+        """The day's rows with first <= ts <= last: two binary searches on the cached ts, no scan."""
+        data = self.day_table(table, index, day)
+        if not data.num_columns or not data.num_rows:
+            return data
+        known = self._ts.get((table, index, day))
+        ts = known[1] if known is not None and known[0] is data else data["ts"].cast(pa.int64()).to_numpy()
+        lo = np.searchsorted(ts, int(first.timestamp() * 1e9), "left")
+        hi = np.searchsorted(ts, int(last.timestamp() * 1e9), "right")
+        return data.slice(int(lo), int(hi - lo))
 
     def minutes(self, index: str, day: dt.date) -> np.ndarray:
         """Stored minutes of a day (the summary table's), as sorted int64 ns UTC."""
@@ -205,26 +220,6 @@ def sort_keys(table: str, data: pa.Table) -> list[tuple[str, str]]:
 
 def _to_dt(ns: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(int(ns) / 1e9, UTC)
-
-
-def minute_slice(day: pa.Table, ts: dt.datetime) -> pa.Table:
-    """The rows of minute `ts` of a day table sorted by ts (two binary searches, no scan)."""
-    if not day.num_columns or not day.num_rows:
-        return day
-    v = day["ts"].cast(pa.int64()).to_numpy()
-    target = int(ts.timestamp() * 1e9)
-    lo, hi = np.searchsorted(v, target, "left"), np.searchsorted(v, target, "right")
-    return day.slice(int(lo), int(hi - lo))
-
-
-def ts_between(day: pa.Table, first: dt.datetime, last: dt.datetime) -> pa.Table:
-    """Rows with first <= ts <= last of a day table sorted by ts."""
-    if not day.num_columns or not day.num_rows:
-        return day
-    v = day["ts"].cast(pa.int64()).to_numpy()
-    lo = np.searchsorted(v, int(first.timestamp() * 1e9), "left")
-    hi = np.searchsorted(v, int(last.timestamp() * 1e9), "right")
-    return day.slice(int(lo), int(hi - lo))
 
 
 def key_filter(t: pa.Table, expiry=None, strikes: list[float] | None = None, side: str | None = None) -> pa.Table:

@@ -31,7 +31,7 @@ SOURCE_NAMES = {"live": "rest"}
 
 def choose_expiry(summary: pa.Table, expiry) -> dict:
     """The summary row of the asked expiry (("kind", k) or ("date", d)); the nearest expiry when none is asked."""
-    rows = summary.sort_by([("expiry", "ascending")]).to_pylist()
+    rows = sorted(summary.to_pylist(), key=lambda r: r["expiry"])
     if not rows:
         raise ApiError(404, "at", "the minute has no summary row")
     if expiry is None:
@@ -80,9 +80,8 @@ def strike_window(strikes: np.ndarray, atm: float, atm_window: int | None, asked
     return strikes[max(0, i - atm_window): i + atm_window + 1]
 
 
-def forward_of(legs: pa.Table, ts: dt.datetime, expiry: dt.date, rate: float, spot: float) -> float:
+def forward_of(ce: pa.Table, pe: pa.Table, ts: dt.datetime, expiry: dt.date, rate: float, spot: float) -> float:
     """The forward implied by put-call parity at the strike where CE and PE trade closest (as the summary's ATM)."""
-    ce, pe = (legs.filter(pc.equal(legs["side"], side)) for side in ("CE", "PE"))
     k = np.intersect1d(ce["strike"].to_numpy(), pe["strike"].to_numpy())
     if not len(k):
         return spot
@@ -98,22 +97,14 @@ def forward_of(legs: pa.Table, ts: dt.datetime, expiry: dt.date, rate: float, sp
     return float(fwd[0])
 
 
-def _side_rows(legs: pa.Table, side: str, chosen: np.ndarray, fields: list[str], tz) -> list[dict | None]:
+def _side_rows(part: pa.Table, chosen: np.ndarray, fields: list[str]) -> list[dict | None]:
     """The legs of one side at the chosen strikes, as dicts of the chosen fields (None where no row)."""
-    part = legs.filter(pc.equal(legs["side"], side))
     strikes = part["strike"].to_numpy(zero_copy_only=False)
     order = np.argsort(strikes)
     at = np.searchsorted(strikes[order], chosen).clip(0, max(len(strikes) - 1, 0))
     found = (strikes[order][at] == chosen) if len(strikes) else np.zeros(len(chosen), bool)
-    rows = part.take(pa.array(order[at][found])) if found.any() else part.slice(0, 0)
-    cols = {}
-    for f in fields:
-        col = rows[f]
-        if pa.types.is_timestamp(col.type):
-            col = iso_column(col, tz)
-        cols[f] = col.to_pylist()
-    records = [dict(zip(fields, values, strict=True)) for values in zip(*cols.values(), strict=True)] \
-        if fields else [{} for _ in range(rows.num_rows)]
+    rows = (part.take(pa.array(order[at][found])) if found.any() else part.slice(0, 0)).select(fields)
+    records = rows.to_pylist()
     out: list[dict | None] = [None] * len(chosen)
     for slot, rec in zip(np.flatnonzero(found).tolist(), records, strict=True):
         out[slot] = rec
@@ -146,15 +137,19 @@ def build_chain(index: str, ts: dt.datetime, legs: pa.Table, summary: pa.Table, 
     if not n_minutes:
         fields = [c for c in fields if c != "oi_change_n"]
     chosen = strike_window(np.unique(mine["strike"].to_numpy()), head["atm_strike"], atm_window, strikes)
-    ce, pe = (_side_rows(mine, side, chosen, fields, tz) for side in ("CE", "PE"))
+    if "last_trade_time" in mine.column_names:
+        at = mine.schema.get_field_index("last_trade_time")
+        mine = mine.set_column(at, "last_trade_time", iso_column(mine["last_trade_time"], tz))
+    side_tables = {side: mine.filter(pc.equal(mine["side"], side)) for side in ("CE", "PE")}
+    ce, pe = (_side_rows(side_tables[side], chosen, fields) for side in ("CE", "PE"))
     sources = sorted({SOURCE_NAMES.get(s, s) for s in pc.unique(mine["source"]).to_pylist() if s})
     info = ledger_info or {}
     stored_at = info.get("stored_at")
     return {
         "index": index, "ts": iso(ts, tz), "expiry": exp.isoformat(), "expiry_kind": head["expiry_kind"],
         "expiries": [{"expiry": r["expiry"].isoformat(), "expiry_kind": r["expiry_kind"]}
-                     for r in summary.sort_by([("expiry", "ascending")]).to_pylist()],
-        "spot": head["spot"], "forward": forward_of(mine, ts, exp, rate, head["spot"]), "atm_strike": head["atm_strike"],
+                     for r in sorted(summary.select(["expiry", "expiry_kind"]).to_pylist(), key=lambda r: r["expiry"])],
+        "spot": head["spot"], "forward": forward_of(side_tables["CE"], side_tables["PE"], ts, exp, rate, head["spot"]), "atm_strike": head["atm_strike"],
         "summary": {k: head[k] for k in SUMMARY_FIELDS},
         "provenance": {"source": ",".join(sources) or None, "sample_span_ms": head.get("sample_span_ms"),
                        "spot_offset_ms": head.get("spot_offset_ms"),

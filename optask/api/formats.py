@@ -46,11 +46,15 @@ def _offset(tz: dt.tzinfo) -> str:
 
 
 def iso_column(arr: pa.ChunkedArray | pa.Array, tz: dt.tzinfo) -> pa.Array:
-    """Timestamps as ISO text with the zone's offset (IST has no daylight saving: the offset is fixed)."""
+    """Timestamps as ISO text with the zone's offset (IST has no daylight saving: the offset is fixed). Formatted
+    once per distinct value: a table's minutes repeat, one per leg."""
     name = "Asia/Kolkata" if tz is IST else "UTC"
-    local = pc.cast(arr, pa.timestamp("s", tz=name), safe=False)
-    text = pc.strftime(local, format="%Y-%m-%dT%H:%M:%S")
-    return pc.binary_join_element_wise(text, pa.scalar(_offset(tz)), "", null_handling="emit_null")
+    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+    codes = pc.dictionary_encode(arr)
+    local = pc.cast(codes.dictionary, pa.timestamp("s", tz=name), safe=False)
+    text = pc.binary_join_element_wise(pc.strftime(local, format="%Y-%m-%dT%H:%M:%S"), pa.scalar(_offset(tz)), "",
+                                       null_handling="emit_null")
+    return pc.take(text, codes.indices)
 
 
 def as_text_times(table: pa.Table, tz: dt.tzinfo) -> pa.Table:

@@ -18,7 +18,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from optask.api.catalog import Catalog, fingerprint_of, key_filter, stamps_of, ts_between
+from optask.api.catalog import Catalog, fingerprint_of, key_filter, stamps_of
 from optask.api.params import ApiError, Range
 from optask.core.schema import LEG_SCHEMA, SUMMARY_SCHEMA
 
@@ -71,7 +71,7 @@ class Page:
 
 def _selection(catalog: Catalog, q: Query, day: dt.date, after: tuple[int, int] | None) -> tuple[pa.Table, int]:
     """The day's rows the query selects, in key order; and how many of them the cursor already covered."""
-    t = ts_between(catalog.day_table(q.table, q.index, day), q.span.first, q.span.last)
+    t = catalog.rows_between(q.table, q.index, day, q.span.first, q.span.last)
     if not t.num_columns or not t.num_rows:
         return pa.table({}), 0
     t = key_filter(t, q.expiry, q.strikes, q.side if q.table == "legs" else None)

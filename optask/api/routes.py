@@ -103,7 +103,7 @@ async def chain(request: Request, index: str, at: str | None = None,
                 tz: str | None = Query(None, description="UTC (default) or IST")) -> Response:
     state = _state(request)
     name = checked_index(index, state.indices)
-    key = ("chain", name, state.generation.get(name), str(request.url.query))
+    key = state.chain_key(name, str(request.url.query))
     if (hit := state.cached(key)) is not None:
         return _send(request, state, *hit)
     ts = state.latest.get(name) if at is None else parse_time(at, "at")

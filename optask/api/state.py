@@ -18,7 +18,6 @@ import redis.asyncio
 
 from optask.api.catalog import Catalog
 from optask.api.params import ApiError
-from optask.api.tokens import AUTHORIZE, RATE, TOKENS, USED, digest
 from optask.core.calendar import MarketCalendar
 from optask.core.timeutils import IST, parse_ts
 from optask.infra.coordination import PREFIX
@@ -36,7 +35,7 @@ class ServerState:
     indices: tuple[str, ...]
     sync_redis: redis.Redis | None = None  # for the ledger's sync readers (coverage), in worker threads
     settings: object = None
-    authorize_sha: str = ""
+    tokens: object = None  # tokens.TokenLedger
     latest: dict[str, dt.datetime | None] = field(default_factory=dict)
     generation: dict[str, int] = field(default_factory=dict)  # bumped by every stored-minute event of an index
     last_event_id: str = "0-0"
@@ -77,14 +76,14 @@ class ServerState:
         last = await self.redis.xrevrange(EVENTS, count=1)
         self.last_event_id = last[0][0].decode() if last else "0-0"
 
-    async def authorize(self, token: str, window_s: int):
-        """tokens.AUTHORIZE's reply for this token (loaded again if Redis restarted and forgot the script)."""
-        args = (3, TOKENS, RATE, USED, digest(token), window_s)
-        try:
-            return await self.redis.evalsha(self.authorize_sha, *args)
-        except redis.exceptions.NoScriptError:
-            self.authorize_sha = await self.redis.script_load(AUTHORIZE)
-            return await self.redis.evalsha(self.authorize_sha, *args)
+    def chain_key(self, index: str, query: str) -> tuple:
+        """The chain of an index for one query string, valid until the index stores another minute."""
+        return ("chain", index, self.generation.get(index), query)
+
+    def kept_answer(self, path: str, query: str) -> tuple[str, bytes] | None:
+        if not path.startswith("/v1/chain/"):
+            return None
+        return self.answers.get(self.chain_key(path[10:].upper(), query))
 
     def cached(self, key) -> tuple[str, bytes] | None:
         hit = self.answers.get(key)

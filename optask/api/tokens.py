@@ -1,18 +1,22 @@
 """API tokens and their rate limit, in Redis so that every API process on every machine agrees.
 
 A token is shown once, when it is made; Redis keeps only its SHA-256 (a token is 256 random bits, so a
-plain hash is as strong as a slow one) with its name. One Lua script per request checks the token,
-counts it in the current window of the limit (on Redis' clock) and notes when it was last used: one
-round trip, whatever the number of API processes.
+plain hash is as strong as a slow one) with its name. One Lua script checks a token, adds the requests
+counted for it since the last call to the current window of the limit (on Redis' clock) and notes when it
+was last used. Each API process calls it for a token at most every SYNC_S (and at a window's end): in between
+it counts locally, so a revoked token is refused and the limit is shared across processes within SYNC_S,
+and a request costs no Redis round trip.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import math
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 
@@ -23,17 +27,19 @@ USED = f"{PREFIX}:api:token_used"  # sha256 -> last use (Redis time)
 RATE = f"{PREFIX}:api:rate"  # :{sha256}:{window start} -> requests in that window
 TOKEN_PREFIX = "opt_"
 
-#: -> {0} unknown token; {1, count, seconds left in the window, info}
+SYNC_S = 0.1
+#: ARGV: sha256, window (s), requests to add -> {0} unknown token; {1, count in the window, ms left in it, info}
 AUTHORIZE = """
 local info = redis.call('HGET', KEYS[1], ARGV[1])
 if not info then return {0} end
-local now = tonumber(redis.call('TIME')[1])
-local window = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[2]) * 1000
 local start = now - (now % window)
 local key = KEYS[2] .. ':' .. ARGV[1] .. ':' .. start
-local n = redis.call('INCR', key)
-if n == 1 then redis.call('EXPIRE', key, window + 1) end
-redis.call('HSET', KEYS[3], ARGV[1], now)
+local n = redis.call('INCRBY', key, ARGV[3])
+redis.call('PEXPIRE', key, window + 1000)
+redis.call('HSET', KEYS[3], ARGV[1], math.floor(now / 1000))
 return {1, n, start + window - now, info}
 """
 
@@ -94,7 +100,63 @@ class Verdict:
         return self.name is not None
 
 
-def verdict_of(reply) -> Verdict:
-    if not reply or int(reply[0]) == 0:
-        return Verdict(None)
-    return Verdict(json.loads(reply[3])["name"], int(reply[1]), max(1, int(reply[2])))
+@dataclass
+class _Seen:
+    name: str | None
+    count: int  # in the window, as Redis had it at the last sync, plus what was counted here since
+    pending: int  # counted here since the last sync
+    synced: float  # monotonic time of the last sync
+    window_end: float  # monotonic time the window ends
+
+
+@dataclass
+class TokenLedger:
+    """Per API process: each token's verdict and its count in the window, synced with Redis every SYNC_S."""
+
+    redis: object  # redis.asyncio.Redis
+    window_s: int
+    script_sha: str = ""
+    seen: dict[str, _Seen] = field(default_factory=dict)
+
+    async def _sync(self, sha: str, add: int):
+        args = (3, TOKENS, RATE, USED, sha, self.window_s, add)
+        try:
+            return await self.redis.evalsha(self.script_sha, *args)
+        except redis.exceptions.NoScriptError:  # Redis restarted and forgot it
+            self.script_sha = await self.redis.script_load(AUTHORIZE)
+            return await self.redis.evalsha(self.script_sha, *args)
+
+    async def flush_forever(self) -> None:
+        """Every SYNC_S, hand Redis what was counted here and not yet synced, so other processes see it."""
+        while True:
+            await asyncio.sleep(SYNC_S)
+            now = time.monotonic()
+            for sha, entry in list(self.seen.items()):
+                if entry.pending and entry.name and now < entry.window_end:
+                    try:
+                        reply = await self._sync(sha, entry.pending)
+                    except Exception:  # noqa: BLE001 - Redis away: counted again at the next request
+                        break
+                    if reply and int(reply[0]):
+                        entry.count, entry.pending, entry.synced = int(reply[1]), 0, now
+                        entry.window_end = now + int(reply[2]) / 1000
+                    else:  # revoked meanwhile
+                        self.seen[sha] = _Seen(None, 0, 0, now, now + SYNC_S)
+                elif now - entry.synced > 60:
+                    del self.seen[sha]  # not seen for a minute: forget it
+
+    async def check(self, token: str) -> Verdict:
+        sha, now = digest(token), time.monotonic()
+        entry = self.seen.get(sha)
+        if entry is not None and now - entry.synced < SYNC_S and now < entry.window_end:
+            entry.pending += 1
+            entry.count += 1
+            return Verdict(entry.name, entry.count, max(1, math.ceil(entry.window_end - now)))
+        add = 1 + (entry.pending if entry is not None and now < entry.window_end else 0)
+        reply = await self._sync(sha, add)
+        if not reply or int(reply[0]) == 0:
+            self.seen[sha] = _Seen(None, 0, 0, now, now + SYNC_S)  # unknown: asked again after SYNC_S
+            return Verdict(None)
+        name, left = json.loads(reply[3])["name"], int(reply[2]) / 1000
+        self.seen[sha] = _Seen(name, int(reply[1]), 0, now, now + left)
+        return Verdict(name, int(reply[1]), max(1, math.ceil(left)))

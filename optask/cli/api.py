@@ -18,7 +18,8 @@ app.add_typer(api_app, name="api")
 def serve(
     host: str = typer.Option("", help="Address to bind (default API_HOST, 127.0.0.1)."),
     port: int = typer.Option(0, help="Port (default API_PORT, 8008)."),
-    workers: int = typer.Option(1, min=1, max=64, help="API processes; they share tokens and the rate limit."),
+    workers: int = typer.Option(0, min=0, max=64, help="API processes (default API_WORKERS, 1); they share tokens "
+                                "and the rate limit."),
 ) -> None:
     """Serve every stored minute over HTTP (/v1; docs at /docs) until Ctrl-C or SIGTERM.
 
@@ -35,7 +36,7 @@ def serve(
             h, p = host or settings.api.host, port or settings.api.port
             console.print(f"optask API on http://{h}:{p}/v1 (docs http://{h}:{p}/docs), data {settings.data.root}",
                           highlight=False)
-            run_server(settings, h, p, workers)
+            run_server(settings, h, p, workers or settings.api.workers)
     except (PortInUse, RedisUnavailable, RuntimeError) as exc:
         fail(str(exc))
 

@@ -305,6 +305,7 @@ class ApiSettings(BaseSettings):
     row_limit: int = Field(200_000, ge=1, description="Most rows one response holds; larger answers are paged (cursor=).")
     rate_limit: int = Field(6000, ge=1, description="Requests per token per API_RATE_WINDOW_S, shared by every API process.")
     rate_window_s: int = Field(60, ge=1, le=3600, description="The rate limit's window, seconds.")
+    workers: int = Field(1, ge=1, le=64, description="API processes; they share tokens and the rate limit through Redis.")
     nice: int = Field(10, ge=0, le=19, description="CPU priority the API gives up (nice): the collectors come first.")
     cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="Comma-separated origins allowed by CORS (empty: CORS off).")
