@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -113,6 +114,19 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return _error(500, None, "internal error answering this request; the server's log has the details")
 
 
+def _openapi_without_422(app: FastAPI, build):
+    """FastAPI documents a 422 for every parameter check; this API answers those with a 400 (documented)."""
+    if app.openapi_schema is None:
+        spec = build()
+        for path in spec.get("paths", {}).values():
+            for op in path.values():
+                op.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            spec.get("components", {}).get("schemas", {}).pop(name, None)
+        app.openapi_schema = spec
+    return app.openapi_schema
+
+
 def create_app(settings: Settings | None = None) -> TokenGate:
     settings = settings or get_settings()
     url, why = url_if_running(settings)
@@ -163,6 +177,7 @@ def create_app(settings: Settings | None = None) -> TokenGate:
                            allow_headers=["Authorization", "If-None-Match"],
                            expose_headers=["ETag", "X-Stored-Cursor", "X-Next-Cursor", "X-RateLimit-Limit",
                                            "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After"])
+    app.openapi = functools.partial(_openapi_without_422, app, app.openapi)
     return TokenGate(app, settings)
 
 

@@ -9,8 +9,9 @@ import datetime as dt
 import hashlib
 
 import orjson
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response, Security
 from fastapi.responses import StreamingResponse
+from fastapi.security import HTTPBearer
 
 from optask.api.chain import LEG_COLUMNS, build_chain
 from optask.api.coverage import coverage
@@ -34,7 +35,13 @@ from optask.api.state import ServerState
 from optask.core.timeutils import IST
 from optask.infra.ledger import Ledger
 
-router = APIRouter(prefix="/v1")
+ERRORS = {status: {"description": what, "content": {"application/json": {"example": {"error": {
+    "status": status, "parameter": "at", "message": "what was wrong, and what is allowed"}}}}}
+    for status, what in ((400, "A parameter is not allowed (the body names it)"), (401, "No token, or not a known one"),
+                         (404, "Not stored (the body names the nearest stored minutes)"),
+                         (413, "Over the row limit: page with limit= and cursor="), (429, "Rate limit: see Retry-After"))}
+#: The bearer token, declared for the docs (their Authorize button); TokenGate in front of the app checks it.
+router = APIRouter(prefix="/v1", dependencies=[Security(HTTPBearer(auto_error=False))], responses=ERRORS)
 MAX_DAYS = 400
 
 
