@@ -79,9 +79,6 @@ class Catalog:
         day_file, minutes = self.store.files(table, index, day)
         return ([day_file] if day_file else []) + minutes
 
-    def fingerprint(self, table: str, index: str, day: dt.date) -> str:
-        return fingerprint_of(stamps_of(self.day_files(table, index, day)))
-
     def day_table(self, table: str, index: str, day: dt.date) -> pa.Table:
         """The day's rows (minute files winning over day.parquet), sorted by ts; empty when nothing is stored."""
         key = (table, index, day)

@@ -12,15 +12,13 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
-import orjson
 import redis
 import redis.asyncio
 
 from optask.api.catalog import Catalog
 from optask.api.params import ApiError
 from optask.core.calendar import MarketCalendar
-from optask.core.timeutils import IST, parse_ts
-from optask.infra.coordination import PREFIX
+from optask.core.timeutils import parse_ts
 from optask.infra.ledger import EVENTS, EVENTS_KEPT
 
 log = logging.getLogger("optask.api")
@@ -95,11 +93,6 @@ class ServerState:
         self.answers[key] = (etag, body)
         while len(self.answers) > 512:
             self.answers.popitem(last=False)
-
-    async def ledger_info(self, index: str, ts: dt.datetime) -> dict | None:
-        """What the ledger recorded when the minute was stored (when, and whether live or by a repair)."""
-        raw = await self.redis.hget(f"{PREFIX}:stored:{index}:{ts.astimezone(IST).date()}", ts.isoformat())
-        return orjson.loads(raw) if raw else None
 
     async def minutes_since(self, since: str, index: str) -> np.ndarray:
         """since=: the minutes of `index` stored (or stored again) after event `since`, up to now (int64 ns)."""
