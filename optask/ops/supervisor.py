@@ -167,7 +167,7 @@ class Supervisor:
             self._first_minute(ledger, client)
             self._watch(ledger, reporter, alerter)
         except StopRequested as exc:
-            self.console.print(f"{exc.signame}: stopping beat, Flower, then the worker after its running tasks, "
+            self.console.print(f"{exc.signame}: stopping beat, Flower, the API, then the worker after its running tasks, "
                                "then Redis ...")
         except ChildFailed as exc:
             self.state["stopping"] = True
