@@ -57,6 +57,7 @@ class Catalog:
     _checked: dict = field(default_factory=dict)  # (table, index, day) -> when its files were last listed
     _minutes: dict = field(default_factory=dict)  # (index, day) -> (summary table, its sorted minutes)
     _ts: dict = field(default_factory=dict)  # (table, index, day) -> (day table, its ts as int64 ns)
+    _columns: dict = field(default_factory=dict)  # (table, index, day) -> Columns of the cached day table
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
@@ -139,7 +140,29 @@ class Catalog:
             while total > self.cache_bytes and len(self._days) > 1:
                 gone, (_, old) = self._days.popitem(last=False)
                 self._ts.pop(gone, None)
+                self._columns.pop(gone, None)
                 total -= old.nbytes
+
+    def minute_legs(self, index: str, ts: dt.datetime) -> tuple[Columns, np.ndarray] | None:
+        """A minute's legs as (columns, their rows): rows of the cached day when the day is in one file, else the
+        minute's own file (a small read); None when the minute is not stored."""
+        day = ts.astimezone(IST).date()
+        path = self.store.day_dir("legs", index, day) / f"minute-{ts.astimezone(IST):%H%M}.parquet"
+        if path.exists():
+            t = self.minute_rows("legs", index, ts)
+            return (Columns(t), np.arange(t.num_rows)) if t.num_columns and t.num_rows else None
+        data = self.day_table("legs", index, day)
+        if not data.num_columns or not data.num_rows:
+            return None
+        with self._lock:
+            known = self._ts.get(("legs", index, day))
+            cols = self._columns.get(("legs", index, day))
+            if cols is None or cols.table is not data:
+                cols = self._columns[("legs", index, day)] = Columns(data)
+        ns = known[1] if known is not None and known[0] is data else cols("ts")
+        target = int(ts.timestamp() * 1e9)
+        lo, hi = np.searchsorted(ns, target, "left"), np.searchsorted(ns, target, "right")
+        return (cols, np.arange(lo, hi)) if hi > lo else None
 
     def minute_rows(self, table: str, index: str, ts: dt.datetime) -> pa.Table:
         """One minute's rows: its own file when there is one (a small read), else a slice of the day."""
@@ -207,6 +230,39 @@ class Catalog:
                 after = _to_dt(m[0])
                 break
         return before, after
+
+
+class Columns:
+    """A table's columns as numpy arrays, each converted once, when first asked for: the chain of any minute of a
+    cached day is then numpy indexing, with no Arrow call per request. Integers keep their nulls apart (a mask),
+    strings are object arrays, timestamps int64 ns."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table, self._np, self._nulls = table, {}, {}
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def __call__(self, name: str) -> np.ndarray:
+        got = self._np.get(name)
+        if got is None:
+            col = self.table[name]
+            if pa.types.is_timestamp(col.type):
+                got = col.cast(pa.int64()).fill_null(np.iinfo(np.int64).min).to_numpy()
+            elif pa.types.is_integer(col.type):
+                if col.null_count:
+                    self._nulls[name] = col.is_null().to_numpy(zero_copy_only=False)
+                got = col.fill_null(0).to_numpy()
+            elif pa.types.is_date(col.type):
+                got = col.cast(pa.int32()).to_numpy()
+            else:
+                got = col.to_numpy(zero_copy_only=False)
+            self._np[name] = got
+        return got
+
+    def nulls(self, name: str) -> np.ndarray | None:
+        self(name)
+        return self._nulls.get(name)
 
 
 def sort_keys(table: str, data: pa.Table) -> list[tuple[str, str]]:

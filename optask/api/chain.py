@@ -12,8 +12,8 @@ import datetime as dt
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from optask.api.catalog import Columns
 from optask.api.formats import iso_column
 from optask.api.params import ApiError, iso
 from optask.core.pricing import year_fraction
@@ -44,30 +44,34 @@ def choose_expiry(summary: pa.Table, expiry) -> dict:
     raise ApiError(404, "expiry", f"expiry={value} is not stored at this minute; stored: {have}")
 
 
-def _of_expiry(legs: pa.Table | None, expiry: dt.date) -> pa.Table | None:
-    if legs is None or not legs.num_columns or not legs.num_rows:
+def _of_expiry(legs, expiry: dt.date) -> tuple[Columns, np.ndarray] | None:
+    """The rows of one expiry among a minute's legs ((columns, rows), see Catalog.minute_legs)."""
+    if legs is None:
         return None
-    return legs.filter(pc.equal(legs["expiry"], pa.scalar(expiry, legs.schema.field("expiry").type)))
+    cols, rows = legs
+    days = (expiry - dt.date(1970, 1, 1)).days
+    return cols, rows[cols("expiry")[rows] == days]
 
 
-def _contract_keys(t: pa.Table) -> np.ndarray:
+def _contract_keys(cols: Columns, rows: np.ndarray) -> np.ndarray:
     """One number per (strike, side) of one expiry: strike * 2, plus 1 for a PE."""
-    return t["strike"].to_numpy(zero_copy_only=False) * 2 + pc.equal(t["side"], "PE").to_numpy(zero_copy_only=False)
+    return cols("strike")[rows] * 2 + (cols("side")[rows] == "PE")
 
 
-def oi_change_against(legs: pa.Table, base: pa.Table | None) -> np.ndarray:
+def oi_change_against(legs: tuple[Columns, np.ndarray], base) -> np.ndarray:
     """Each leg's OI minus the same contract's OI in `base` (another minute, same expiry); NaN where the contract
     or the base minute is not stored."""
-    out = np.full(legs.num_rows, np.nan)
-    if base is None or not base.num_rows:
+    cols, rows = legs
+    out = np.full(len(rows), np.nan)
+    if base is None or not len(base[1]):
         return out
-    bkeys, boi = _contract_keys(base), base["oi"].to_numpy(zero_copy_only=False).astype(float)
+    bkeys, boi = _contract_keys(*base), base[0]("oi")[base[1]].astype(float)
     order = np.argsort(bkeys)
     bkeys, boi = bkeys[order], boi[order]
-    keys = _contract_keys(legs)
-    at = np.clip(np.searchsorted(bkeys, keys), 0, max(len(bkeys) - 1, 0))
+    keys = _contract_keys(cols, rows)
+    at = np.clip(np.searchsorted(bkeys, keys), 0, len(bkeys) - 1)
     hit = bkeys[at] == keys
-    out[hit] = legs["oi"].to_numpy(zero_copy_only=False).astype(float)[hit] - boi[at[hit]]
+    out[hit] = cols("oi")[rows][hit].astype(float) - boi[at[hit]]
     return out
 
 
@@ -80,77 +84,96 @@ def strike_window(strikes: np.ndarray, atm: float, atm_window: int | None, asked
     return strikes[max(0, i - atm_window): i + atm_window + 1]
 
 
-def forward_of(ce: pa.Table, pe: pa.Table, ts: dt.datetime, expiry: dt.date, rate: float, spot: float) -> float:
-    """The forward implied by put-call parity at the strike where CE and PE trade closest (as the summary's ATM)."""
-    k = np.intersect1d(ce["strike"].to_numpy(), pe["strike"].to_numpy())
+def forward_of(k: np.ndarray, ce_ltp: np.ndarray, pe_ltp: np.ndarray, ts: dt.datetime, expiry: dt.date,
+               rate: float, spot: float) -> float:
+    """The forward implied by put-call parity at the strike where CE and PE trade closest (as the summary's ATM);
+    k, ce_ltp and pe_ltp per strike (NaN where a side has no row)."""
     if not len(k):
         return spot
-
-    def ltp_at(t: pa.Table) -> np.ndarray:
-        strikes, ltp = t["strike"].to_numpy(), t["ltp"].to_numpy(zero_copy_only=False).astype(float)
-        order = np.argsort(strikes)
-        return ltp[order][np.searchsorted(strikes[order], k)]
-
     years = year_fraction(ts, np.full(len(k), np.datetime64(expiry, "D")))
-    fwd = parity_forwards(k, ltp_at(ce), ltp_at(pe), years, rate, np.zeros(len(k), dtype=np.intp), np.array([0]),
+    fwd = parity_forwards(k, ce_ltp, pe_ltp, years, rate, np.zeros(len(k), dtype=np.intp), np.array([0]),
                           np.array([spot]))
     return float(fwd[0])
 
 
-def _side_rows(part: pa.Table, chosen: np.ndarray, fields: list[str]) -> list[dict | None]:
-    """The legs of one side at the chosen strikes, as dicts of the chosen fields (None where no row)."""
-    strikes = part["strike"].to_numpy(zero_copy_only=False)
-    order = np.argsort(strikes)
-    at = np.searchsorted(strikes[order], chosen).clip(0, max(len(strikes) - 1, 0))
-    found = (strikes[order][at] == chosen) if len(strikes) else np.zeros(len(chosen), bool)
-    rows = (part.take(pa.array(order[at][found])) if found.any() else part.slice(0, 0)).select(fields)
-    records = rows.to_pylist()
-    out: list[dict | None] = [None] * len(chosen)
-    for slot, rec in zip(np.flatnonzero(found).tolist(), records, strict=True):
-        out[slot] = rec
+def _as_json_values(values: np.ndarray, nulls: np.ndarray | None, integer: bool) -> list:
+    """Values for the response: ints as ints, null where missing (NaN floats stay NaN: orjson writes null)."""
+    if integer and values.dtype.kind == "f":  # derived OI changes: NaN where the base is not stored
+        out = np.full(len(values), None, dtype=object)
+        ok = ~np.isnan(values)
+        out[ok] = values[ok].astype(np.int64)
+        return out.tolist()
+    out = values.tolist()
+    if nulls is not None and nulls.any():
+        for i in np.flatnonzero(nulls).tolist():
+            out[i] = None
     return out
 
 
-def with_changes(legs: pa.Table, prev: pa.Table | None, earlier: pa.Table | None) -> pa.Table:
-    """ltp_change (vs the previous close), oi_change (vs the previous session's last minute), oi_change_n (vs N
-    minutes earlier); nulls where the base is not stored."""
-    ltp, close = (legs[c].to_numpy(zero_copy_only=False).astype(float) for c in ("ltp", "close"))
-    out = legs.append_column("ltp_change", pa.array(ltp - close, pa.float64()))
-    for name, base in (("oi_change", prev), ("oi_change_n", earlier)):
-        change = oi_change_against(legs, base)
-        out = out.append_column(name, pa.array(change, pa.float64(), mask=np.isnan(change)).cast(pa.int64()))
+def _side_rows(cols: Columns, rows: np.ndarray, slots: np.ndarray, n: int, fields: list[str], derived: dict,
+               tz) -> list[dict | None]:
+    """The legs `rows` (one side) placed at their strike's slot among n, as dicts of the chosen fields."""
+    values = []
+    for f in fields:
+        if f in derived:
+            values.append(_as_json_values(derived[f], None, f != "ltp_change"))
+        elif f == "last_trade_time":
+            ns = cols(f)[rows]
+            text = iso_column(pa.array(ns, pa.int64()).cast(pa.timestamp("ns", tz="UTC")), tz).to_pylist()
+            values.append([None if v == np.iinfo(np.int64).min else t for v, t in zip(ns.tolist(), text, strict=True)])
+        else:
+            nulls = cols.nulls(f)
+            values.append(_as_json_values(cols(f)[rows], None if nulls is None else nulls[rows],
+                                          cols(f).dtype.kind in "iu"))
+    out: list[dict | None] = [None] * n
+    for slot, row in zip(slots.tolist(), zip(*values, strict=True) if values else [()] * len(rows), strict=True):
+        out[slot] = dict(zip(fields, row, strict=True))
     return out
 
 
-def build_chain(index: str, ts: dt.datetime, legs: pa.Table, summary: pa.Table, *, expiry=None,
+def build_chain(index: str, ts: dt.datetime, legs, summary: pa.Table, *, expiry=None,
                 atm_window: int | None = None, strikes: list[float] | None = None, greeks: bool = True,
-                columns: list[str] | None = None, prev: tuple[dt.datetime | None, pa.Table | None] = (None, None),
-                earlier: tuple[int | None, dt.datetime | None, pa.Table | None] = (None, None, None),
+                columns: list[str] | None = None, prev: tuple = (None, None), earlier: tuple = (None, None, None),
                 ledger_info: dict | None = None, rate: float = 0.065, tz: dt.tzinfo = dt.UTC) -> dict:
-    """The response of /v1/chain for one stored minute."""
+    """The response of /v1/chain for one stored minute. `legs` (and the legs of `prev`, the previous session's last
+    minute, and of `earlier`, N minutes before) are (Columns, rows) as Catalog.minute_legs gives them."""
     head = choose_expiry(summary, expiry)
     exp = head["expiry"]
-    mine = _of_expiry(legs, exp)
+    cols, rows = _of_expiry(legs, exp)
     n_minutes, n_ts, n_legs = earlier
-    mine = with_changes(mine, _of_expiry(prev[1], exp), _of_expiry(n_legs, exp) if n_minutes else None)
     fields = [c for c in (columns or LEG_COLUMNS) if c in LEG_COLUMNS and (greeks or c not in GREEKS)]
     if not n_minutes:
         fields = [c for c in fields if c != "oi_change_n"]
-    chosen = strike_window(np.unique(mine["strike"].to_numpy()), head["atm_strike"], atm_window, strikes)
-    if "last_trade_time" in mine.column_names:
-        at = mine.schema.get_field_index("last_trade_time")
-        mine = mine.set_column(at, "last_trade_time", iso_column(mine["last_trade_time"], tz))
-    side_tables = {side: mine.filter(pc.equal(mine["side"], side)) for side in ("CE", "PE")}
-    ce, pe = (_side_rows(side_tables[side], chosen, fields) for side in ("CE", "PE"))
-    sources = sorted({SOURCE_NAMES.get(s, s) for s in pc.unique(mine["source"]).to_pylist() if s})
+    strike_of = cols("strike")[rows]
+    chosen = strike_window(np.unique(strike_of), head["atm_strike"], atm_window, strikes)
+    is_pe = cols("side")[rows] == "PE"
+    derived = {"ltp_change": cols("ltp")[rows] - cols("close")[rows],
+               "oi_change": oi_change_against((cols, rows), _of_expiry(prev[1], exp)),
+               "oi_change_n": oi_change_against((cols, rows), _of_expiry(n_legs, exp) if n_minutes else None)}
+    every = np.unique(strike_of)
+    ltp_at = []  # per strike of the whole chain and side, for the forward (whatever window is asked)
+    for pe in (False, True):
+        price = np.full(len(every), np.nan)
+        price[np.searchsorted(every, strike_of[is_pe == pe])] = cols("ltp")[rows[is_pe == pe]]
+        ltp_at.append(price)
+    sides = []
+    for pe in (False, True):
+        mine = np.flatnonzero(is_pe == pe)
+        mine = mine[np.argsort(strike_of[mine], kind="stable")]
+        at = np.searchsorted(chosen, strike_of[mine])
+        keep = (at < len(chosen)) & (chosen[np.minimum(at, len(chosen) - 1)] == strike_of[mine]) if len(chosen) else \
+            np.zeros(len(mine), bool)
+        sides.append(_side_rows(cols, rows[mine[keep]], at[keep], len(chosen), fields,
+                                {k: v[mine[keep]] for k, v in derived.items()}, tz))
+    sources = sorted({SOURCE_NAMES.get(s, s) for s in set(cols("source")[rows].tolist()) if s})
     info = ledger_info or {}
     stored_at = info.get("stored_at")
     return {
         "index": index, "ts": iso(ts, tz), "expiry": exp.isoformat(), "expiry_kind": head["expiry_kind"],
         "expiries": [{"expiry": r["expiry"].isoformat(), "expiry_kind": r["expiry_kind"]}
                      for r in sorted(summary.select(["expiry", "expiry_kind"]).to_pylist(), key=lambda r: r["expiry"])],
-        "spot": head["spot"], "forward": forward_of(side_tables["CE"], side_tables["PE"], ts, exp, rate, head["spot"]), "atm_strike": head["atm_strike"],
-        "summary": {k: head[k] for k in SUMMARY_FIELDS},
+        "spot": head["spot"], "forward": forward_of(every, *ltp_at, ts, exp, rate, head["spot"]),
+        "atm_strike": head["atm_strike"], "summary": {k: head[k] for k in SUMMARY_FIELDS},
         "provenance": {"source": ",".join(sources) or None, "sample_span_ms": head.get("sample_span_ms"),
                        "spot_offset_ms": head.get("spot_offset_ms"),
                        "repaired": None if "live" not in info else not info["live"],
@@ -158,5 +181,5 @@ def build_chain(index: str, ts: dt.datetime, legs: pa.Table, summary: pa.Table, 
         "oi_change_base": {"previous_session_minute": iso(prev[0], tz), "oi_change_minutes": n_minutes,
                            "minutes_earlier": iso(n_ts, tz) if n_legs is not None else None},
         "columns": fields,
-        "strikes": [{"strike": k, "ce": c, "pe": p} for k, c, p in zip(chosen.tolist(), ce, pe, strict=True)],
+        "strikes": [{"strike": k, "ce": c, "pe": p} for k, c, p in zip(chosen.tolist(), *sides, strict=True)],
     }

@@ -134,14 +134,17 @@ def chain_doc(state: ServerState, name: str, ts: dt.datetime, n_minutes: int | N
                        nearest_before=iso(before), nearest_after=iso(after))
     prev_minutes = cat.minutes(name, cal.previous_trading_day(day))
     prev_ts = dt.datetime.fromtimestamp(prev_minutes[-1] / 1e9, dt.UTC) if len(prev_minutes) else None
-    prev = (prev_ts, cat.minute_rows("legs", name, prev_ts) if prev_ts else None)
+    prev = (prev_ts, cat.minute_legs(name, prev_ts) if prev_ts else None)
     n_ts = n_legs = None
     if n_minutes:
         n_ts = ts - dt.timedelta(minutes=n_minutes)
         if cat.has_minute(name, n_ts):
-            n_legs = cat.minute_rows("legs", name, n_ts)
+            n_legs = cat.minute_legs(name, n_ts)
     info = Ledger(state.sync_redis).stored_info(ts.isoformat(), [name]).get(name) if state.sync_redis else None
-    return build_chain(name, ts, cat.minute_rows("legs", name, ts), cat.minute_rows("summary", name, ts),
+    legs = cat.minute_legs(name, ts)
+    if legs is None:
+        raise ApiError(404, "at", f"{name} has a summary but no legs stored at {iso(ts, IST)}")
+    return build_chain(name, ts, legs, cat.minute_rows("summary", name, ts),
                        prev=prev, earlier=(n_minutes, n_ts, n_legs), ledger_info=info,
                        rate=state.settings.market.risk_free_rate if state.settings else 0.065, **ask)
 
