@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import time
+import urllib.request
 
 import psutil
 import pytest
@@ -30,6 +31,14 @@ def inbox():
     box.stop()
 
 
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
 def wait_for(predicate, timeout: float, every: float = 0.3, what: str = ""):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -43,7 +52,7 @@ def wait_for(predicate, timeout: float, every: float = 0.3, what: str = ""):
 def test_killed_redis_is_restarted_alerted_resolved_and_given_up_past_the_limit(isolated_settings, inbox):
     env = up_env(SMTP_SERVER="127.0.0.1", SMTP_PORT=str(inbox.port), ALERT_RECIPIENTS="ops@example.com",
                  MAX_RESTART_ATTEMPTS="2", RESTART_WINDOW_S="600", OPTASK_SIMULATED_SESSION_DAY=DAY.isoformat(),
-                 OPTASK_SIMULATED_SESSION_SPEED="30")
+                 OPTASK_SIMULATED_SESSION_SPEED="30", API_ENABLED="true")
     up = Up(env)
     try:
         up.read_until(lambda ln: "indices" in ln and "legs" in ln)
@@ -54,9 +63,15 @@ def test_killed_redis_is_restarted_alerted_resolved_and_given_up_past_the_limit(
         redis_child().kill()
         up.read_until(lambda ln: "redis restarted" in ln, timeout=30)
         up.read_until(lambda ln: "2/2 indices" in ln, timeout=60)  # the pipeline resumes on the restarted Redis
-        wait_for(lambda: len(inbox.messages) >= 2, 60, what="the alert and its resolved notice")
-        assert inbox.subjects()[0].startswith("[optask] WARN supervisor.redis: redis exited (killed by SIGKILL)")
-        assert inbox.subjects()[1] == "[optask] RESOLVED supervisor.redis: redis running again for 20 s"
+        # the API lived through it (it waits for Redis, and follows the events again)
+        assert wait_for(lambda: _answers(f"http://127.0.0.1:{env['API_PORT']}/healthz"), 30, what="the API")
+
+        def about_redis() -> list[str]:  # this drill's alerts (another child's would be a notice of its own)
+            return [s for s in inbox.subjects() if "supervisor.redis" in s]
+
+        wait_for(lambda: len(about_redis()) >= 2, 60, what="the alert and its resolved notice")
+        assert about_redis()[0].startswith("[optask] WARN supervisor.redis: redis exited (killed by SIGKILL)")
+        assert about_redis()[1] == "[optask] RESOLVED supervisor.redis: redis running again for 20 s"
         url = recorded_redis_url(isolated_settings)
         history = redis.Redis.from_url(url).lrange("optask:alerts:history", 0, -1)
         kinds = [json.loads(h)["kind"] for h in history if b"supervisor.redis" in h]

@@ -12,6 +12,8 @@ api_app = typer.Typer(no_args_is_help=True, help="The HTTP API's tokens (`optask
 token_app = typer.Typer(no_args_is_help=True, help="Read-only API tokens, stored hashed in Redis.")
 api_app.add_typer(token_app, name="token")
 app.add_typer(api_app, name="api")
+#: How long `optask serve` waits for a configured Redis to answer before it gives up (exit 2).
+REDIS_WAIT_S = 30.0
 
 
 @app.command()
@@ -28,10 +30,12 @@ def serve(
     """
     from optask.api.server import PortInUse
     from optask.api.server import serve as run_server
-    from optask.infra.redis_server import RedisUnavailable, redis_for_command
+    from optask.infra.redis_server import RedisUnavailable, redis_for_command, wait_for_redis
 
     settings = get_settings()
     try:
+        if settings.redis.effective_url():  # started with the stack, or after Redis restarts: give it time to answer
+            wait_for_redis(settings.redis.effective_url(), REDIS_WAIT_S)
         with redis_for_command(settings):
             h, p = host or settings.api.host, port or settings.api.port
             console.print(f"optask API on http://{h}:{p}/v1 (docs http://{h}:{p}/docs), data {settings.data.root}",
