@@ -9,6 +9,7 @@ is read again only for the minute files that are new.
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import hashlib
 import threading
@@ -21,12 +22,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from optask.api.formats import iso_column
 from optask.core.schema import TABLE_KEYS
 from optask.core.timeutils import IST
 from optask.storage.parquet import DAY_FILE, ParquetStore
 
 UTC = dt.UTC
 _READ_TRIES = 4
+#: Set while an answer is built on the event loop: a day not in the cache (a disk read) raises NotCached instead,
+#: and the answer is built again in a worker thread.
+CACHED_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("optask_api_cached_only", default=False)
+
+
+class NotCached(Exception):
+    """The answer needs a day table that is not in the cache (see CACHED_ONLY)."""
 
 
 def stamps_of(files: list[Path]) -> dict[str, str]:
@@ -55,6 +64,7 @@ class Catalog:
     recheck_s: float = 1.0  # a cached day's files are listed again at most this often, or when its index changes
     _days: OrderedDict = field(default_factory=OrderedDict)  # (table, index, day) -> (file stamps, table)
     _checked: dict = field(default_factory=dict)  # (table, index, day) -> when its files were last listed
+    _changed: dict = field(default_factory=dict)  # index -> when it last stored (or repaired) a minute
     _minutes: dict = field(default_factory=dict)  # (index, day) -> (summary table, its sorted minutes)
     _ts: dict = field(default_factory=dict)  # (table, index, day) -> (day table, its ts as int64 ns)
     _columns: dict = field(default_factory=dict)  # (table, index, day) -> Columns of the cached day table
@@ -85,18 +95,20 @@ class Catalog:
         key = (table, index, day)
         with self._lock:
             hit = self._days.get(key)
-            if hit and time.monotonic() - self._checked.get(key, -1e9) < self.recheck_s:
+            checked = self._checked.get(key, -1e9)
+            if hit and time.monotonic() - checked < self.recheck_s and checked > self._changed.get(index, -1e9):
                 return hit[1]
         for _ in range(_READ_TRIES):
-            stamps = stamps_of(self.day_files(table, index, day))
-            with self._lock:
-                self._checked[key] = time.monotonic()
+            stamps = stamps_of(self.day_files(table, index, day))  # stats only: cheap enough on the event loop
+            listed = time.monotonic()
             with self._lock:
                 hit = self._days.get(key)
-            if hit and hit[0] == stamps:
-                with self._lock:
+                if hit and hit[0] == stamps:
+                    self._checked[key] = listed
                     self._days.move_to_end(key)
-                return hit[1]
+                    return hit[1]
+            if CACHED_ONLY.get():
+                raise NotCached(key)
             try:
                 data = self._read_changed(table, index, day, stamps, hit)
             except (FileNotFoundError, OSError, pa.ArrowInvalid):
@@ -104,6 +116,8 @@ class Catalog:
             if data.num_columns and data.num_rows:
                 data = data.sort_by(sort_keys(table, data))
             self._remember(key, stamps, data)
+            with self._lock:
+                self._checked[key] = listed  # fresh as of the listing it was read from
             return data
         raise OSError(f"the files of {table} {index} {day} kept changing while being read")
 
@@ -127,8 +141,7 @@ class Catalog:
     def changed(self, index: str) -> None:
         """An index stored (or repaired) a minute: list its days' files again on the next read."""
         with self._lock:
-            for key in [k for k in self._checked if k[1] == index]:
-                del self._checked[key]
+            self._changed[index] = time.monotonic()  # a listing from before this is not fresh any more
 
     def _remember(self, key, stamps: dict, data: pa.Table) -> None:
         ts = data["ts"].cast(pa.int64()).to_numpy() if data.num_columns and data.num_rows else np.array([], np.int64)
@@ -263,6 +276,14 @@ class Columns:
     def nulls(self, name: str) -> np.ndarray | None:
         self(name)
         return self._nulls.get(name)
+
+    def iso(self, name: str, tz: dt.tzinfo) -> np.ndarray:
+        """A timestamp column as ISO text in `tz` (None where null), formatted once for the whole table."""
+        key = f"{name}@{tz}"
+        got = self._np.get(key)
+        if got is None:
+            got = self._np[key] = iso_column(self.table[name], tz).to_numpy(zero_copy_only=False)
+        return got
 
 
 def sort_keys(table: str, data: pa.Table) -> list[tuple[str, str]]:

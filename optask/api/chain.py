@@ -14,7 +14,6 @@ import numpy as np
 import pyarrow as pa
 
 from optask.api.catalog import Columns
-from optask.api.formats import iso_column
 from optask.api.params import ApiError, iso
 from optask.core.pricing import year_fraction
 from optask.core.schema import PER_SIDE_COLUMNS
@@ -118,9 +117,7 @@ def _side_rows(cols: Columns, rows: np.ndarray, slots: np.ndarray, n: int, field
         if f in derived:
             values.append(_as_json_values(derived[f], None, f != "ltp_change"))
         elif f == "last_trade_time":
-            ns = cols(f)[rows]
-            text = iso_column(pa.array(ns, pa.int64()).cast(pa.timestamp("ns", tz="UTC")), tz).to_pylist()
-            values.append([None if v == np.iinfo(np.int64).min else t for v, t in zip(ns.tolist(), text, strict=True)])
+            values.append(cols.iso(f, tz)[rows].tolist())
         else:
             nulls = cols.nulls(f)
             values.append(_as_json_values(cols(f)[rows], None if nulls is None else nulls[rows],

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Query, Request, Response, Security
 from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPBearer
 
+from optask.api.catalog import CACHED_ONLY, NotCached
 from optask.api.chain import LEG_COLUMNS, build_chain
 from optask.api.coverage import coverage
 from optask.api.formats import MEDIA, arrow_length, body, negotiate
@@ -69,11 +70,24 @@ def _send(request: Request, state: ServerState, etag: str, content: bytes) -> Re
     return Response(content, media_type="application/json", headers=_headers(state, etag))
 
 
+async def _built(build):
+    """Build on the event loop when every day it needs is cached (a few ms, no thread hand-off), else in a thread
+    (the event loop never waits on a disk)."""
+    mark = CACHED_ONLY.set(True)
+    try:
+        return build()
+    except NotCached:
+        pass
+    finally:
+        CACHED_ONLY.reset(mark)
+    return await asyncio.to_thread(build)
+
+
 async def _json(request: Request, state: ServerState, key, build) -> Response:
     """A JSON answer (ETag: a hash of its body), kept until the index it is about stores another minute."""
     hit = state.cached(key)
     if hit is None:
-        content = orjson.dumps(await asyncio.to_thread(build), option=orjson.OPT_SERIALIZE_NUMPY)
+        content = orjson.dumps(await _built(build), option=orjson.OPT_SERIALIZE_NUMPY)
         hit = (_tag(content), content)
         state.remember(key, *hit)
     return _send(request, state, *hit)
@@ -118,10 +132,12 @@ async def chain(request: Request, index: str, at: str | None = None,
         raise ApiError(404, "at", f"nothing is stored for {name} yet")
     ask = {"expiry": checked_expiry(expiry), "atm_window": atm_window, "strikes": checked_numbers(strikes, "strikes"),
            "greeks": greeks, "columns": checked_columns(columns, list(LEG_COLUMNS)), "tz": tz_of(tz)}
-    return await _json(request, state, key, lambda: chain_doc(state, name, ts, oi_change_minutes, ask))
+    info = await state.stored_info(name, ts)
+    return await _json(request, state, key, lambda: chain_doc(state, name, ts, oi_change_minutes, ask, info))
 
 
-def chain_doc(state: ServerState, name: str, ts: dt.datetime, n_minutes: int | None, ask: dict) -> dict:
+def chain_doc(state: ServerState, name: str, ts: dt.datetime, n_minutes: int | None, ask: dict,
+              info: dict | None = None) -> dict:
     cat, cal = state.catalog, state.calendar
     day = ts.astimezone(IST).date()
     if not cal.is_trading_day(day):
@@ -140,7 +156,6 @@ def chain_doc(state: ServerState, name: str, ts: dt.datetime, n_minutes: int | N
         n_ts = ts - dt.timedelta(minutes=n_minutes)
         if cat.has_minute(name, n_ts):
             n_legs = cat.minute_legs(name, n_ts)
-    info = Ledger(state.sync_redis).stored_info(ts.isoformat(), [name]).get(name) if state.sync_redis else None
     legs = cat.minute_legs(name, ts)
     if legs is None:
         raise ApiError(404, "at", f"{name} has a summary but no legs stored at {iso(ts, IST)}")

@@ -12,13 +12,15 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
+import orjson
 import redis
 import redis.asyncio
 
 from optask.api.catalog import Catalog
 from optask.api.params import ApiError
 from optask.core.calendar import MarketCalendar
-from optask.core.timeutils import parse_ts
+from optask.core.timeutils import IST, parse_ts
+from optask.infra.coordination import PREFIX
 from optask.infra.ledger import EVENTS, EVENTS_KEPT
 
 log = logging.getLogger("optask.api")
@@ -93,6 +95,14 @@ class ServerState:
         self.answers[key] = (etag, body)
         while len(self.answers) > 512:
             self.answers.popitem(last=False)
+
+    async def stored_info(self, index: str, ts: dt.datetime) -> dict | None:
+        """What the ledger recorded when the minute was stored (when; live or by a repair), or None."""
+        try:
+            raw = await self.redis.hget(f"{PREFIX}:stored:{index}:{ts.astimezone(IST).date()}", ts.isoformat())
+        except redis.RedisError:
+            return None  # Redis away: the provenance says "not known" rather than failing the chain
+        return orjson.loads(raw) if raw else None
 
     async def minutes_since(self, since: str, index: str) -> np.ndarray:
         """since=: the minutes of `index` stored (or stored again) after event `since`, up to now (int64 ns)."""
