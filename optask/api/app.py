@@ -48,7 +48,8 @@ class TokenGate:
         if scope["type"] != "http" or not scope["path"].startswith("/v1") or scope["method"] == "OPTIONS":
             return await self.app(scope, receive, send)  # lifespan, docs, CORS preflight
         state: ServerState = self.app.state.optask
-        auth = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        headers = dict(scope["headers"])
+        auth = headers.get(b"authorization", b"").decode("latin-1")
         token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
         if not token:
             return await _error(401, "Authorization", "an API token is needed: send 'Authorization: Bearer TOKEN' "
@@ -73,7 +74,7 @@ class TokenGate:
 
         kept = state.kept_answer(scope["path"], scope["query_string"].decode("latin-1"))
         if kept is not None:  # the same question since the index last changed: skip routing and parsing
-            return await _send_kept(scope, send, state, *kept, extra)
+            return await _send_kept(headers, send, state, *kept, extra)
 
         async def send_with_limits(message) -> None:
             if message["type"] == "http.response.start":
@@ -83,14 +84,13 @@ class TokenGate:
         return await self.app(scope, receive, send_with_limits)
 
 
-async def _send_kept(scope, send, state: ServerState, etag: str, body: bytes, extra: list) -> None:
-    held = dict(scope["headers"]).get(b"if-none-match", b"").decode("latin-1")
-    fresh = bool(held) and (held.strip() == "*" or etag in [t.strip() for t in held.split(",")])
-    headers = [(b"etag", etag.encode()), (b"x-stored-cursor", state.last_event_id.encode()),
-               (b"cache-control", b"no-cache"), *extra]
+async def _send_kept(headers: dict, send, state: ServerState, etag: str, body: bytes, extra: list) -> None:
+    fresh = routes.holds(headers.get(b"if-none-match", b"").decode("latin-1"), etag)
+    out = [(b"etag", etag.encode()), (b"x-stored-cursor", state.last_event_id.encode()),
+           (b"cache-control", b"no-cache"), *extra]
     if not fresh:
-        headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": 304 if fresh else 200, "headers": headers})
+        out += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 304 if fresh else 200, "headers": out})
     await send({"type": "http.response.body", "body": b"" if fresh else body})
 
 

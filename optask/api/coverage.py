@@ -51,9 +51,10 @@ def day_coverage(settings, calendar: MarketCalendar, ledger: Ledger, index: str,
     stored = ledger.stored(index, day)
     by_batch = sum(1 for info in stored.values() if info.get("live") is False)
     summary = present.get("parquet.summary", set())
+    due = {t.isoformat() for t in session}
     return {
         "day": day.isoformat(), "session_minutes": len(calendar.session_minutes(day)), "minutes_due": len(session),
-        "stored": {name: len(minutes & {t.isoformat() for t in session}) for name, minutes in present.items()},
+        "stored": {name: len(minutes & due) for name, minutes in present.items()},
         "complete": all(len(m) >= len(session) for m in present.values()) and bool(present),
         "gaps": gaps_of(session, summary),
         "gaps_by_store": {name: gaps_of(session, m) for name, m in present.items() if m != summary},

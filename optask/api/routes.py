@@ -54,10 +54,14 @@ def _tag(*parts: object) -> str:
     return '"' + hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=16).hexdigest() + '"'
 
 
-def _fresh(request: Request, etag: str) -> bool:
-    """The caller already holds this answer (If-None-Match)."""
-    held = request.headers.get("if-none-match")
+def holds(if_none_match: str | None, etag: str) -> bool:
+    """The caller already holds this answer (its If-None-Match names the ETag, or is *)."""
+    held = if_none_match or ""
     return bool(held) and (held.strip() == "*" or etag in [t.strip() for t in held.split(",")])
+
+
+def _fresh(request: Request, etag: str) -> bool:
+    return holds(request.headers.get("if-none-match"), etag)
 
 
 def _headers(state: ServerState, etag: str, **extra: str) -> dict[str, str]:
