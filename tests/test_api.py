@@ -319,6 +319,32 @@ def test_the_rate_limit_is_shared_by_api_processes(api):
     assert "limited" in r.json()["error"]["message"]
 
 
+def test_a_request_syncing_while_a_flush_is_in_flight_is_counted_once(api):
+    """Both hand Redis their requests at once (gather runs the flush up to its await first): each request once."""
+    import asyncio
+
+    import redis.asyncio
+
+    from optask.api.tokens import AUTHORIZE, SYNC_S, TokenLedger
+
+    token = api.token("racing")
+
+    async def race() -> int:
+        client = redis.asyncio.Redis.from_url(api.env["REDIS_URL"])
+        ledger = TokenLedger(client, 60, await client.script_load(AUTHORIZE))
+        for _ in range(4):  # one sync, then three counted locally
+            await ledger.check(token)
+        await asyncio.sleep(SYNC_S * 1.5)  # the next request syncs by itself
+        await asyncio.gather(ledger.flush(), ledger.check(token))
+        await ledger.flush()
+        await asyncio.sleep(SYNC_S * 1.5)
+        verdict = await ledger.check(token)  # syncs: Redis' count for the window, plus this one
+        await client.aclose()
+        return verdict.count
+
+    assert asyncio.run(race()) == 6  # before the fix: 9, the three local requests handed over twice
+
+
 def test_the_client_waits_as_retry_after_says(api):
     from optask.client import Client
 

@@ -130,20 +130,26 @@ class TokenLedger:
         """Every SYNC_S, hand Redis what was counted here and not yet synced, so other processes see it."""
         while True:
             await asyncio.sleep(SYNC_S)
-            now = time.monotonic()
-            for sha, entry in list(self.seen.items()):
-                if entry.pending and entry.name and now < entry.window_end:
-                    try:
-                        reply = await self._sync(sha, entry.pending)
-                    except Exception:  # noqa: BLE001 - Redis away: counted again at the next request
-                        break
-                    if reply and int(reply[0]):
-                        entry.count, entry.pending, entry.synced = int(reply[1]), 0, now
-                        entry.window_end = now + int(reply[2]) / 1000
-                    else:  # revoked meanwhile
-                        self.seen[sha] = _Seen(None, 0, 0, now, now + SYNC_S)
-                elif now - entry.synced > 60:
-                    del self.seen[sha]  # not seen for a minute: forget it
+            await self.flush()
+
+    async def flush(self) -> None:
+        """One pass of flush_forever: each token's requests counted here since its last sync, to Redis."""
+        now = time.monotonic()
+        for sha, entry in list(self.seen.items()):
+            if entry.pending and entry.name and now < entry.window_end:
+                add, entry.pending = entry.pending, 0  # taken before the await: a request syncing meanwhile
+                try:  # must not hand the same requests to Redis again
+                    reply = await self._sync(sha, add)
+                except Exception:  # noqa: BLE001 - Redis away: counted again at the next request
+                    entry.pending += add
+                    break
+                if reply and int(reply[0]):  # what was counted here during the await stays pending
+                    entry.count, entry.synced = int(reply[1]) + entry.pending, now
+                    entry.window_end = now + int(reply[2]) / 1000
+                else:  # revoked meanwhile
+                    self.seen[sha] = _Seen(None, 0, 0, now, now + SYNC_S)
+            elif now - entry.synced > 60:
+                del self.seen[sha]  # not seen for a minute: forget it
 
     async def check(self, token: str) -> Verdict:
         sha, now = digest(token), time.monotonic()
@@ -152,7 +158,9 @@ class TokenLedger:
             entry.pending += 1
             entry.count += 1
             return Verdict(entry.name, entry.count, max(1, math.ceil(entry.window_end - now)))
-        add = 1 + (entry.pending if entry is not None and now < entry.window_end else 0)
+        add = 1
+        if entry is not None and now < entry.window_end:
+            add, entry.pending = 1 + entry.pending, 0  # taken before the await (see flush)
         reply = await self._sync(sha, add)
         if not reply or int(reply[0]) == 0:
             self.seen[sha] = _Seen(None, 0, 0, now, now + SYNC_S)  # unknown: asked again after SYNC_S
