@@ -4,6 +4,8 @@ environment the test gives it: its own data root and Redis).
     python tests/api_session.py build        Fri 2026-11-20 15:25-15:29 (then compacted and verified) and
                                              Mon 2026-11-23 09:15-09:26; NIFTY's 09:20 comes from a repair
     python tests/api_session.py minute HH:MM one more live minute of 2026-11-23, every index
+    python tests/api_session.py minutes HH:MM N   N live minutes of 2026-11-23 from HH:MM, every index
+    python tests/api_session.py repair HH:MM  NIFTY's minute HH:MM of 2026-11-23 stored by a repair (not live)
     python tests/api_session.py compact      fold 2026-11-23 into day.parquet
 """
 
@@ -42,10 +44,14 @@ if __name__ == "__main__":
     what = sys.argv[1]
     if what == "build":
         build()
-    elif what == "minute":
+    elif what in ("minute", "minutes", "repair"):
         hh, mm = (int(x) for x in sys.argv[2].split(":"))
-        for index in get_settings().market.indices:
-            store_minute(index, dt.datetime.combine(DAY2, dt.time(hh, mm), IST).isoformat())
+        first = dt.datetime.combine(DAY2, dt.time(hh, mm), IST)
+        if what == "repair":
+            store_minutes("NIFTY", [first.isoformat()])
+        for i in range(int(sys.argv[3]) if what == "minutes" else 1 if what == "minute" else 0):
+            for index in get_settings().market.indices:
+                store_minute(index, (first + dt.timedelta(minutes=i)).isoformat())
     elif what == "compact":
         for index in get_settings().market.indices:
             compact_day(index, DAY2, get_settings())

@@ -52,8 +52,10 @@ class Api:
 
     def serve(self, **env: str) -> str:
         port = free_port()
+        log = (self.data.parent / f"serve-{port}.log").open("w")
         proc = subprocess.Popen([*OPTASK, "serve", "--port", str(port)], env={**self.env, **env}, cwd=ROOT,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                stdout=log, stderr=subprocess.STDOUT, text=True)
+        proc.log = log.name
         self.servers.append(proc)
         url = f"http://127.0.0.1:{port}"
         deadline = time.time() + 30
@@ -63,8 +65,11 @@ class Api:
                     return url
             except httpx.HTTPError:
                 time.sleep(0.2)
-            assert proc.poll() is None, proc.stdout.read()
+            assert proc.poll() is None, Path(proc.log).read_text()
         raise AssertionError("optask serve did not answer within 30 s")
+
+    def server_log(self, i: int) -> str:
+        return Path(self.servers[i].log).read_text()
 
     def parquet(self, table: str, index: str) -> pd.DataFrame:
         """The table as any reader sees it, minute files winning over day.parquet (the store's documented rule)."""

@@ -16,13 +16,15 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import cookie_parser
 
 from optask import __version__
-from optask.api import routes
+from optask.api import page, routes, stream
 from optask.api.catalog import Catalog
+from optask.api.live import Hub
 from optask.api.params import ApiError
 from optask.api.state import ServerState
-from optask.api.tokens import AUTHORIZE, TokenLedger
+from optask.api.tokens import AUTHORIZE, COOKIE, Sessions, TokenLedger, digest
 from optask.core.calendar import get_calendar
 from optask.core.config import Settings, get_settings
 from optask.infra.redis_client import connect_async
@@ -37,40 +39,48 @@ def _error(status: int, parameter: str | None, message: str, headers: dict | Non
 
 
 class TokenGate:
-    """The ASGI app uvicorn runs: in front of FastAPI, every /v1 request needs a known bearer token within its
-    rate limit, else 401 or 429 (one Redis round trip, tokens.AUTHORIZE); the limit's headers go on every
-    answer. A chain asked again before its index changed is answered here from the kept bytes."""
+    """The ASGI app uvicorn runs: in front of FastAPI, every /v1 request (and WebSocket) needs a known token within
+    its rate limit, else 401 or 429 (one Redis round trip, tokens.AUTHORIZE); the limit's headers go on every
+    answer. The token comes as `Authorization: Bearer`, or from the page's session cookie. A chain asked again
+    before its index changed is answered here from the kept bytes."""
 
     def __init__(self, app: FastAPI, settings: Settings) -> None:
         self.app, self.limit, self.window = app, settings.api.rate_limit, settings.api.rate_window_s
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1") or scope["method"] == "OPTIONS":
-            return await self.app(scope, receive, send)  # lifespan, docs, CORS preflight
+        kind = scope["type"]
+        if kind not in ("http", "websocket") or not scope["path"].startswith("/v1") or scope.get("method") == "OPTIONS":
+            return await self.app(scope, receive, send)  # lifespan, the page, docs, CORS preflight
         state: ServerState = self.app.state.optask
         headers = dict(scope["headers"])
-        auth = headers.get(b"authorization", b"").decode("latin-1")
-        token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-        if not token:
-            return await _error(401, "Authorization", "an API token is needed: send 'Authorization: Bearer TOKEN' "
-                                "(make one with `optask api token create NAME`)",
-                                {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+        refuse = _refuse_socket if kind == "websocket" else _refuse_http
+        sha, by_cookie = await _credential(headers, state)
+        if sha is None:
+            return await refuse(scope, receive, send, 401, "an API token is needed: send 'Authorization: Bearer "
+                                "TOKEN' (make one with `optask api token create NAME`), or log in on the page",
+                                {"WWW-Authenticate": "Bearer"})
+        if by_cookie and kind == "websocket" and not _same_origin(headers):
+            return await refuse(scope, receive, send, 403, "a WebSocket opened with the page's session must come "
+                                "from the page's own origin")
         try:
-            verdict = await state.tokens.check(token)
+            verdict = await state.tokens.check_digest(sha)
         except Exception as exc:  # noqa: BLE001 - Redis away: refuse plainly rather than serve unauthenticated
             log.warning("cannot check a token: %s", exc)
-            return await _error(503, None, "the API cannot reach its Redis to check tokens; try again shortly",
-                                {"Retry-After": "5"})(scope, receive, send)
+            return await refuse(scope, receive, send, 503, "the API cannot reach its Redis to check tokens; try "
+                                "again shortly", {"Retry-After": "5"})
         if not verdict.known:
-            return await _error(401, "Authorization", "this token is not known (revoked, or never made here)",
-                                {"WWW-Authenticate": 'Bearer error="invalid_token"'})(scope, receive, send)
+            return await refuse(scope, receive, send, 401, "this token is not known (revoked, or never made here)",
+                                {"WWW-Authenticate": 'Bearer error="invalid_token"'})
         left = max(0, self.limit - verdict.count)
         extra = [(b"x-ratelimit-limit", str(self.limit).encode()), (b"x-ratelimit-remaining", str(left).encode()),
                  (b"x-ratelimit-reset", str(verdict.reset_s).encode())]
         if verdict.count > self.limit:
-            headers = {k.decode(): v.decode() for k, v in extra} | {"Retry-After": str(verdict.reset_s)}
-            return await _error(429, None, f"token {verdict.name!r} made more than {self.limit} requests in "
-                                f"{self.window} s; retry after {verdict.reset_s} s", headers)(scope, receive, send)
+            limits = {k.decode(): v.decode() for k, v in extra} | {"Retry-After": str(verdict.reset_s)}
+            return await refuse(scope, receive, send, 429, f"token {verdict.name!r} made more than {self.limit} "
+                                f"requests in {self.window} s; retry after {verdict.reset_s} s", limits)
+        scope.setdefault("state", {}).update(token=verdict.name, token_sha=sha)
+        if kind == "websocket":
+            return await self.app(scope, receive, send)
 
         kept = state.kept_answer(scope["path"], scope["query_string"].decode("latin-1"))
         if kept is not None:  # the same question since the index last changed: skip routing and parsing
@@ -82,6 +92,40 @@ class TokenGate:
             await send(message)
 
         return await self.app(scope, receive, send_with_limits)
+
+
+async def _credential(headers: dict, state: ServerState) -> tuple[str | None, bool]:
+    """The sha256 of the request's token (from its bearer header, else from its session cookie), and whether it
+    came from the cookie."""
+    auth = headers.get(b"authorization", b"").decode("latin-1")
+    token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+    if token:
+        return digest(token), False
+    sid = cookie_parser(headers.get(b"cookie", b"").decode("latin-1")).get(COOKIE)
+    if not sid:
+        return None, False
+    try:
+        return await state.sessions.token_of(sid), True
+    except Exception:  # noqa: BLE001 - Redis away: as without a session (the page asks to log in again)
+        return None, True
+
+
+def _same_origin(headers: dict) -> bool:
+    origin = headers.get(b"origin", b"").decode("latin-1")
+    return not origin or origin.split("://", 1)[-1] == headers.get(b"host", b"").decode("latin-1")
+
+
+async def _refuse_http(scope, receive, send, status: int, message: str, headers: dict | None = None) -> None:
+    await _error(status, None if status in (403, 429, 503) else "Authorization", message, headers)(scope, receive, send)
+
+
+async def _refuse_socket(scope, receive, send, status: int, message: str, headers: dict | None = None) -> None:
+    """A WebSocket refused with a close code of 4000 + the HTTP status and the reason (browsers cannot read the
+    body of a refused handshake)."""
+    if (await receive())["type"] != "websocket.connect":
+        return
+    await send({"type": "websocket.accept"})
+    await send({"type": "websocket.close", "code": 4000 + status, "reason": message[:120]})
 
 
 async def _send_kept(headers: dict, send, state: ServerState, etag: str, body: bytes, extra: list) -> None:
@@ -143,6 +187,8 @@ def create_app(settings: Settings | None = None) -> TokenGate:
         state = ServerState(Catalog.from_settings(settings), get_calendar(settings.data.calendar_overrides), client,
                             tuple(settings.market.indices), sync_redis=client_for(settings), settings=settings)
         state.tokens = TokenLedger(client, settings.api.rate_window_s, await client.script_load(AUTHORIZE))
+        state.sessions = Sessions(client, settings.api.session_hours * 3600)
+        state.hub = Hub(client, functools.partial(routes.chain_of, state), settings.api.push_queue)
         await state.start_cursor()
         await asyncio.to_thread(state.load_latest)
         app.state.optask = state
@@ -166,6 +212,8 @@ def create_app(settings: Settings | None = None) -> TokenGate:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
     app.include_router(routes.router)
+    app.include_router(stream.router)
+    page.mount(app)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict:

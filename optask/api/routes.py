@@ -168,6 +168,11 @@ def chain_doc(state: ServerState, name: str, ts: dt.datetime, n_minutes: int | N
                        rate=state.settings.market.risk_free_rate if state.settings else 0.065, **ask)
 
 
+async def chain_of(state: ServerState, name: str, ts: dt.datetime, ask: dict, info: dict | None) -> dict:
+    """The /v1/chain document of a stored minute (for the push: live.Hub builds each event with it)."""
+    return await _built(lambda: chain_doc(state, name, ts, None, ask, info))
+
+
 async def _rows(request: Request, table: str, index: str, start: str | None, stop: str | None, expiry: str | None,
                 strike: str | None, side: str | None, columns: str | None, fmt: str | None, limit: int | None,
                 cursor: str | None, since: str | None, tz: str | None) -> Response:

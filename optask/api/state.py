@@ -17,11 +17,12 @@ import redis
 import redis.asyncio
 
 from optask.api.catalog import Catalog
+from optask.api.live import Event, Hub, lost_since
 from optask.api.params import ApiError
 from optask.core.calendar import MarketCalendar
 from optask.core.timeutils import IST, parse_ts
 from optask.infra.coordination import PREFIX
-from optask.infra.ledger import EVENTS, EVENTS_KEPT
+from optask.infra.ledger import EVENTS
 
 log = logging.getLogger("optask.api")
 _EVENT_ID = re.compile(r"^\d+-\d+$")
@@ -36,10 +37,12 @@ class ServerState:
     sync_redis: redis.Redis | None = None  # for the ledger's sync readers (coverage), in worker threads
     settings: object = None
     tokens: object = None  # tokens.TokenLedger
+    sessions: object = None  # tokens.Sessions: the page's logins
     latest: dict[str, dt.datetime | None] = field(default_factory=dict)
     generation: dict[str, int] = field(default_factory=dict)  # bumped by every stored-minute event of an index
     last_event_id: str = "0-0"
     answers: OrderedDict = field(default_factory=OrderedDict)  # (index, gen, url) -> (etag, body)
+    hub: Hub | None = None  # the push subscribers (live.Hub)
 
     def load_latest(self) -> None:
         for index in self.indices:
@@ -56,6 +59,8 @@ class ServerState:
         t = parse_ts(ts)
         if self.latest.get(index) is None or t > self.latest[index]:
             self.latest[index] = t
+        if self.hub is not None and (event := Event.of(event_id, fields)) is not None:
+            self.hub.publish(event)
 
     async def follow(self, client: redis.asyncio.Redis) -> None:
         """Follow the stored-minute events for as long as the server runs (on its own client, whose timeout
@@ -109,11 +114,8 @@ class ServerState:
         if not _EVENT_ID.match(since):
             raise ApiError(400, "since", f"since={since!r} is not a stored cursor; pass the X-Stored-Cursor header "
                            "of an earlier response (like 1764489300000-0)")
-        first = await self.redis.xrange(EVENTS, count=1)
-        trimmed = await self.redis.xlen(EVENTS) >= EVENTS_KEPT * 0.9  # never trimmed: every event is there
-        if first and trimmed and _older(since, first[0][0].decode()):
-            raise ApiError(410, "since", f"since={since} is older than the stored-minute events kept (oldest "
-                           f"{first[0][0].decode()}); read the range again without since=")
+        if (why := await lost_since(self.redis, since)) is not None:
+            raise ApiError(410, "since", why)
         out: set[int] = set()
         start = f"({since}"
         while True:
@@ -126,9 +128,3 @@ class ServerState:
             start = f"({chunk[-1][0].decode()}"
         return np.array(sorted(out), dtype=np.int64)
 
-
-def _older(a: str, b: str) -> bool:
-    """Event id a is before event id b."""
-    ax, ay = (int(x) for x in a.split("-"))
-    bx, by = (int(x) for x in b.split("-"))
-    return (ax, ay) < (bx, by)

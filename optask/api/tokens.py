@@ -152,7 +152,11 @@ class TokenLedger:
                 del self.seen[sha]  # not seen for a minute: forget it
 
     async def check(self, token: str) -> Verdict:
-        sha, now = digest(token), time.monotonic()
+        return await self.check_digest(digest(token))
+
+    async def check_digest(self, sha: str) -> Verdict:
+        """The verdict on the token whose sha256 is `sha` (a bearer token's, or the one a session stands for)."""
+        now = time.monotonic()
         entry = self.seen.get(sha)
         if entry is not None and now - entry.synced < SYNC_S and now < entry.window_end:
             entry.pending += 1
@@ -168,3 +172,39 @@ class TokenLedger:
         name, left = json.loads(reply[3])["name"], int(reply[2]) / 1000
         self.seen[sha] = _Seen(name, int(reply[1]), 0, now, now + left)
         return Verdict(name, int(reply[1]), max(1, math.ceil(left)))
+
+
+SESSIONS = f"{PREFIX}:api:session"  # :{sha256 of the session id} -> the sha256 of the token that opened it
+COOKIE = "optask_session"
+SESSION_RECHECK_S = 1.0
+
+
+@dataclass
+class Sessions:
+    """The page's logins: a random session id in an HttpOnly cookie stands for a token (never the token itself in
+    the browser's storage or a URL); revoking the token ends its sessions, since each request checks the token."""
+
+    redis: object  # redis.asyncio.Redis
+    ttl_s: int
+    known: dict[str, tuple[str | None, float]] = field(default_factory=dict)  # session digest -> (token sha, when)
+
+    async def open(self, token_sha: str) -> str:
+        sid = secrets.token_urlsafe(32)
+        await self.redis.set(f"{SESSIONS}:{digest(sid)}", token_sha, ex=self.ttl_s)
+        return sid
+
+    async def token_of(self, sid: str) -> str | None:
+        """The token sha a session stands for (asked of Redis at most every SESSION_RECHECK_S), or None."""
+        key, now = digest(sid), time.monotonic()
+        hit = self.known.get(key)
+        if hit is not None and now - hit[1] < SESSION_RECHECK_S:
+            return hit[0]
+        raw = await self.redis.get(f"{SESSIONS}:{key}")
+        if len(self.known) > 10_000:
+            self.known.clear()
+        self.known[key] = (raw.decode() if raw else None, now)
+        return self.known[key][0]
+
+    async def close(self, sid: str) -> None:
+        self.known.pop(digest(sid), None)
+        await self.redis.delete(f"{SESSIONS}:{digest(sid)}")

@@ -307,6 +307,8 @@ class ApiSettings(BaseSettings):
     rate_window_s: int = Field(60, ge=1, le=3600, description="The rate limit's window, seconds.")
     workers: int = Field(1, ge=1, le=64, description="API processes; they share tokens and the rate limit through Redis.")
     nice: int = Field(10, ge=0, le=19, description="CPU priority the API gives up (nice): the collectors come first.")
+    push_queue: int = Field(64, ge=1, le=100_000, description="Events a push subscriber may fall behind before it is dropped.")
+    session_hours: int = Field(12, ge=1, le=24 * 30, description="How long the page's login lasts (its session cookie).")
     cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="Comma-separated origins allowed by CORS (empty: CORS off).")
 

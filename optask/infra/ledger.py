@@ -5,7 +5,9 @@
   after every store is durable, so "stored" is never ahead of the files;
 - missed: a hash per (index, day) of minute -> reason (retries exhausted, expired in queue),
   the backfill work list; a minute stored later leaves it;
-- events: a capped stream of stored minutes that `optask up` and `optask demo` follow;
+- events: a capped stream of stored minutes that `optask up`, `optask demo` and the API's push follow; each
+  names its kind: `minute` (stored live, the first time), `repaired` (stored by a repair or backfill: new or
+  replacing what was there) or `again` (a live minute stored again, as a redelivery does: nothing changed);
 - repair: per (index, day), the in-session repair attempts of each minute (count, last outcome).
 """
 
@@ -37,6 +39,18 @@ if progress[1] == ARGV[2] then return 'resume' end
 return 'taken'
 """
 CLAIM_TTL_S = 2 * 24 * 3600
+#: KEYS: stored hash, missed hash, last_stored, events; ARGV: ts, info, index, legs, live (1/0), stored_at, kept.
+#: One script so that the event's kind (which needs to know whether the minute was there) is never lost.
+_MARK_STORED = """
+local first = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('SET', KEYS[3], ARGV[1])
+local kind = 'repaired'
+if ARGV[5] == '1' then kind = (first == 1) and 'minute' or 'again' end
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', 'index', ARGV[3], 'ts', ARGV[1], 'legs', ARGV[4],
+           'stored_at', ARGV[6], 'kind', kind)
+return first
+"""
 
 
 def _day(ts: str) -> str:
@@ -76,12 +90,10 @@ class Ledger:
         day = _day(ts)
         now = time.time()
         info = json.dumps({"legs": legs, "stages_ms": stages_ms, "stored_at": now, "live": live})
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(f"{PREFIX}:stored:{index}:{day}", ts, info)
-        pipe.hdel(f"{PREFIX}:missed:{index}:{day}", ts)
-        pipe.set(f"{PREFIX}:last_stored:{index}", ts)
-        pipe.xadd(EVENTS, {"index": index, "ts": ts, "legs": legs, "stored_at": now}, maxlen=EVENTS_KEPT, approximate=True)
-        first_time = pipe.execute()[0]
+        keys = (f"{PREFIX}:stored:{index}:{day}", f"{PREFIX}:missed:{index}:{day}", f"{PREFIX}:last_stored:{index}",
+                EVENTS)
+        first_time = self.redis.register_script(_MARK_STORED)(keys, (ts, info, index, legs, int(live), repr(now),
+                                                                      EVENTS_KEPT))
         if first_time:  # a repeat of a stored minute is not counted twice
             self.redis.hincrby(f"{PREFIX}:metrics:stored", index, 1)
         if live:
