@@ -49,8 +49,9 @@ class TokenGate:
 
     async def __call__(self, scope, receive, send) -> None:
         kind = scope["type"]
-        if kind not in ("http", "websocket") or not scope["path"].startswith("/v1") or scope.get("method") == "OPTIONS":
-            return await self.app(scope, receive, send)  # lifespan, the page, docs, CORS preflight
+        if kind not in ("http", "websocket") or not scope["path"].startswith("/v1") or scope.get("method") == "OPTIONS" \
+                or (scope["path"] == "/v1/session" and scope["method"] == "GET"):
+            return await self.app(scope, receive, send)  # lifespan, the page and its login check, docs, CORS preflight
         state: ServerState = self.app.state.optask
         headers = dict(scope["headers"])
         refuse = _refuse_socket if kind == "websocket" else _refuse_http

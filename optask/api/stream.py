@@ -158,6 +158,14 @@ async def _stop(hub: Hub, sub: Subscriber | None, sender: asyncio.Task | None) -
             await sender
 
 
+@router.get("/session", summary="Whether this browser's session cookie is logged in (no token needed)")
+async def session_state(request: Request) -> dict:
+    state: ServerState = request.app.state.optask
+    sha = await state.sessions.token_of(sid) if (sid := request.cookies.get(COOKIE)) else None
+    verdict = await state.tokens.check_digest(sha) if sha else None
+    return {"logged_in": bool(verdict and verdict.known), "token": verdict.name if verdict else None}
+
+
 @router.post("/session", summary="The page's login: a session cookie for the bearer token sent", status_code=204)
 async def open_session(request: Request) -> Response:
     state: ServerState = request.app.state.optask

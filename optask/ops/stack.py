@@ -29,6 +29,10 @@ STOP_ORDER = ("beat", "flower", "api", "metrics", "monitor", "ticker", "worker",
 STOP_TIMEOUT_S = {"beat": 10.0, "flower": 10.0, "api": 10.0, "metrics": 5.0, "monitor": 10.0, "ticker": 10.0, "worker": 90.0,
                   "redis": 15.0}
 
+#: The worker's stop when the bundled Redis is already dead: its tasks cannot be acknowledged (acks_late
+#: redelivers them) and every store's commit is atomic, so there is nothing to wait for.
+BROKERLESS_STOP_S = 10.0
+
 
 class ChildFailed(RuntimeError):
     """A child could not start or died for good; the message is one line for the operator."""
@@ -146,9 +150,12 @@ class Stack:
         The worker's SIGTERM is Celery's warm shutdown: it finishes running tasks first. `force()`
         turning true (a second signal) skips the waiting.
         """
+        broker_gone = "redis" in self.procs and self.procs["redis"].poll() is not None
         for stage in sorted({_stage(n) for n in self.procs}):
             names = [n for n in self.procs if _stage(n) == stage]
             limit = timeout if timeout is not None else STOP_TIMEOUT_S.get(STOP_ORDER[stage] if stage < len(STOP_ORDER) else "", 30.0)
+            if broker_gone and STOP_ORDER[stage:stage + 1] == ("worker",):
+                limit = min(limit, BROKERLESS_STOP_S)  # no task can finish without Redis: a warm shutdown only hangs
             for n in names:
                 if self.procs[n].poll() is None:
                     with contextlib.suppress(ProcessLookupError):

@@ -59,6 +59,7 @@ def play(drill: Drill, fault, at: int = 6, alert: str | tuple[str, ...] | None =
     return v
 
 
+@slow
 def test_redis_killed_mid_minute_and_restarted_with_its_aof(drill):
     play(drill(), lambda d: d.kill("redis-server"), alert="supervisor.redis")
 
@@ -109,6 +110,7 @@ def kite_drill(drill, tmp_path, ticker: bool = False, **kw):
         redis_server.stop()
 
 
+@slow
 def test_venue_outage_5xx_then_timeouts(drill, tmp_path):
     """30 s of 503s and hanging calls: longer than the provider's own retries (about 25 s), so tasks retry,
     minutes expire and are rebuilt from the venue's minute candles once it answers."""

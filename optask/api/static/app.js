@@ -6,7 +6,7 @@
   const ATM_WINDOW = 15;
   const CE = ["oi", "oi_change", "volume", "iv", "delta", "ltp", "ltp_change"];
   const view = { indices: [], index: null, expiry: "", live: true, day: null, minutes: [], series: [],
-                 chain: null, source: null, statusTimer: null };
+                 chain: null, source: null, asked: 0 };
 
   const fmt = (v, digits = 2) => (v === null || v === undefined || Number.isNaN(v)) ? "–"
     : Number(v).toLocaleString("en-IN", { minimumFractionDigits: digits, maximumFractionDigits: digits });
@@ -125,8 +125,11 @@
   async function goLive() {
     view.live = true;
     $("live").setAttribute("aria-pressed", "true");
+    const asked = ++view.asked;
     try {
-      render(await api(`/v1/chain/${view.index}?${chainQuery()}`));
+      const doc = await api(`/v1/chain/${view.index}?${chainQuery()}`);
+      if (asked !== view.asked) return;
+      render(doc);
       await loadSeries(view.chain.ts ? dayOf(view.chain.ts) : view.day);
       $("minute").value = String(view.minutes.indexOf(view.chain.ts));
       say("live: each stored minute appears here as it is stored");
@@ -137,8 +140,11 @@
   async function showMinute(at) {
     view.live = false;
     $("live").setAttribute("aria-pressed", "false");
+    const asked = ++view.asked;  // a later choice wins over an earlier answer still on its way
     try {
-      render(await api(`/v1/chain/${view.index}?${chainQuery(at)}`));
+      const doc = await api(`/v1/chain/${view.index}?${chainQuery(at)}`);
+      if (asked !== view.asked || view.live) return;
+      render(doc);
       say("as stored at " + hhmm(at) + " IST on " + dayOf(at) + "; press Live to follow new minutes");
     } catch (e) { if (e.status) say(e.message, true); }
   }
@@ -234,7 +240,7 @@
     const ks = chain.strikes.map((r) => r.strike);
     const get = (side, f) => chain.strikes.map((r) => (r[side] && r[side][f] !== undefined ? r[side][f] : null));
     const k = (v) => fmt(v, 0);
-    Charts.lines($("smile"), { x: ks, xfmt: k, mark: chain.atm_strike, series: [
+    Charts.lines($("smile"), { x: ks, xfmt: k, yfmt: pct, mark: chain.atm_strike, series: [
       { name: "CE IV", values: get("ce", "iv"), color: "#0b7a4b" }, { name: "PE IV", values: get("pe", "iv"), color: "#b42318" }] });
     Charts.bars($("oi"), { x: ks, xfmt: k, mark: chain.atm_strike, series: [
       { name: "CE OI", values: get("ce", "oi"), color: "#0b7a4b" }, { name: "PE OI", values: get("pe", "oi"), color: "#b42318" }] });
@@ -245,10 +251,10 @@
   function drawDay() {
     const rows = view.series;
     const xs = rows.map((r) => Date.parse(r.ts));
-    Charts.lines($("day-chart"), { x: xs, xfmt: (v) => hhmm(new Date(v).toISOString()), series: [
-      { name: "PCR", values: rows.map((r) => r.pcr_oi), color: "#1f6feb" },
-      { name: "ATM IV", values: rows.map((r) => r.atm_iv), color: "#8250df", dash: "5 3" },
-      { name: "Spot (right)", values: rows.map((r) => r.spot), color: "#5b6470", axis: "right" }] });
+    const xfmt = (v) => hhmm(new Date(v).toISOString());
+    const spot = { name: "Spot (right)", values: rows.map((r) => r.spot), color: "#5b6470", axis: "right", dash: "5 3" };
+    Charts.lines($("pcr-day"), { x: xs, xfmt, series: [{ name: "PCR (OI)", values: rows.map((r) => r.pcr_oi), color: "#1f6feb" }, spot] });
+    Charts.lines($("iv-day"), { x: xs, xfmt, yfmt: pct, series: [{ name: "ATM IV", values: rows.map((r) => r.atm_iv), color: "#8250df" }, spot] });
   }
 
   $("expiry").addEventListener("change", () => {
@@ -266,6 +272,8 @@
 
   async function start() {
     try {
+      const session = await (await fetch("/v1/session", { credentials: "same-origin" })).json();
+      if (!session.logged_in) { showLogin(); return; }
       const doc = await api("/v1/indices");
       view.indices = doc.indices;
       $("login").hidden = true;

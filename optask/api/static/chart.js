@@ -26,14 +26,14 @@ const Charts = (() => {
     if (a >= 1e3) return (v / 1e3).toFixed(1) + "k";
     return a >= 10 ? v.toFixed(0) : v.toFixed(2);
   };
-  function frame(svg, xs, xfmt, left, right) {
+  function frame(svg, xs, xfmt, left, right, yfmt = short) {
     svg.replaceChildren();
     const x = scale(extent(xs), [L, W - R]);
     const yl = scale(left, [H - B, T]);
     for (let i = 0; i <= 4; i++) {
       const v = left[0] + ((left[1] - left[0]) * i) / 4, y = yl(v);
       svg.append(el("line", { x1: L, x2: W - R, y1: y, y2: y, stroke: "#eef1f4" }));
-      svg.append(el("text", { x: L - 4, y: y + 4, "text-anchor": "end" }, short(v)));
+      svg.append(el("text", { x: L - 4, y: y + 4, "text-anchor": "end" }, yfmt(v)));
       if (right) {
         const rv = right[0] + ((right[1] - right[0]) * i) / 4;
         svg.append(el("text", { x: W - R + 4, y: y + 4 }, short(rv)));
@@ -54,11 +54,11 @@ const Charts = (() => {
       at += 24 + s.name.length * 6.5;
     }
   }
-  function lines(svg, { x: xs, series, xfmt = short, mark = null }) {
+  function lines(svg, { x: xs, series, xfmt = short, yfmt = short, mark = null }) {
     const left = extent(series.filter((s) => s.axis !== "right").flatMap((s) => s.values));
     const rightSeries = series.filter((s) => s.axis === "right");
     const right = rightSeries.length ? extent(rightSeries.flatMap((s) => s.values)) : null;
-    const f = frame(svg, xs, xfmt, left, right);
+    const f = frame(svg, xs, xfmt, left, right, yfmt);
     if (mark !== null) svg.append(el("line", { x1: f.x(mark), x2: f.x(mark), y1: T, y2: H - B, stroke: "#1f6feb", "stroke-dasharray": "4 3" }));
     for (const s of series) {
       const y = s.axis === "right" ? f.yr : f.yl;
