@@ -33,8 +33,8 @@ def api(tmp_path_factory):
     a.h = {"Authorization": f"Bearer {a.tok}"}
     yield a
     for p in a.servers:
-        p.terminate()
-        p.wait(15)
+        p.terminate()  # SIGTERM, as systemd and docker stop it: a clean exit
+        assert p.wait(15) == 0, a.server_log(a.servers.index(p))
     redis.stop()
 
 

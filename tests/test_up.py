@@ -133,7 +133,7 @@ def test_up_runs_the_stack_and_stops_cleanly(isolated_settings, redis_url, up_fa
     assert "tasks.process_index" in names
     # the API: printed with Flower, behind tokens, serving what the stack stores
     api = f"http://127.0.0.1:{env['API_PORT']}"
-    assert f"API:     {api}/v1" in out
+    assert f"Page:    {api}/   API: /v1" in out
     for _ in range(100):
         try:
             code, _ = get(f"{api}/v1/indices")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import socket
 
 import uvicorn
@@ -32,6 +33,9 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None, 
     """Run until SIGINT or SIGTERM (uvicorn finishes the requests in flight, then exits 0)."""
     host, port = host or settings.api.host, port or settings.api.port
     check_port(host, port)
+    # uvicorn stops gracefully on SIGTERM, then raises it again to the handler it found: this one makes that an exit
+    # with status 0 through every `finally` (the bundled Redis a one-shot command started is stopped and forgotten).
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     if settings.api.nice:  # readers yield the CPU to the workers storing minutes on the same machine
         os.nice(settings.api.nice)
     if workers > 1:  # several processes: each builds its app from the same environment
@@ -40,3 +44,7 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None, 
         return
     uvicorn.run(create_app(settings), host=host, port=port, access_log=False, log_level="warning",
                 server_header=False)
+
+
+def _exit_cleanly(signum, frame) -> None:
+    raise SystemExit(0)

@@ -38,8 +38,8 @@ def serve(
             wait_for_redis(settings.redis.effective_url(), REDIS_WAIT_S)
         with redis_for_command(settings):
             h, p = host or settings.api.host, port or settings.api.port
-            console.print(f"optask API on http://{h}:{p}/v1 (docs http://{h}:{p}/docs), data {settings.data.root}",
-                          highlight=False)
+            console.print(f"optask API on http://{h}:{p}/v1 (page http://{h}:{p}/, docs http://{h}:{p}/docs), data "
+                          f"{settings.data.root}", highlight=False)
             run_server(settings, h, p, workers or settings.api.workers)
     except (PortInUse, RedisUnavailable, RuntimeError) as exc:
         fail(str(exc))

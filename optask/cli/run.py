@@ -65,12 +65,14 @@ def demo(
     indices: str = typer.Option("", "--indices", help="Comma-separated indices; default OPTASK_INDICES."),
     day: str = typer.Option("", "--day", help="Session to simulate, YYYY-MM-DD; default the latest closed one."),
     data_dir: str = typer.Option("", "--data-dir", help="Where the demo writes; default BASE_DATA_DIR/demo."),
+    serve: bool = typer.Option(False, "--serve", help="Then serve what was collected (the page and the API) until "
+                               "Ctrl-C."),
 ) -> None:
     """Drive a simulated session through the real broker, worker and stores at an accelerated clock."""
     from pathlib import Path
 
     from optask.core.schema import INDICES
-    from optask.testkit.demo import run_demo
+    from optask.testkit.demo import run_demo, serve_demo
 
     settings = get_settings()
     chosen = [i.strip().upper() for i in indices.split(",") if i.strip()] or list(settings.market.indices)
@@ -103,3 +105,7 @@ def demo(
         table.add_row(f"completeness {index}", f"{c.get('stored', 0)}/{c.get('expected', 0)} minutes")
     table.add_row("files", str(root))
     console.print(table)
+    if serve:
+        raise typer.Exit(serve_demo(settings, root, chosen, lambda line: console.print(line, highlight=False)))
+    console.print(f"Look at it in a browser: optask demo --serve, or BASE_DATA_DIR={root} optask serve, then "
+                  f"http://{settings.api.host}:{settings.api.port}/", highlight=False)

@@ -271,7 +271,7 @@ class Supervisor:
         self.console.print(f"Metrics: http://{mon.metrics_address}:{mon.metrics_port}/metrics   health: optask health --status")
         if self.settings.api.enabled:
             api = self.settings.api
-            self.console.print(f"API:     http://{api.host}:{api.port}/v1  docs http://{api.host}:{api.port}/docs   "
+            self.console.print(f"Page:    http://{api.host}:{api.port}/   API: /v1  docs: /docs   "
                                "token: optask api token create NAME")
         self.console.print(f"Data:    {self.settings.data.root}   Redis: {mask_url(url)} ({redis_note})   "
                            f"logs: {self.stack.logs}")

@@ -4,12 +4,16 @@ A private Redis and data folder keep the demo apart from the operator's data: it
 only under the demo's root, whatever CSV_DATA_ROOT, JSON_SNAPSHOTS_ROOT or INFLUXDB_URL say. The demo plays
 beat itself: it sends `collect_minute(ts)` for each session minute at `speed` x real time,
 waits until every (index, minute) is stored or recorded as missed, runs end of day, and
-returns what landed where.
+returns what landed where. With `--serve`, the API then serves what was collected (serve_demo).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +26,7 @@ from optask.core.clock import WallClock
 from optask.core.config import Settings
 from optask.infra.celery_client import celery_client
 from optask.infra.ledger import Ledger
+from optask.infra.procutil import die_with_parent
 from optask.infra.queues import DEFAULT_QUEUE, TICK_EXPIRES_S
 from optask.infra.redis_client import connect
 from optask.infra.redis_server import RedisServer
@@ -121,3 +126,26 @@ def run_demo(
         redis_server.stop()
     return summary
 
+
+
+def serve_demo(settings: Settings, data_root: Path, indices: list[str], say: Callable[[str], None]) -> int:
+    """`optask serve` on the demo's data and its own Redis (the demo's AOF: the minutes just stored), with a token
+    made for the newcomer, until Ctrl-C or SIGTERM; returns the server's exit code."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}
+    env |= demo_env(indices) | {"BASE_DATA_DIR": str(data_root)}
+    cli = [sys.executable, "-m", "optask.cli"]
+    made = subprocess.run([*cli, "api", "token", "create", f"demo-{int(time.time())}"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    if made.returncode != 0:
+        say(f"error: cannot make a token for the demo's API: {made.stderr.strip()[-300:]}")
+        return 2
+    api = settings.api
+    say(f"Page:    http://{api.host}:{api.port}/   token (made for this demo): {made.stdout.strip().splitlines()[-1]}")
+    server = subprocess.Popen([*cli, "serve"], env=env, preexec_fn=die_with_parent())
+    previous = signal.signal(signal.SIGTERM, lambda *_: server.send_signal(signal.SIGTERM))
+    try:
+        return server.wait()
+    except KeyboardInterrupt:  # the server got the terminal's SIGINT too
+        return server.wait(30)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
