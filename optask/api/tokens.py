@@ -117,6 +117,7 @@ class TokenLedger:
     window_s: int
     script_sha: str = ""
     seen: dict[str, _Seen] = field(default_factory=dict)
+    syncing: dict[str, asyncio.Future] = field(default_factory=dict)  # sha -> the sync in flight for it
 
     async def _sync(self, sha: str, add: int):
         args = (3, TOKENS, RATE, USED, sha, self.window_s, add)
@@ -162,16 +163,31 @@ class TokenLedger:
             entry.pending += 1
             entry.count += 1
             return Verdict(entry.name, entry.count, max(1, math.ceil(entry.window_end - now)))
+        if sha in self.syncing:  # a burst (hundreds of subscribers connecting at once): one sync, the rest wait on it
+            await asyncio.shield(self.syncing[sha])
+            entry = self.seen.get(sha)
+            if entry is None:
+                raise redis.exceptions.ConnectionError("the token check this request waited on did not reach Redis")
+            if entry.name is None:
+                return Verdict(None)
+            entry.pending += 1
+            entry.count += 1
+            return Verdict(entry.name, entry.count, max(1, math.ceil(entry.window_end - time.monotonic())))
         add = 1
         if entry is not None and now < entry.window_end:
             add, entry.pending = 1 + entry.pending, 0  # taken before the await (see flush)
-        reply = await self._sync(sha, add)
-        if not reply or int(reply[0]) == 0:
-            self.seen[sha] = _Seen(None, 0, 0, now, now + SYNC_S)  # unknown: asked again after SYNC_S
-            return Verdict(None)
-        name, left = json.loads(reply[3])["name"], int(reply[2]) / 1000
-        self.seen[sha] = _Seen(name, int(reply[1]), 0, now, now + left)
-        return Verdict(name, int(reply[1]), max(1, math.ceil(left)))
+        done = self.syncing[sha] = asyncio.get_running_loop().create_future()
+        try:
+            reply = await self._sync(sha, add)
+            if not reply or int(reply[0]) == 0:
+                self.seen[sha] = _Seen(None, 0, 0, now, now + SYNC_S)  # unknown: asked again after SYNC_S
+                return Verdict(None)
+            name, left = json.loads(reply[3])["name"], int(reply[2]) / 1000
+            self.seen[sha] = _Seen(name, int(reply[1]), 0, now, now + left)
+            return Verdict(name, int(reply[1]), max(1, math.ceil(left)))
+        finally:
+            del self.syncing[sha]
+            done.set_result(None)
 
 
 SESSIONS = f"{PREFIX}:api:session"  # :{sha256 of the session id} -> the sha256 of the token that opened it

@@ -15,9 +15,15 @@ def connect(url: str, timeout_s: float = 10.0, connect_timeout_s: float | None =
                                 socket_connect_timeout=connect_timeout_s or min(timeout_s, 5.0))
 
 
+ASYNC_CONNECTIONS = 32
+
+
 def connect_async(url: str, timeout_s: float = 2.0) -> redis.asyncio.Redis:
     """The asyncio client (the API server's event loop), with the same rule: every call has a timeout."""
-    return redis.asyncio.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    pool = redis.asyncio.BlockingConnectionPool.from_url(  # a burst of requests waits for a connection, never
+        url, max_connections=ASYNC_CONNECTIONS, timeout=timeout_s,  # opens hundreds of them
+        socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    return redis.asyncio.Redis(connection_pool=pool)
 
 
 def url_of(client: redis.Redis) -> str:

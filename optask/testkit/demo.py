@@ -71,7 +71,10 @@ def run_demo(
     settings: Settings, data_root: Path, minutes: int | None = None, speed: float = 300.0,
     indices: list[str] | None = None, day: dt.date | None = None, workers: int | None = None,
     on_minute: Callable[[str, int, int], None] | None = None, timeout_s: float = 600.0,
+    redis_url: str | None = None,
 ) -> DemoSummary:
+    """Play the session; on a Redis of its own under the data root unless `redis_url` is given (a bench whose API
+    follows the same ledger)."""
     indices = indices or list(settings.market.indices)
     day = day or latest_session_day(settings)
     all_minutes = get_calendar(settings.data.calendar_overrides).session_minutes(day)
@@ -79,14 +82,15 @@ def run_demo(
         raise ValueError(f"{day} has no session; pick a trading day")
     session_minutes = [m.isoformat() for m in all_minutes[: minutes or len(all_minutes)]]
     data_root.mkdir(parents=True, exist_ok=True)
-    redis_server = RedisServer(data_root / "redis").start()
-    stack = Stack(settings, redis_server.url, data_root, extra_env=demo_env(indices))
+    redis_server = None if redis_url else RedisServer(data_root / "redis").start()
+    url = redis_url or redis_server.url
+    stack = Stack(settings, url, data_root, extra_env=demo_env(indices))
     summary = DemoSummary(day=day, minutes=len(session_minutes), indices=indices, data_root=data_root)
     try:
         stack.start_worker(concurrency=workers or settings.service.processing_max_workers)
-        client = celery_client(settings, redis_server.url)
+        client = celery_client(settings, url)
         wait_for_workers(client)
-        ledger = Ledger(connect(redis_server.url))
+        ledger = Ledger(connect(url))
         expected = {(i, ts) for i in indices for ts in session_minutes}
         sent_at: dict[str, float] = {}
         t0 = time.time()
@@ -123,7 +127,8 @@ def run_demo(
         summary.rows = count_day_rows(data_root, indices, day)
     finally:
         stack.stop()
-        redis_server.stop()
+        if redis_server is not None:
+            redis_server.stop()
     return summary
 
 
