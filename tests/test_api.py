@@ -350,6 +350,41 @@ def test_a_request_syncing_while_a_flush_is_in_flight_is_counted_once(api):
     assert asyncio.run(race()) == 6  # before the fix: 9, the three local requests handed over twice
 
 
+def test_a_burst_of_requests_with_a_new_token_is_one_sync_and_counts_every_request(api):
+    """Hundreds of subscribers connecting at once with one token: the first syncs, the rest wait on it (before,
+    each opened its own Redis connection and 600 at once got 503s)."""
+    import asyncio
+
+    from optask.api.tokens import AUTHORIZE, SYNC_S, TokenLedger
+    from optask.infra.redis_client import connect_async
+
+    token = api.token("burst")
+
+    async def burst() -> tuple[list, int, int]:
+        client = connect_async(api.env["REDIS_URL"])
+        ledger = TokenLedger(client, 60, await client.script_load(AUTHORIZE))
+        calls = 0
+        sync = ledger._sync
+
+        async def counted(*args):
+            nonlocal calls
+            calls += 1
+            return await sync(*args)
+
+        ledger._sync = counted
+        verdicts = await asyncio.gather(*(ledger.check(token) for _ in range(300)))
+        first_calls = calls
+        await ledger.flush()
+        await asyncio.sleep(SYNC_S * 1.5)
+        last = await ledger.check(token)
+        await client.aclose()
+        return verdicts, first_calls, last.count
+
+    verdicts, calls, count = asyncio.run(burst())
+    assert all(v.name == "burst" for v in verdicts) and calls == 1
+    assert count == 301
+
+
 def test_the_client_waits_as_retry_after_says(api):
     from optask.client import Client
 

@@ -63,6 +63,7 @@ class Catalog:
     cache_bytes: int = 256 * 2**20
     recheck_s: float = 1.0  # a cached day's files are listed again at most this often, or when its index changes
     _days: OrderedDict = field(default_factory=OrderedDict)  # (table, index, day) -> (file stamps, table)
+    _sizes: dict = field(default_factory=dict)  # (table, index, day) -> bytes of its cached table
     _checked: dict = field(default_factory=dict)  # (table, index, day) -> when its files were last listed
     _changed: dict = field(default_factory=dict)  # index -> when it last stored (or repaired) a minute
     _minutes: dict = field(default_factory=dict)  # (index, day) -> (summary table, its sorted minutes)
@@ -149,12 +150,13 @@ class Catalog:
             self._ts[key] = (data, ts)
             self._days[key] = (stamps, data)
             self._days.move_to_end(key)
-            total = sum(t.nbytes for _, t in self._days.values())
+            self._sizes[key] = data.nbytes  # once here: a live day's table has many chunks, nbytes walks them all
+            total = sum(self._sizes.values())
             while total > self.cache_bytes and len(self._days) > 1:
-                gone, (_, old) = self._days.popitem(last=False)
+                gone, _ = self._days.popitem(last=False)
                 self._ts.pop(gone, None)
                 self._columns.pop(gone, None)
-                total -= old.nbytes
+                total -= self._sizes.pop(gone, 0)
 
     def minute_legs(self, index: str, ts: dt.datetime) -> tuple[Columns, np.ndarray] | None:
         """A minute's legs as (columns, their rows): rows of the cached day when the day is in one file, else the

@@ -139,6 +139,8 @@ class Hub:
                 future.set_result(await self._build(event, ask))
             except Exception as exc:  # noqa: BLE001 - an event that cannot be built says so, to each subscriber
                 future.set_result(orjson.dumps(_head(event) | {"error": _message(exc)}))
+        if future.done():  # every subscriber after the first: no wrapper, no wake-up
+            return future.result()
         return await asyncio.shield(future)
 
     async def _build(self, event: Event, ask: Ask) -> bytes:
@@ -162,30 +164,42 @@ class Hub:
                 return
             start = f"({chunk[-1][0].decode()}"
 
-    async def events(self, sub: Subscriber, after: str | None) -> AsyncIterator[tuple[Event, bytes]]:
-        """The subscriber's events, each with its payload: first those stored after `after` (from Redis), then
-        live ones; each once, in order. Ends when the hub drops it. The caller has added it to the hub."""
+    async def batches(self, sub: Subscriber, after: str | None) -> AsyncIterator[list[tuple[Event | None, bytes]]]:
+        """The subscriber's events with their payloads, in batches (what queued up while it was sending: one write
+        for several): first those stored after `after` (from Redis), then live ones; each once, in order. A first
+        (None, notice) when the stream no longer holds all of them. Ends when the hub drops the subscriber (which
+        the caller has added to it)."""
         last = after
+        if after is not None and (why := await lost_since(self.redis, after)) is not None:
+            yield [(None, orjson.dumps({"type": "lost", "message": why}))]
         while last is not None:  # replay until one pass ends without the live queue overflowing
             sub.replaying, sub.overflowed = True, False
             async for event in self._replay(last):
                 last = event.id
                 if event.kind in PUSHED and event.index in sub.indices:
-                    yield event, await self.payload(event, sub.ask)
+                    yield [(event, await self.payload(event, sub.ask))]
             if not sub.overflowed:
                 break
             while not sub.queue.empty():
                 sub.queue.get_nowait()
         sub.replaying = False
         while True:
-            event = await sub.queue.get()
+            queued = [await sub.queue.get()]
+            while not sub.queue.empty():
+                queued.append(sub.queue.get_nowait())
+            batch = []
+            for event in queued:
+                if event is None:
+                    break
+                if (last is not None and event_key(event.id) <= event_key(last)) or event.kind not in PUSHED \
+                        or event.index not in sub.indices:
+                    continue
+                last = event.id
+                batch.append((event, await self.payload(event, sub.ask)))
+            if batch:
+                yield batch
             if event is None:
                 return
-            if (last is not None and event_key(event.id) <= event_key(last)) or event.kind not in PUSHED \
-                    or event.index not in sub.indices:
-                continue
-            last = event.id
-            yield event, await self.payload(event, sub.ask)
 
 
 async def lost_since(redis, after: str) -> str | None:

@@ -30,7 +30,8 @@ def check_port(host: str, port: int) -> None:
 
 
 def serve(settings: Settings, host: str | None = None, port: int | None = None, workers: int = 1) -> None:
-    """Run until SIGINT or SIGTERM (uvicorn finishes the requests in flight, then exits 0)."""
+    """Run until SIGINT or SIGTERM (uvicorn finishes the requests in flight, then exits 0). WebSocket messages go
+    uncompressed: each event is the same bytes for every subscriber, and deflate would compress it once each."""
     host, port = host or settings.api.host, port or settings.api.port
     check_port(host, port)
     # uvicorn stops gracefully on SIGTERM, then raises it again to the handler it found: this one makes that an exit
@@ -40,10 +41,10 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None, 
         os.nice(settings.api.nice)
     if workers > 1:  # several processes: each builds its app from the same environment
         uvicorn.run("optask.api.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                    access_log=False, log_level="warning", server_header=False)
+                    access_log=False, log_level="warning", server_header=False, ws_per_message_deflate=False)
         return
     uvicorn.run(create_app(settings), host=host, port=port, access_log=False, log_level="warning",
-                server_header=False)
+                server_header=False, ws_per_message_deflate=False)
 
 
 def _exit_cleanly(signum, frame) -> None:

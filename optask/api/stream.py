@@ -84,9 +84,10 @@ class EventStream(Response):
 
     async def _write(self, send) -> None:
         await self._send(send, f"retry: {RETRY_MS}\n\n".encode())
-        async for event, payload in self.hub.events(self.sub, self.after):
-            await self._send(send, b"id: %s\nevent: %s\ndata: %s\n\n" % (event.id.encode(), event.kind.encode(),
-                                                                          payload))
+        async for batch in self.hub.batches(self.sub, self.after):
+            await self._send(send, b"".join(b"id: %s\nevent: %s\ndata: %s\n\n" % (event.id.encode(), event.kind.encode(),
+                                                                                  payload) if event else
+                                            b"event: lost\ndata: %s\n\n" % payload for event, payload in batch))
         await self._send(send, b"event: close\ndata: %s\n\n" % orjson.dumps({"reason": self.sub.closed}))
 
     async def _beat(self, send) -> None:
@@ -141,8 +142,9 @@ async def websocket(socket: WebSocket) -> None:
 
 
 async def _forward(socket: WebSocket, hub: Hub, sub: Subscriber, after: str | None) -> None:
-    async for _event, payload in hub.events(sub, after):
-        await socket.send_text(payload.decode())
+    async for batch in hub.batches(sub, after):
+        for _event, payload in batch:
+            await socket.send_text(payload.decode())
     if sub.closed:  # dropped by the hub (a client that reads nothing at all is cut by the WebSocket ping timeout)
         await asyncio.wait_for(socket.close(code=1013, reason=sub.closed[:120]), DROP_GRACE_S)
 
