@@ -76,7 +76,9 @@ class ParquetStore:
                    incremental=getattr(data, "enable_incremental", True))
 
     def _read(self, path: Path, columns: list[str] | None = None) -> pa.Table:
-        return pq.read_table(path, columns=columns, memory_map=self.memory_map)
+        # One file, read as a file: read_table would set up a dataset for it (1.7 ms against 1.0 for a minute file)
+        with pq.ParquetFile(path, memory_map=self.memory_map) as f:
+            return f.read(columns=columns)
 
     def _lock(self, table: str, index: str, day: dt.date):
         from optask.infra.coordination import writer_lock  # the Redis client library loads only for writers
