@@ -54,8 +54,9 @@ def _product_lines(pattern: str) -> dict[str, int]:
 def test_redis_clients_come_from_one_factory_with_timeouts():
     """Every Redis client of the product is made by `optask.infra.redis_client.connect` (timeouts always), or
     by its asyncio twin `connect_async` (the API server)."""
-    made = _product_lines(r"redis\.Redis\(|Redis\.from_url\(|StrictRedis")
-    assert set(made) == {"optask/infra/redis_client.py:14", "optask/infra/redis_client.py:20"}, made
+    made = _product_lines(r"redis\.Redis\(|asyncio\.Redis\(|Redis\.from_url\(|StrictRedis|ConnectionPool")
+    assert set(made) == {"optask/infra/redis_client.py:14", "optask/infra/redis_client.py:23",
+                         "optask/infra/redis_client.py:26"}, made
 
 
 def test_now_is_read_by_the_clock():

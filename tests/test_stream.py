@@ -254,3 +254,22 @@ def test_the_page_login_sets_a_session_cookie_that_revoking_the_token_ends(api):
             return closed.value.rcvd.code
 
     assert asyncio.run(foreign_origin()) == 4403
+
+
+def test_a_subscriber_that_leaves_while_its_event_is_built_strands_no_other():
+    """The payload is built in a task of its own: the first asker leaving (its client gone) cancels nothing."""
+    from optask.api.live import Ask, Event, Hub
+
+    async def scenario() -> bytes:
+        async def build(index, ts, ask, info) -> dict:
+            await asyncio.sleep(0.2)
+            return {"index": index, "spot": 1.0}
+
+        hub = Hub(None, build)
+        event = Event("1-0", "NIFTY", minute(9, 15), "minute", time.time())
+        first = asyncio.create_task(hub.payload(event, Ask()))
+        await asyncio.sleep(0.05)
+        first.cancel()
+        return await asyncio.wait_for(hub.payload(event, Ask()), 5)
+
+    assert orjson.loads(asyncio.run(scenario()))["summary"] == {"index": "NIFTY", "spot": 1.0}

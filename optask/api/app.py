@@ -218,8 +218,11 @@ def create_app(settings: Settings | None = None) -> TokenGate:
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict:
-        """For supervisors and probes: no token, no data; the newest stored-minute event this process saw."""
-        return {"ok": True, "stored_cursor": app.state.optask.last_event_id}
+        """For supervisors and probes: no token, no data; the newest stored-minute event this process saw, and how many
+        push subscribers it has (and has dropped)."""
+        state = app.state.optask
+        return {"ok": True, "stored_cursor": state.last_event_id, "subscribers": len(state.hub.subscribers),
+                "subscribers_dropped": state.hub.dropped}
 
     if settings.api.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.api.cors_origins), allow_methods=["GET"],

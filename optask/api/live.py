@@ -92,9 +92,8 @@ class Hub:
         self.redis, self.build = redis, build  # build(index, ts, ask, ledger info) -> the /v1/chain document
         self.queue_size = queue_size  # events a subscriber may fall behind before it is dropped (API_PUSH_QUEUE)
         self.subscribers: set[Subscriber] = set()
-        self.payloads: OrderedDict[tuple, asyncio.Future] = OrderedDict()
-        self.delivered = 0
-        self.dropped = 0
+        self.payloads: OrderedDict[tuple, asyncio.Task] = OrderedDict()
+        self.dropped = 0  # since the process started (in /healthz)
 
     def publish(self, event: Event) -> None:
         """Hand an event to each subscriber of its index, never waiting: a full queue drops its subscriber."""
@@ -127,27 +126,26 @@ class Hub:
         self.subscribers.discard(sub)
 
     async def payload(self, event: Event, ask: Ask) -> bytes:
-        """The event as JSON (built once for every subscriber that asked the same)."""
+        """The event as JSON, built once (in a task of its own, so that a subscriber leaving meanwhile cancels
+        nothing) for every subscriber that asked the same."""
         key = (event.id, event.index, ask)
-        future = self.payloads.get(key)
-        if future is None:
-            future = asyncio.get_running_loop().create_future()
-            self.payloads[key] = future
+        task = self.payloads.get(key)
+        if task is None:
+            task = self.payloads[key] = asyncio.create_task(self._build(event, ask))
             while len(self.payloads) > KEPT_PAYLOADS:
                 self.payloads.popitem(last=False)
-            try:
-                future.set_result(await self._build(event, ask))
-            except Exception as exc:  # noqa: BLE001 - an event that cannot be built says so, to each subscriber
-                future.set_result(orjson.dumps(_head(event) | {"error": _message(exc)}))
-        if future.done():  # every subscriber after the first: no wrapper, no wake-up
-            return future.result()
-        return await asyncio.shield(future)
+        if task.done():  # every subscriber after the first: no wrapper, no wake-up
+            return task.result()
+        return await asyncio.shield(task)
 
     async def _build(self, event: Event, ask: Ask) -> bytes:
         from_chain = {"expiry": ask.expiry, "atm_window": 0 if ask.what == "summary" else ask.atm_window,
                       "strikes": None, "greeks": True, "columns": None, "tz": dt.UTC}
         info = {"stored_at": event.stored_at, "live": event.kind == "minute"}
-        doc = await self.build(event.index, event.ts, from_chain, info)
+        try:
+            doc = await self.build(event.index, event.ts, from_chain, info)
+        except Exception as exc:  # noqa: BLE001 - an event that cannot be built says so, to each subscriber
+            return orjson.dumps(_head(event) | {"error": _message(exc)})
         if ask.what == "summary":
             doc = {k: v for k, v in doc.items() if k not in ("strikes", "columns", "oi_change_base")}
         return orjson.dumps(_head(event) | {ask.what: doc}, option=orjson.OPT_SERIALIZE_NUMPY)
