@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import platform
 import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 from optask.core.calendar import MarketCalendar
 from optask.core.schema import INDICES
@@ -57,6 +63,35 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def spread(values: list[float], unit: str) -> str:
+    """Median (min-max) of a measure's repeats, as every script prints it."""
+    return f"{statistics.median(values):.1f} {unit} ({min(values):.1f}-{max(values):.1f})"
+
+
+@contextlib.contextmanager
+def serving(env: dict, cwd: Path):
+    """`optask serve` on a free loopback port in a process of its own, answering /healthz: (process, url)."""
+    import httpx
+
+    from optask.infra.procutil import free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    api = subprocess.Popen([sys.executable, "-m", "optask.cli", "serve", "--port", str(port)], env=env, cwd=cwd,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(150):
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        yield api, url
+    finally:
+        api.terminate()
+        api.wait(20)
+
+
 def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
@@ -68,4 +103,4 @@ def one_core() -> None:
 
 
 __all__ = ["DAY", "FULL_ATM", "INDICES", "REPEATS", "full_universe_provider", "machine", "minutes", "one_core",
-           "peak_rss_mb", "record"]
+           "peak_rss_mb", "record", "serving", "spread"]

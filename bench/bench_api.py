@@ -12,6 +12,7 @@ without the 50-client load (within 10%).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -27,7 +28,7 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import DAY, FULL_ATM, INDICES, REPEATS, machine, record  # noqa: E402
+from _common import DAY, FULL_ATM, INDICES, REPEATS, machine, record, serving, spread  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SECONDS = float(os.environ.get("BENCH_API_SECONDS", "5"))
@@ -106,9 +107,6 @@ def q(values: list[float], p: float) -> float:
     return float(np.percentile(values, p))
 
 
-def spread(values: list[float], unit: str) -> str:
-    return f"{statistics.median(values):.1f} {unit} ({min(values):.1f}-{max(values):.1f})"
-
 
 def baseline_chain(settings, minute) -> float:
     """The same answer built per request from the minute's Parquet with pandas: read, filter, merge sides."""
@@ -145,7 +143,6 @@ def main() -> None:  # noqa: PLR0915 - one script, one story
     import redis
 
     from optask.api.tokens import Tokens
-    from optask.infra.procutil import free_port
     from optask.testkit.demo import run_demo
 
     client = redis.Redis.from_url(server.url)
@@ -154,17 +151,9 @@ def main() -> None:  # noqa: PLR0915 - one script, one story
     days = build(settings, client)
     print(f"stored a full-universe day and 4 more NIFTY days in {time.perf_counter() - t0:.0f} s")
     token = Tokens(client).create("bench")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    api = subprocess.Popen([sys.executable, "-m", "optask.cli", "serve", "--port", str(port)], env=env, cwd=ROOT,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    stack = contextlib.ExitStack()
+    api, url = stack.enter_context(serving(env, ROOT))
     try:
-        for _ in range(150):
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
         head = httpx.get(f"{url}/v1/chain/NIFTY", headers={"Authorization": f"Bearer {token}"}).json()
         latest = head["ts"]
         print(f"latest NIFTY chain: {len(head['strikes'])} strikes of {head['expiry']} at {latest}")
@@ -255,8 +244,7 @@ def main() -> None:  # noqa: PLR0915 - one script, one story
         record("tick -> stored p99 with the API under 50 clients vs without", "ms", loaded, goal=("ratio", "<=", 1.10),
                baseline=quiet, baseline_name="the same pipeline without API load", ratio="ours/baseline")
     finally:
-        api.terminate()
-        api.wait(20)
+        stack.close()
         server.stop()
 
 

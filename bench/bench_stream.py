@@ -15,21 +15,20 @@ raw HTTP chunks and WebSocket messages.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import DAY, FULL_ATM, INDICES, REPEATS, machine, record  # noqa: E402
+from _common import DAY, FULL_ATM, INDICES, REPEATS, machine, record, serving, spread  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LIVE_MINUTES = int(os.environ.get("BENCH_MINUTES", "20"))
@@ -42,17 +41,23 @@ def _stored_at(payload: bytes) -> float:
     return float(payload[k:payload.index(b",", k)])
 
 
+def _joined(ready: asyncio.Event, left: list, seen: list) -> set:
+    """One more subscriber connected (the last sets `ready`): the set of event ids it will see."""
+    left[0] -= 1
+    if not left[0]:
+        ready.set()
+    mine: set = set()
+    seen.append(mine)
+    return mine
+
+
 async def _sse(host: str, port: int, token: str, query: str, lat: list, seen: list, ready: asyncio.Event,
                left: list) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     writer.write(f"GET /v1/stream?{query} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
     head = await reader.readuntil(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200") and b"chunked" in head.lower(), head
-    left[0] -= 1
-    if not left[0]:
-        ready.set()
-    mine = set()
-    seen.append(mine)
+    mine = _joined(ready, left, seen)
     try:
         while True:  # each chunk holds whole frames (one body message each write: a frame or a batch of them)
             size = int((await reader.readuntil(b"\r\n"))[:-2], 16)
@@ -75,11 +80,7 @@ async def _ws(url: str, token: str, message: dict, lat: list, seen: list, ready:
                                   max_size=None, ping_interval=None) as ws:
         await ws.send(json.dumps(message))
         assert json.loads(await ws.recv())["type"] == "subscribed"
-        left[0] -= 1
-        if not left[0]:
-            ready.set()
-        mine = set()
-        seen.append(mine)
+        mine = _joined(ready, left, seen)
         try:
             async for text in ws:
                 now = time.time()
@@ -113,9 +114,6 @@ async def subscribe(url: str, token: str, sse: int, ws: int) -> dict:
     return {"lat": lat, "counts": counts}
 
 
-def spread(values: list[float], unit: str) -> str:
-    return f"{statistics.median(values):.1f} {unit} ({min(values):.1f}-{max(values):.1f})"
-
 
 def sessions(n: int) -> list:
     from optask.core.calendar import MarketCalendar
@@ -143,25 +141,16 @@ def main() -> None:
     import redis
 
     from optask.api.tokens import Tokens
-    from optask.infra.procutil import free_port
     from optask.testkit.demo import run_demo
 
     print(f"machine: {machine()}; {SSE} SSE + {WS} WebSocket subscribers, {LIVE_MINUTES} full-universe minutes "
           f"({len(INDICES)} indices) at 60x per session")
     token = Tokens(redis.Redis.from_url(server.url)).create("bench")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    api = subprocess.Popen([sys.executable, "-m", "optask.cli", "serve", "--port", str(port)], env=env, cwd=ROOT,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    stack = contextlib.ExitStack()
+    api, url = stack.enter_context(serving(env, ROOT))
     days = iter(sessions(2 * REPEATS))
     figures: dict[str, list[float]] = {}
     try:
-        for _ in range(150):
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
         proc = psutil.Process(api.pid)
         for r in range(REPEATS):
             for mode in ("quiet", "loaded"):
@@ -219,8 +208,7 @@ def main() -> None:
                goal=("ratio", "<=", 1.10), baseline=figures["tick p99 quiet"],
                baseline_name="the same session without subscribers", ratio="ours/baseline")
     finally:
-        api.terminate()
-        api.wait(20)
+        stack.close()
         server.stop()
 
 

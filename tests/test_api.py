@@ -87,20 +87,25 @@ class Api:
         return df.sort_values(keys).reset_index(drop=True)
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("api")
+def served(tmp: Path, **env: str):
+    """A module's API: its own Redis, the short session stored, a token, `optask serve` with `env`; on teardown
+    each server is stopped with SIGTERM, as systemd and docker stop it, and must exit 0."""
     redis = RedisServer(tmp / "redis").start()
     a = Api(tmp, redis.url)
     a.session("build")
     a.tok = a.token("tests")
-    a.url = a.serve(API_RATE_LIMIT="100000", API_ROW_LIMIT="3000")
+    a.url = a.serve(API_RATE_LIMIT="100000", **env)
     a.h = {"Authorization": f"Bearer {a.tok}"}
     yield a
-    for p in a.servers:
+    for i, p in enumerate(a.servers):
         p.terminate()
-        p.wait(15)
+        assert p.wait(15) == 0, a.server_log(i)
     redis.stop()
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    yield from served(tmp_path_factory.mktemp("api"), API_ROW_LIMIT="3000")
 
 
 def get(api: Api, path: str, headers: dict | None = None, **params) -> httpx.Response:

@@ -16,26 +16,14 @@ import pandas as pd
 import pytest
 import websockets
 from api_session import DAY2
-from test_api import OPTASK, Api
+from test_api import OPTASK, served
 
 from optask.core.timeutils import IST
-from optask.infra.redis_server import RedisServer
 
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("stream")
-    redis = RedisServer(tmp / "redis").start()
-    a = Api(tmp, redis.url)
-    a.session("build")
-    a.tok = a.token("tests")
-    a.url = a.serve(API_RATE_LIMIT="100000", API_PUSH_QUEUE="8")
-    a.h = {"Authorization": f"Bearer {a.tok}"}
-    yield a
-    for p in a.servers:
-        p.terminate()  # SIGTERM, as systemd and docker stop it: a clean exit
-        assert p.wait(15) == 0, a.server_log(a.servers.index(p))
-    redis.stop()
+    yield from served(tmp_path_factory.mktemp("stream"), API_PUSH_QUEUE="8")
 
 
 class Listener:
