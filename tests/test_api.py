@@ -390,6 +390,18 @@ def test_a_burst_of_requests_with_a_new_token_is_one_sync_and_counts_every_reque
     assert count == 301
 
 
+def test_serve_on_a_taken_port_says_so_in_one_line_and_starts_nothing(api):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        out = api.run(*OPTASK, "serve", "--port", str(taken.getsockname()[1]))
+    assert out.returncode == 2, out
+    assert "port is in use" in out.stderr + out.stdout and "API_PORT" in out.stderr + out.stdout
+    assert "optask API on" not in out.stdout  # before, the address was printed, then the failure
+
+
 def test_the_client_waits_as_retry_after_says(api):
     from optask.client import Client
 

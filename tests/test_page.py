@@ -93,12 +93,16 @@ def test_the_page_shows_the_apis_numbers_follows_each_new_minute_and_goes_back_i
         page.keyboard.press("Tab")
         page.focus("#tab-NIFTY")
         page.keyboard.press("ArrowRight")  # the next index's tab
-        page.wait_for_function("() => document.getElementById('tab-BANKNIFTY').getAttribute('aria-selected') === 'true'")
+        page.wait_for_function("() => document.getElementById('tab-BANKNIFTY')?.getAttribute('aria-selected') === 'true'")
         showing(page, new)
         bank = httpx.get(f"{api.url}/v1/chain/BANKNIFTY", params={"atm_window": 15}, headers=api.h).json()
         page.wait_for_function("(k) => document.querySelector('#chain tbody tr').dataset.strike === k",
                                arg=f"{bank['strikes'][0]['strike']:g}", timeout=30_000)
         shown(page, bank)
+        assert page.url.endswith("#BANKNIFTY")
+        page.reload()  # the session cookie and the index in the address survive a reload
+        page.wait_for_function("() => document.getElementById('tab-BANKNIFTY')?.getAttribute('aria-selected') === 'true'")
+        showing(page, new)
         page.set_viewport_size({"width": 390, "height": 844})
         page.screenshot(path=str(shots / "page-390.png"), full_page=True)
         wide = page.evaluate("() => document.documentElement.scrollWidth")

@@ -28,7 +28,7 @@ def serve(
     Reads the stores under BASE_DATA_DIR and never writes them; Redis (the stack's, or the bundled one for
     this command's lifetime) holds the tokens and rate limits and tells it what is new.
     """
-    from optask.api.server import PortInUse
+    from optask.api.server import PortInUse, check_port
     from optask.api.server import serve as run_server
     from optask.infra.redis_server import RedisUnavailable, redis_for_command, wait_for_redis
 
@@ -36,8 +36,9 @@ def serve(
     try:
         if settings.redis.effective_url():  # started with the stack, or after Redis restarts: give it time to answer
             wait_for_redis(settings.redis.effective_url(), REDIS_WAIT_S)
+        h, p = host or settings.api.host, port or settings.api.port
+        check_port(h, p)  # before anything is started or printed: a taken port is one line and exit 2
         with redis_for_command(settings):
-            h, p = host or settings.api.host, port or settings.api.port
             console.print(f"optask API on http://{h}:{p}/v1 (page http://{h}:{p}/, docs http://{h}:{p}/docs), data "
                           f"{settings.data.root}", highlight=False)
             run_server(settings, h, p, workers or settings.api.workers)

@@ -74,6 +74,7 @@
 
   async function choose(index) {
     view.index = index; view.expiry = ""; view.live = true;
+    history.replaceState(null, "", "#" + index);  // a link or a reload comes back to this index
     renderTabs();
     await loadDays();
     await goLive();
@@ -277,7 +278,8 @@
       const doc = await api("/v1/indices");
       view.indices = doc.indices;
       $("login").hidden = true;
-      await choose(view.index && view.indices.some((i) => i.index === view.index) ? view.index : view.indices[0].index);
+      const wanted = view.index || decodeURIComponent(location.hash.slice(1)).toUpperCase();
+      await choose(view.indices.some((i) => i.index === wanted) ? wanted : view.indices[0].index);
     } catch (e) { if (e.status) say(e.message, true); }
   }
   start();
