@@ -16,7 +16,6 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import cookie_parser
 
 from optask import __version__
 from optask.api import page, routes, stream
@@ -24,7 +23,7 @@ from optask.api.catalog import Catalog
 from optask.api.live import Hub
 from optask.api.params import ApiError
 from optask.api.state import ServerState
-from optask.api.tokens import AUTHORIZE, COOKIE, Sessions, TokenLedger, digest
+from optask.api.tokens import AUTHORIZE, Sessions, TokenLedger, credential
 from optask.core.calendar import get_calendar
 from optask.core.config import Settings, get_settings
 from optask.infra.redis_client import connect_async
@@ -55,7 +54,7 @@ class TokenGate:
         state: ServerState = self.app.state.optask
         headers = dict(scope["headers"])
         refuse = _refuse_socket if kind == "websocket" else _refuse_http
-        sha, by_cookie = await _credential(headers, state)
+        sha, by_cookie = await credential(headers, state.sessions)
         if sha is None:
             return await refuse(scope, receive, send, 401, "an API token is needed: send 'Authorization: Bearer "
                                 "TOKEN' (make one with `optask api token create NAME`), or log in on the page",
@@ -93,22 +92,6 @@ class TokenGate:
             await send(message)
 
         return await self.app(scope, receive, send_with_limits)
-
-
-async def _credential(headers: dict, state: ServerState) -> tuple[str | None, bool]:
-    """The sha256 of the request's token (from its bearer header, else from its session cookie), and whether it
-    came from the cookie."""
-    auth = headers.get(b"authorization", b"").decode("latin-1")
-    token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-    if token:
-        return digest(token), False
-    sid = cookie_parser(headers.get(b"cookie", b"").decode("latin-1")).get(COOKIE)
-    if not sid:
-        return None, False
-    try:
-        return await state.sessions.token_of(sid), True
-    except Exception:  # noqa: BLE001 - Redis away: as without a session (the page asks to log in again)
-        return None, True
 
 
 def _same_origin(headers: dict) -> bool:

@@ -41,8 +41,8 @@ def checked_event_id(value: str | None, parameter: str) -> str | None:
     if value is None or value == "":
         return None
     if not _EVENT_ID.match(value):
-        raise ApiError(400, parameter, f"{parameter}={value!r} is not an event id; pass the id of the last event "
-                       "received (like 1764489300000-0)")
+        raise ApiError(400, parameter, f"{parameter}={value!r} is not an event id (like 1764489300000-0): pass the "
+                       "id of the last event received, or an earlier answer's X-Stored-Cursor header")
     return value
 
 

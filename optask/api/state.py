@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -17,7 +16,7 @@ import redis
 import redis.asyncio
 
 from optask.api.catalog import Catalog
-from optask.api.live import Event, Hub, lost_since
+from optask.api.live import Event, Hub, checked_event_id, lost_since
 from optask.api.params import ApiError
 from optask.core.calendar import MarketCalendar
 from optask.core.timeutils import IST, parse_ts
@@ -25,7 +24,6 @@ from optask.infra.coordination import PREFIX
 from optask.infra.ledger import EVENTS
 
 log = logging.getLogger("optask.api")
-_EVENT_ID = re.compile(r"^\d+-\d+$")
 
 
 @dataclass
@@ -111,9 +109,7 @@ class ServerState:
 
     async def minutes_since(self, since: str, index: str) -> np.ndarray:
         """since=: the minutes of `index` stored (or stored again) after event `since`, up to now (int64 ns)."""
-        if not _EVENT_ID.match(since):
-            raise ApiError(400, "since", f"since={since!r} is not a stored cursor; pass the X-Stored-Cursor header "
-                           "of an earlier response (like 1764489300000-0)")
+        checked_event_id(since, "since")
         if (why := await lost_since(self.redis, since)) is not None:
             raise ApiError(410, "since", why)
         out: set[int] = set()

@@ -14,7 +14,7 @@ from optask.api.live import WHAT, Ask, Hub, Subscriber, checked_event_id
 from optask.api.params import ApiError, checked_expiry, checked_index
 from optask.api.routes import ERRORS
 from optask.api.state import ServerState
-from optask.api.tokens import COOKIE
+from optask.api.tokens import COOKIE, credential
 
 router = APIRouter(prefix="/v1", dependencies=[Security(HTTPBearer(auto_error=False))], responses=ERRORS)
 HEARTBEAT_S = 15.0
@@ -163,7 +163,7 @@ async def _stop(hub: Hub, sub: Subscriber | None, sender: asyncio.Task | None) -
 @router.get("/session", summary="Whether this browser's session cookie is logged in (no token needed)")
 async def session_state(request: Request) -> dict:
     state: ServerState = request.app.state.optask
-    sha = await state.sessions.token_of(sid) if (sid := request.cookies.get(COOKIE)) else None
+    sha, _ = await credential(dict(request.scope["headers"]), state.sessions)
     verdict = await state.tokens.check_digest(sha) if sha else None
     return {"logged_in": bool(verdict and verdict.known), "token": verdict.name if verdict else None}
 

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 
 import redis
+from starlette.requests import cookie_parser
 
 from optask.infra.coordination import PREFIX
 
@@ -160,19 +161,13 @@ class TokenLedger:
         now = time.monotonic()
         entry = self.seen.get(sha)
         if entry is not None and now - entry.synced < SYNC_S and now < entry.window_end:
-            entry.pending += 1
-            entry.count += 1
-            return Verdict(entry.name, entry.count, max(1, math.ceil(entry.window_end - now)))
+            return _counted_here(entry, now)
         if sha in self.syncing:  # a burst (hundreds of subscribers connecting at once): one sync, the rest wait on it
             await asyncio.shield(self.syncing[sha])
             entry = self.seen.get(sha)
             if entry is None:
                 raise redis.exceptions.ConnectionError("the token check this request waited on did not reach Redis")
-            if entry.name is None:
-                return Verdict(None)
-            entry.pending += 1
-            entry.count += 1
-            return Verdict(entry.name, entry.count, max(1, math.ceil(entry.window_end - time.monotonic())))
+            return _counted_here(entry, time.monotonic()) if entry.name is not None else Verdict(None)
         add = 1
         if entry is not None and now < entry.window_end:
             add, entry.pending = 1 + entry.pending, 0  # taken before the await (see flush)
@@ -188,6 +183,13 @@ class TokenLedger:
         finally:
             del self.syncing[sha]
             done.set_result(None)
+
+
+def _counted_here(entry: _Seen, now: float) -> Verdict:
+    """A request counted in this process, to be handed to Redis by the next sync."""
+    entry.pending += 1
+    entry.count += 1
+    return Verdict(entry.name, entry.count, max(1, math.ceil(entry.window_end - now)))
 
 
 SESSIONS = f"{PREFIX}:api:session"  # :{sha256 of the session id} -> the sha256 of the token that opened it
@@ -224,3 +226,19 @@ class Sessions:
     async def close(self, sid: str) -> None:
         self.known.pop(digest(sid), None)
         await self.redis.delete(f"{SESSIONS}:{digest(sid)}")
+
+
+async def credential(headers: dict, sessions: Sessions) -> tuple[str | None, bool]:
+    """The sha256 of a request's token (from its bearer header, else from its session cookie) and whether it came
+    from the cookie; `headers` as the ASGI scope has them (bytes)."""
+    auth = headers.get(b"authorization", b"").decode("latin-1")
+    token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+    if token:
+        return digest(token), False
+    sid = cookie_parser(headers.get(b"cookie", b"").decode("latin-1")).get(COOKIE)
+    if not sid:
+        return None, False
+    try:
+        return await sessions.token_of(sid), True
+    except Exception:  # noqa: BLE001 - Redis away: as without a session (the page asks to log in again)
+        return None, True
