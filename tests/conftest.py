@@ -36,6 +36,7 @@ def isolated_settings(tmp_path, monkeypatch):
     """Every test gets its own data root and no operator .env or Redis from the machine."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("BASE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("LEDGER_RETENTION_DAYS", "3650")  # the tests' days are fixed in 2026: keep them in the ledger
     for var in ("REDIS_URL", "REDIS_HOST", "INFLUXDB_URL", "OPTASK_PROVIDER", "OPTASK_INDICES", "CSV_DATA_ROOT",
                 "JSON_SNAPSHOTS_ROOT"):
         monkeypatch.delenv(var, raising=False)

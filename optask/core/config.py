@@ -126,6 +126,8 @@ class DataSettings(BaseSettings):
     use_memory_mapping: bool = Field(True, description="Memory-map Parquet files when reading them.")
     compression_enabled: bool = Field(True, description="Compress old raw days into one archive at maintenance.")
     raw_retention_days: int = Field(30, ge=1, description="Days of raw snapshots kept after verification.")
+    ledger_retention_days: int = Field(30, ge=1, description="Days of per-day Redis keys (ledger, cursors, claims) "
+                                       "kept; older days are answered from the stores.")
     max_sample_span_ms: float = Field(
         10_000.0, ge=0, description="Verification flags a minute whose quotes were taken further apart than this, "
         "ms (0: no check).")

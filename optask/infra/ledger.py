@@ -39,10 +39,12 @@ if progress[1] == ARGV[2] then return 'resume' end
 return 'taken'
 """
 CLAIM_TTL_S = 2 * 24 * 3600
-#: KEYS: stored hash, missed hash, last_stored, events; ARGV: ts, info, index, legs, live (1/0), stored_at, kept.
+#: KEYS: stored hash, missed hash, last_stored, events; ARGV: ts, info, index, legs, live (1/0), stored_at, kept,
+#: the day's expiry (s: a net under the end-of-day sweep, `optask.infra.retention`).
 #: One script so that the event's kind (which needs to know whether the minute was there) is never lost.
 _MARK_STORED = """
 local first = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[8])
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('SET', KEYS[3], ARGV[1])
 local kind = 'repaired'
@@ -60,6 +62,11 @@ def _day(ts: str) -> str:
 @dataclass
 class Ledger:
     redis: redis.Redis
+    keep_days: int = 30  # LEDGER_RETENTION_DAYS: a day's keys expire this long (plus one day) after their last write
+
+    @property
+    def _day_ttl_s(self) -> int:
+        return (self.keep_days + 1) * 86400
 
     def claim(self, task: str, key: str, ttl_s: int = CLAIM_TTL_S) -> bool:
         """True for the first caller only, across processes and machines. The value is the claim time."""
@@ -93,14 +100,16 @@ class Ledger:
         keys = (f"{PREFIX}:stored:{index}:{day}", f"{PREFIX}:missed:{index}:{day}", f"{PREFIX}:last_stored:{index}",
                 EVENTS)
         first_time = self.redis.register_script(_MARK_STORED)(keys, (ts, info, index, legs, int(live), repr(now),
-                                                                      EVENTS_KEPT))
+                                                                      EVENTS_KEPT, self._day_ttl_s))
         if first_time:  # a repeat of a stored minute is not counted twice
             self.redis.hincrby(f"{PREFIX}:metrics:stored", index, 1)
         if live:
             heartbeat(self.redis, f"process_index:{index}", last_stored=ts)
 
     def mark_missed(self, index: str, ts: str, reason: str) -> None:
-        if not self.is_stored(index, ts) and self.redis.hset(f"{PREFIX}:missed:{index}:{_day(ts)}", ts, reason):
+        key = f"{PREFIX}:missed:{index}:{_day(ts)}"
+        if not self.is_stored(index, ts) and self.redis.hset(key, ts, reason):
+            self.redis.expire(key, self._day_ttl_s)
             self.redis.hincrby(f"{PREFIX}:metrics:missed", index, 1)
 
     def stored(self, index: str, day: dt.date) -> dict[str, dict]:
@@ -159,4 +168,4 @@ class Ledger:
 
 def ledger_for(settings) -> Ledger:
     """The process's ledger on the Redis optask uses (one connection pool per worker process)."""
-    return Ledger(client_for(settings))
+    return Ledger(client_for(settings), settings.data.ledger_retention_days)

@@ -7,9 +7,12 @@ import json
 
 from optask.core.calendar import get_calendar
 from optask.core.config import Settings, get_settings
+from optask.core.timeutils import IST
 from optask.infra.coordination import writer_lock
 from optask.infra.ledger import ledger_for
 from optask.infra.queues import EOD_HARD_LIMIT_S
+from optask.infra.retention import prune
+from optask.infra.session_clock import get_clock
 from optask.jobs.arguments import checked_day
 from optask.jobs.backfill import CHUNK_MINUTES
 from optask.jobs.batch import store_minutes
@@ -62,8 +65,10 @@ def end_of_day(day: str, settings: Settings | None = None, repair: bool = True) 
     retention = maintain(settings.data.raw_root, d, settings.data.raw_retention_days, settings.data.compression_enabled,
                          verified=lambda index, day: day_verified(index, day, settings),
                          lock=lambda name: writer_lock(client, name, timeout_s=60.0, wait_s=EOD_HARD_LIMIT_S))
+    today = get_clock(settings).now().astimezone(IST).date()  # the clock's day: a replayed month prunes as it goes
     return {
         "day": day, "session": True, "report": report_path, "repaired": repaired, "raw_retention": retention,
+        "redis_retention": prune(client, today, settings.data.ledger_retention_days),
         "before": {"score": before["summary"]["data_quality_score"], "status": before["overall_status"]},
         "after": {"score": after["summary"]["data_quality_score"], "status": after["overall_status"]},
         "indices": {i: {"expected": max((c["expected"] for c in r["completeness"].values()), default=0),

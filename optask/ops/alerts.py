@@ -36,6 +36,7 @@ STATE = f"{PREFIX}:alerts:state"
 OUTBOX = f"{PREFIX}:alerts:outbox"
 HISTORY = f"{PREFIX}:alerts:history"
 DELIVERY = f"{PREFIX}:alerts:delivery"
+OUTBOX_KEPT = 200
 #: A notification a channel keeps refusing is dropped (with a log line) after this many tries.
 MAX_DELIVERY_ATTEMPTS = 20
 _LOCAL_STATE: dict[str, dict] = {}  # used only while Redis is unreachable
@@ -236,6 +237,7 @@ class Alerter:
                 if attempts + 1 < MAX_DELIVERY_ATTEMPTS:
                     self.client.rpush(OUTBOX, json.dumps({"channel": channel, "attempts": attempts + 1,
                                                           "note": asdict(note)}, default=str))
+                    self.client.ltrim(OUTBOX, -OUTBOX_KEPT, -1)  # a channel down for weeks keeps the newest
                 else:
                     log.error("alert %s dropped for %s after %d attempts", note.name, channel, MAX_DELIVERY_ATTEMPTS)
         return ok
