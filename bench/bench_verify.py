@@ -1,7 +1,8 @@
 """End-of-day verification and backfill on a full-universe day (6 indices, ATM +/- 50, every expiry kind,
 375 minutes), through the real stores.
 
-1. verify_day of the compacted day: median and min-max of REPEATS runs (goal < 3 s).
+1. verify_day of the compacted day: median and min-max of REPEATS runs (goal < 3 s), and its peak RSS in a
+   fresh process (VmHWM, the imports included; goal < 300 MB).
 2. Backfill of the whole day from the raw archive with 2 worker processes on the maintenance queue, the
    stores emptied first (goal < 30 s); against it, the same work in this one process (`--here`).
 
@@ -24,6 +25,27 @@ from _common import DAY, FULL_ATM, INDICES, REPEATS, machine, record  # noqa: E4
 
 def spread(values: list[float]) -> str:
     return f"median {statistics.median(values):.2f} s (min {min(values):.2f}, max {max(values):.2f}, n={len(values)})"
+
+
+PEAK_PROBE = """
+import datetime as dt, sys
+from optask.core.config import get_settings
+from optask.quality.verify import verify_day
+hwm = lambda: next(int(x.split()[1]) / 1024 for x in open("/proc/self/status") if x.startswith("VmHWM"))
+base = hwm()
+verify_day(dt.date.fromisoformat(sys.argv[1]), settings=get_settings())
+print(base, hwm())
+"""
+
+
+def verify_peak_mb() -> tuple[float, float]:
+    """(after imports, peak) RSS of a fresh process verifying the day, MB: what a worker child adds."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", PEAK_PROBE, DAY.isoformat()], capture_output=True, text=True,
+                         check=True, env=os.environ)
+    base, peak = map(float, out.stdout.split())
+    return base, peak
 
 
 def empty_stores(root: Path, client) -> None:
@@ -71,6 +93,10 @@ def main() -> None:
             t = time.perf_counter()
             r = verify_day(DAY, settings=settings)
             runs.append(time.perf_counter() - t)
+        peaks = [verify_peak_mb() for _ in range(REPEATS)]
+        print(f"verify_day peak RSS in a fresh process: median {statistics.median(p for _, p in peaks):.0f} MB "
+              f"(min {min(p for _, p in peaks):.0f}, max {max(p for _, p in peaks):.0f}; the imports alone "
+              f"{statistics.median(b for b, _ in peaks):.0f} MB); goal < 300 MB")
         legs = sum(c["present"] for i in r["indices"].values() for c in [i["completeness"]["parquet.legs"]])
         rows = sum(len(i["legs_per_minute"]) and sum(i["legs_per_minute"].values()) for i in r["indices"].values())
         print(f"verify_day, full universe ({rows:,} legs per store in {legs:,} index-minutes), {r['overall_status']} "
@@ -112,6 +138,8 @@ def main() -> None:
               f"speed-up {statistics.median(here_runs) / statistics.median(worker_runs):.2f}x")
         print(f"  after the backfill: {check['overall_status']} {check['summary']['data_quality_score']}")
         record("verify_day, a full-universe day (Parquet + CSV)", "s", runs, goal=("ours", "<", 3.0))
+        record("verify_day peak RSS, a full-universe day, fresh process", "MB", [p for _, p in peaks],
+               goal=("ours", "<", 300.0), note="imports included")
         record("backfill of a full-universe day, 2 maintenance workers", "s", worker_runs, goal=("ours", "<", 30.0),
                baseline=here_runs, baseline_name="the same work in one process (--here)")
     finally:

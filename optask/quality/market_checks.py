@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -32,13 +31,28 @@ def _price(bid: np.ndarray, ask: np.ndarray, ltp: np.ndarray) -> tuple[np.ndarra
 
 
 def _np(t: pa.Table, name: str) -> np.ndarray:
-    return t[name].to_numpy(zero_copy_only=False).astype(float)
+    """A column as float64: a read-only view of Arrow's buffer where it can be one (no copy of a day's column)."""
+    return t[name].to_numpy(zero_copy_only=False).astype(float, copy=False)
 
 
-def check_values(index: str, legs: pa.Table) -> tuple[list[Finding], int]:
-    """Bad prices, crossed books, stale quotes, IV outliers; returns findings and legs checked."""
+#: The order of the checks that look across strikes: a minute's chain of one expiry and side, by strike.
+BY_MINUTE = [("ts", "ascending"), ("expiry", "ascending"), ("side", "ascending"), ("strike", "ascending")]
+
+
+def check_values(index: str, legs: pa.Table, by_minute: pa.Table | None = None,
+                 quotes: list[Finding] | None = None) -> tuple[list[Finding], int]:
+    """Bad prices, crossed books, stale quotes, IV outliers; returns findings and legs checked.
+    `by_minute`: the legs sorted in BY_MINUTE order, and `quotes`: `check_quotes` of them, when the caller has
+    them (one sort for two checks; the legs let go in between)."""
     if legs.num_rows == 0:
         return [], 0
+    out = quotes if quotes is not None else check_quotes(index, legs)
+    out = out + _iv_outliers(index, by_minute if by_minute is not None else legs.sort_by(BY_MINUTE))
+    return out, legs.num_rows
+
+
+def check_quotes(index: str, legs: pa.Table) -> list[Finding]:
+    """Bad prices, crossed books and stale quotes: rows sorted by contract, then minute."""
     legs = legs.sort_by([("expiry", "ascending"), ("side", "ascending"), ("strike", "ascending"), ("ts", "ascending")])
     ltp, bid, ask, spot = _np(legs, "ltp"), _np(legs, "bid"), _np(legs, "ask"), _np(legs, "spot")
     out = []
@@ -54,6 +68,7 @@ def check_values(index: str, legs: pa.Table) -> tuple[list[Finding], int]:
         pc.equal(legs["strike"].slice(1), legs["strike"].slice(0, legs.num_rows - 1))).to_numpy(zero_copy_only=False)]
     b0, a0 = np.nan_to_num(bid), np.nan_to_num(ask)
     unchanged = same_contract & np.r_[False, (ltp[1:] == ltp[:-1]) & (b0[1:] == b0[:-1]) & (a0[1:] == a0[:-1])]
+    del b0, a0, same_contract, bid, ask
     starts = np.flatnonzero(~unchanged)
     first = starts[np.cumsum(~unchanged) - 1]
     delta = np.nan_to_num(_np(legs, "delta"))
@@ -63,8 +78,7 @@ def check_values(index: str, legs: pa.Table) -> tuple[list[Finding], int]:
         reasons = [f"quote unchanged for {int(i - first[i])} minutes while the index moved "
                    f"{abs(spot[i] - spot[first[i]]):.1f}" for i in np.flatnonzero(stale)]
         out += rows_findings(index, "stale_quote", legs, stale, reasons)
-    out += _iv_outliers(index, legs, bid, ask, ltp)
-    return out, legs.num_rows
+    return out
 
 
 def _prev(x: np.ndarray) -> np.ndarray:
@@ -77,9 +91,9 @@ def _next(x: np.ndarray) -> np.ndarray:
     return np.r_[x[1:], x[-1:]]
 
 
-def _iv_outliers(index: str, legs: pa.Table, bid, ask, ltp) -> list[Finding]:
-    """Off the line through its strike neighbours (same minute, expiry, side) by more than price noise allows."""
-    t = legs.sort_by([("ts", "ascending"), ("expiry", "ascending"), ("side", "ascending"), ("strike", "ascending")])
+def _iv_outliers(index: str, t: pa.Table) -> list[Finding]:
+    """Off the line through its strike neighbours (same minute, expiry, side) by more than price noise allows.
+    `t`: the legs in BY_MINUTE order."""
     bid, ask, ltp = _np(t, "bid"), _np(t, "ask"), _np(t, "ltp")
     iv, vega, k = _np(t, "iv"), np.abs(_np(t, "vega")), _np(t, "strike")
     px, half = _price(bid, ask, ltp)
@@ -102,13 +116,14 @@ def _iv_outliers(index: str, legs: pa.Table, bid, ask, ltp) -> list[Finding]:
     return rows_findings(index, "iv_outlier", t, outlier, reasons)
 
 
-def check_arbitrage(index: str, legs: pa.Table, rate: float = 0.065) -> tuple[list[Finding], int]:
+def check_arbitrage(index: str, legs: pa.Table, rate: float = 0.065,
+                    by_minute: pa.Table | None = None) -> tuple[list[Finding], int]:
     """Per minute and expiry, among legs quoted on both sides: calls non-increasing and puts non-decreasing in
     strike, both convex, put-call parity against the chain's implied forward; each beyond the half spreads
-    plus ARB_TICKS."""
+    plus ARB_TICKS. `by_minute` as for check_values."""
     if legs.num_rows == 0:
         return [], 0
-    t = legs.sort_by([("ts", "ascending"), ("expiry", "ascending"), ("side", "ascending"), ("strike", "ascending")])
+    t = by_minute if by_minute is not None else legs.sort_by(BY_MINUTE)
     n = t.num_rows
     px, half = _price(_np(t, "bid"), _np(t, "ask"), _np(t, "ltp"))
     k = _np(t, "strike")
@@ -141,27 +156,57 @@ def check_arbitrage(index: str, legs: pa.Table, rate: float = 0.065) -> tuple[li
 
 
 def _parity(index: str, t: pa.Table, px: np.ndarray, half: np.ndarray, rate: float) -> list[Finding]:
-    """C - P = (F - K) x DF per strike quoted on both sides, F the chain's implied forward (median over strikes)."""
-    frame = pd.DataFrame({"ts": t["ts"].cast(pa.int64()).to_numpy(), "expiry": t["expiry"].cast(pa.int32()).to_numpy(),
-                          "strike": _np(t, "strike"), "call": pc.equal(t["side"], "CE").to_numpy(zero_copy_only=False),
-                          "px": px, "half": half, "row": np.arange(t.num_rows)})
-    pair = frame[frame.call].merge(frame[~frame.call], on=["ts", "expiry", "strike"], suffixes=("_c", "_p"))
-    if pair.empty:
+    """C - P = (F - K) x DF per strike quoted on both sides, F the chain's implied forward (median over strikes).
+    Calls and puts paired by numpy over combined codes of (minute, expiry, strike): no frame, no merge."""
+    ts, expiry = t["ts"].cast(pa.int64()).to_numpy(), t["expiry"].cast(pa.int32()).to_numpy()
+    strike = _np(t, "strike")
+    is_call = pc.equal(t["side"], "CE").to_numpy(zero_copy_only=False)
+    rows = np.arange(t.num_rows)
+    key = _codes(ts, expiry, strike)
+    calls, puts = rows[is_call], rows[~is_call]
+    _, ic, ip = np.intersect1d(key[calls], key[puts], return_indices=True)
+    rc, rp = calls[ic], puts[ip]
+    if not len(rc):
         return []
-    years = year_fraction(pair["ts"].to_numpy().astype("datetime64[ns]"),
-                          pair["expiry"].to_numpy().astype("datetime64[D]"))
+    rc_order = np.argsort(rc, kind="stable")  # pairs in the calls' row order
+    rc, rp = rc[rc_order], rp[rc_order]
+    years = year_fraction(ts[rc].astype("datetime64[ns]"), expiry[rc].astype("datetime64[D]"))
     df = np.exp(-rate * np.maximum(years, 0.0))
-    implied = pair["strike"].to_numpy() + (pair["px_c"].to_numpy() - pair["px_p"].to_numpy()) / df
-    fwd = pd.Series(implied).groupby([pair["ts"], pair["expiry"]]).transform("median").to_numpy()
-    gap = np.abs(pair["px_c"].to_numpy() - pair["px_p"].to_numpy() - (fwd - pair["strike"].to_numpy()) * df)
-    allowed = pair["half_c"].to_numpy() + pair["half_p"].to_numpy() + ARB_TICKS * TICK
-    quoted = (pair["half_c"].to_numpy() > 0) & (pair["half_p"].to_numpy() > 0)  # "beyond the spread" needs one
+    implied = strike[rc] + (px[rc] - px[rp]) / df
+    fwd = _group_median(_codes(ts[rc], expiry[rc]), implied)
+    gap = np.abs(px[rc] - px[rp] - (fwd - strike[rc]) * df)
+    allowed = half[rc] + half[rp] + ARB_TICKS * TICK
+    quoted = (half[rc] > 0) & (half[rp] > 0)  # "beyond the spread" needs one
     broken = quoted & (gap > allowed)
-    rows = np.zeros(t.num_rows, dtype=bool)
-    rows[pair["row_c"].to_numpy()[broken]] = True
+    flagged = np.zeros(t.num_rows, dtype=bool)
+    flagged[rc[broken]] = True
     reasons = {int(r): f"C - P off parity by {g:.2f} (allowed {a:.2f})"
-               for r, g, a in zip(pair["row_c"].to_numpy()[broken], gap[broken], allowed[broken], strict=True)}
-    return rows_findings(index, "parity", t, rows, [reasons[i] for i in np.flatnonzero(rows)])
+               for r, g, a in zip(rc[broken], gap[broken], allowed[broken], strict=True)}
+    return rows_findings(index, "parity", t, flagged, [reasons[i] for i in np.flatnonzero(flagged)])
+
+
+def _codes(*columns: np.ndarray) -> np.ndarray:
+    """One int64 per row, equal where the rows are equal in every column."""
+    out = np.zeros(len(columns[0]), np.int64)
+    for col in columns:
+        values, inverse = np.unique(col, return_inverse=True)
+        out = out * len(values) + inverse.ravel()
+    return out
+
+
+def _group_median(groups: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Each row's group median of x, NaN skipped (as pandas' groupby median)."""
+    order = np.lexsort((x, groups))  # NaN sorts last within its group
+    g, v = groups[order], x[order]
+    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    valid = np.add.reduceat(~np.isnan(v), starts)
+    lo = starts + np.maximum(valid - 1, 0) // 2
+    hi = starts + np.maximum(valid, 1) // 2
+    med = np.where(valid % 2 == 1, v[lo], (v[np.minimum(hi, len(v) - 1)] + v[lo]) / 2)
+    med = np.where(valid > 0, med, np.nan)
+    out = np.empty(len(x))
+    out[order] = np.repeat(med, np.diff(np.r_[starts, len(v)]))
+    return out
 
 
 def check_sampling(index: str, parquet, day: dt.date, max_span_ms: float) -> list[Finding]:

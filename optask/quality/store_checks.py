@@ -33,8 +33,7 @@ def check_integrity(index: str, t: pa.Table, keys: tuple[str, ...], expected: pd
         return []
     out: list[Finding] = []
     key_cols = [k for k in keys if k in t.column_names]
-    counts = t.select(key_cols).group_by(key_cols).aggregate([([], "count_all")])
-    dup = counts.filter(pc.greater(counts["count_all"], 1))
+    dup = duplicate_keys(t, key_cols)
     if dup.num_rows:
         out += rows_findings(index, "duplicate_key", dup, np.ones(dup.num_rows, bool),
                               [f"{n} rows share this key" for n in dup["count_all"].to_pylist()], store, table)
@@ -46,6 +45,42 @@ def check_integrity(index: str, t: pa.Table, keys: tuple[str, ...], expected: pd
     return out
 
 
+def _row_codes(t: pa.Table, cols: list[str]) -> np.ndarray | None:
+    """One int64 per row, equal where the rows' values in `cols` are equal: each column's dictionary codes
+    combined (None when the columns are too varied to combine, only in broken data)."""
+    codes, size = np.zeros(t.num_rows, np.int64), 1
+    for col in cols:
+        d = pc.dictionary_encode(t[col].combine_chunks(), null_encoding="encode")
+        size *= max(len(d.dictionary), 1)
+        if size >= 2**62:
+            return None
+        codes = codes * len(d.dictionary) + d.indices.to_numpy(zero_copy_only=False)
+    return codes
+
+
+def _first_seen(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per distinct code in order of first appearance: its first row and its count; and each row's group."""
+    _, first, inverse, n = np.unique(codes, return_index=True, return_inverse=True, return_counts=True)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    return first[order], n[order], rank[inverse.ravel()]
+
+
+def duplicate_keys(t: pa.Table, key_cols: list[str]) -> pa.Table:
+    """The keys that more than one row shares (first row's key columns, and `count_all`), in order of first
+    appearance. Counted by numpy over combined dictionary codes: a day's legs in 20 ms and 20 MB, where a hash
+    aggregation over the four columns took 100 ms and 100 MB."""
+    codes = _row_codes(t, key_cols)
+    if codes is None:
+        counts = t.select(key_cols).group_by(key_cols, use_threads=False).aggregate([([], "count_all")])
+        return counts.filter(pc.greater(counts["count_all"], 1))
+    first, n, _ = _first_seen(codes)
+    shared = n > 1
+    return t.select(key_cols).take(pa.array(first[shared], pa.int64())).append_column(
+        "count_all", pa.array(n[shared], pa.int64()))
+
+
 def check_legs_universe(index: str, legs: pa.Table, expected: pd.DatetimeIndex) -> tuple[list[Finding], int, int]:
     """Every contract seen earlier in the day must be there in each later minute the store holds.
 
@@ -53,14 +88,16 @@ def check_legs_universe(index: str, legs: pa.Table, expected: pd.DatetimeIndex) 
     """
     if legs.num_rows == 0:
         return [], 0, 0
-    keys = legs.select(["expiry", "strike", "side"])
-    codes = pc.dictionary_encode(pc.binary_join_element_wise(
-        keys["expiry"].cast(pa.string()), keys["strike"].cast(pa.string()), keys["side"], "|")).combine_chunks()
-    k = codes.indices.to_numpy()
+    codes = _row_codes(legs, ["expiry", "strike", "side"])
+    if codes is None:  # too varied to combine: one label per row instead
+        codes = pc.dictionary_encode(pc.binary_join_element_wise(
+            legs["expiry"].cast(pa.string()), legs["strike"].cast(pa.string()), legs["side"], "|")).combine_chunks()
+        codes = codes.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    label_rows, _, k = _first_seen(codes)  # contracts in order of first appearance
     m = np.searchsorted(expected.asi8, ns(legs["ts"]))
     inside = (m < len(expected))
     k, m = k[inside], m[inside]
-    n_k, n_m = len(codes.dictionary), len(expected)
+    n_k, n_m = len(label_rows), len(expected)
     present = np.zeros((n_k, n_m), dtype=bool)
     present[k, m] = True
     minute_has_data = present.any(axis=0)
@@ -68,12 +105,13 @@ def check_legs_universe(index: str, legs: pa.Table, expected: pd.DatetimeIndex) 
     want = (np.arange(n_m)[None, :] >= first[:, None]) & minute_has_data[None, :]
     missing = want & ~present
     mk, mm = np.nonzero(missing)
-    labels = codes.dictionary.to_pylist()
+    labels = legs.select(["expiry", "strike", "side"]).take(pa.array(label_rows, pa.int64()))
+    expiries = labels["expiry"].cast(pa.string()).to_pylist()
+    strikes, sides = labels["strike"].cast(pa.float64()).to_pylist(), labels["side"].to_pylist()
     findings = []
     for kk, mi in zip(mk.tolist(), mm.tolist(), strict=True):
-        e, s, side = labels[kk].split("|")
-        findings.append(Finding(index, "missing_legs", "parquet", "legs", expected[mi].isoformat(), e, float(s), side,
-                                "contract present earlier today is missing in this minute"))
+        findings.append(Finding(index, "missing_legs", "parquet", "legs", expected[mi].isoformat(), expiries[kk],
+                                strikes[kk], sides[kk], "contract present earlier today is missing in this minute"))
     return findings, int(want.sum()), int(missing.sum())
 
 

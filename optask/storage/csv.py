@@ -35,6 +35,27 @@ from optask.storage.base import TABLES, StorageError, split_by_minute
 TS_COLUMNS_SUFFIX = ("ts", "last_trade_time")
 
 
+class _Range(io.RawIOBase):
+    """`head`, then the next `length` bytes of an open file: a sidecar-bounded slice of a daily CSV as a stream."""
+
+    def __init__(self, fh, head: bytes, length: int):
+        self.fh, self.head, self.left = fh, head, length
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer)
+        if self.head:
+            n = min(len(view), len(self.head))
+            view[:n], self.head = self.head[:n], self.head[n:]
+            return n
+        n = min(len(view), self.left)
+        got = self.fh.readinto(view[:n]) if n > 0 else 0
+        self.left -= got
+        return got
+
+
 def _text_times(table: pa.Table) -> pa.Table:
     """Timestamp columns -> the unified IST text, formatting each distinct instant once."""
     for i, f in enumerate(table.schema):
@@ -155,17 +176,18 @@ class CsvStore:
     write_minutes = append_minutes  # the store interface's name for it
 
     def _read_range(self, path: Path, meta: Sidecar, start: int, columns: list[str] | None = None) -> pa.Table:
+        """Rows from byte `start` to the sidecar's length, parsed batch by batch as the file streams in: a day's
+        legs (75 MB of text) never sit in memory whole, only the parsed columns asked for."""
         if meta.bytes <= start or meta.columns is None:
             return pa.table({})
-        with open(path, "rb") as fh:
+        header = ",".join(f'"{c}"' for c in meta.columns).encode() + b"\n" if start > 0 else b""
+        with open(path, "rb", buffering=0) as fh:
             fh.seek(start)
-            body = fh.read(meta.bytes - start)
-        if start > 0:
-            header = ",".join(f'"{c}"' for c in meta.columns).encode() + b"\n"
-            body = header + body
-        return pacsv.read_csv(io.BytesIO(body), convert_options=pacsv.ConvertOptions(
-            include_columns=columns,
-            column_types={c: pa.string() for c in meta.columns if c in TS_COLUMNS_SUFFIX or c.endswith("last_trade_time")}))
+            reader = pacsv.open_csv(io.BufferedReader(_Range(fh, header, meta.bytes - start), 1 << 20),
+                                    convert_options=pacsv.ConvertOptions(
+                include_columns=columns,
+                column_types={c: pa.string() for c in meta.columns if c in TS_COLUMNS_SUFFIX or c.endswith("last_trade_time")}))
+            return reader.read_all()
 
     def read_day(self, table: str, index: str, day: dt.date, columns: list[str] | None = None) -> pa.Table:
         """The day's rows up to the sidecar's length (a torn tail is invisible); `columns` parses only those."""

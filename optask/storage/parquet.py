@@ -56,7 +56,7 @@ def _with_index(table: pa.Table, index: str) -> pa.Table:
     """Put the partition's `index` back where the canonical schemas have it: right after `ts`."""
     table = _without_partitions(table)  # files of older versions carried it inside
     at = 1 if table.column_names[:1] == ["ts"] else 0
-    return table.add_column(at, "index", pa.array([index] * table.num_rows, pa.string()))
+    return table.add_column(at, "index", pa.repeat(pa.scalar(index, pa.string()), table.num_rows))
 
 
 @dataclass
