@@ -15,12 +15,9 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if sys.platfo
 _prctl = _libc.prctl if _libc is not None else None
 
 
-def release_memory() -> None:
-    """Hand freed memory back to the OS: Arrow's pool and glibc's arenas both keep what a large read freed,
-    so a long-lived worker's RSS would stay at its largest day. Cheap (milliseconds); call between big steps."""
-    import pyarrow as pa
-
-    pa.default_memory_pool().release_unused()
+def trim_malloc() -> None:
+    """Hand glibc's freed arenas back to the OS: a long-lived worker's RSS would otherwise stay at its largest
+    day. Milliseconds; a no-op off glibc."""
     if _libc is not None and hasattr(_libc, "malloc_trim"):
         _libc.malloc_trim(0)
 

@@ -52,7 +52,7 @@ import pyarrow.parquet as pq
 
 from optask.core.calendar import get_calendar
 from optask.core.config import Settings, get_settings
-from optask.infra.procutil import release_memory
+from optask.infra.procutil import trim_malloc
 from optask.quality.market_checks import (
     BY_MINUTE,
     check_arbitrage,
@@ -128,6 +128,12 @@ def _read_parquet(store, index: str, day: dt.date, table: str, columns: list[str
         rest = store.read_files(day_good, [p for p in minute_files if p in good], index,
                                 None if columns is None else list(dict.fromkeys(["ts", *columns])))
         return (rest if rest is not None else pa.table({})), findings
+
+
+def release_memory() -> None:
+    """Give back what a table's checks freed (Arrow's pool, then glibc's arenas) before the next table is read."""
+    pa.default_memory_pool().release_unused()
+    trim_malloc()
 
 
 @dataclass
