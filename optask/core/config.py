@@ -219,6 +219,8 @@ class ServiceSettings(BaseSettings):
     processing_max_workers: int = Field(2, ge=1, le=256, description="Worker processes (1-256).")
     max_memory_usage_mb: int = Field(2048, ge=64, description="Memory per worker child before it is replaced, MB.")
     debug: bool = Field(False, description="Debug logging in the CLI and every process `optask up` starts.")
+    log_max_mb: float = Field(50.0, gt=0, description="A child's log in data/logs/ is rotated past this size, MB.")
+    log_backups: int = Field(5, ge=1, le=100, description="Rotated logs kept per child (name.log.1 the newest).")
     celery_visibility_timeout_s: int = Field(
         1260, ge=5, description="Seconds before Redis redelivers an unacknowledged task; keep above the longest task."
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,6 +33,35 @@ STOP_TIMEOUT_S = {"beat": 10.0, "flower": 10.0, "api": 10.0, "metrics": 5.0, "mo
 #: The worker's stop when the bundled Redis is already dead: its tasks cannot be acknowledged (acks_late
 #: redelivers them) and every store's commit is atomic, so there is nothing to wait for.
 BROKERLESS_STOP_S = 10.0
+
+
+def rotate_log(path: Path, max_bytes: int, backups: int) -> bool:
+    """`name.log` over `max_bytes` becomes `name.log.1` (older ones shift up to `name.log.{backups}`, the oldest
+    dropped) and starts again empty. The child keeps writing to the file it opened: it appends (O_APPEND), so
+    after the truncation its lines land at the new end. Copy, then truncate (logrotate's copytruncate): a line
+    written in the microseconds between the copy's last read and the truncation is lost (a log, never data)."""
+    try:
+        if path.stat().st_size <= max_bytes:
+            return False
+    except FileNotFoundError:
+        return False
+    for n in range(backups - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{n}")
+        if older.exists():
+            os.replace(older, path.with_name(f"{path.name}.{n + 1}"))
+    tmp = path.with_name(f".{path.name}.1.tmp")
+    fd = os.open(path, os.O_RDWR | os.O_APPEND)
+    try:
+        with open(tmp, "wb") as dst:
+            at = 0
+            while chunk := os.pread(fd, 1 << 20, at):  # to the end, including what arrives during the copy
+                dst.write(chunk)
+                at += len(chunk)
+            os.ftruncate(fd, 0)
+        os.replace(tmp, path.with_name(f"{path.name}.1"))
+    finally:
+        os.close(fd)
+    return True
 
 
 class ChildFailed(RuntimeError):
@@ -79,6 +109,14 @@ class Stack:
         self.procs[name] = proc
         self.specs[name] = (args, env)
         return proc
+
+    def rotate_logs(self) -> list[str]:
+        """Rotate every child's log over LOG_MAX_MB (see `rotate_log`); the names of those rotated."""
+        svc = self.settings.service
+        if not self.logs.is_dir():
+            return []
+        return [p.name for p in sorted(self.logs.glob("*.log"))
+                if rotate_log(p, int(svc.log_max_mb * 1024 * 1024), svc.log_backups)]
 
     def restart(self, name: str) -> subprocess.Popen:
         args, env = self.specs[name]

@@ -308,7 +308,7 @@ class Supervisor:
             alerter.fire("supervisor.up", "WARN", f"optask up restarted after an unclean stop of pid {self.unclean}")
             watch.restarted["up"] = time.monotonic()
         printed = 0
-        health_line, health_read = "", 0.0
+        health_line, health_read, rotated = "", 0.0, time.monotonic()
         while True:
             try:
                 lines = reporter.poll(block_ms=1000)
@@ -325,6 +325,9 @@ class Supervisor:
                 if key and key != health_line:
                     self.console.print(line, highlight=False)
                     health_line = key
+            if time.monotonic() - rotated > 30:
+                rotated = time.monotonic()
+                self.stack.rotate_logs()
             if self.stop_after_minutes and printed >= self.stop_after_minutes:
                 break
 
