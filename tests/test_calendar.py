@@ -95,3 +95,32 @@ def test_the_last_closed_session_is_one_answer_for_every_caller():
     assert cal.last_closed_session(dt.datetime(2026, 11, 23, 15, 29, tzinfo=ist)) == dt.date(2026, 11, 20)  # open
     assert cal.last_closed_session(dt.datetime(2026, 11, 23, 8, 0, tzinfo=ist)) == dt.date(2026, 11, 20)  # before
     assert cal.last_closed_session(dt.datetime(2026, 11, 22, 12, 0, tzinfo=ist)) == dt.date(2026, 11, 20)  # Sunday
+
+
+# --- the replay clock over several calendar days ------------------------------------------------------
+
+def test_a_multi_day_replay_plays_each_session_then_its_close_then_the_next_day():
+    """Fri 2026-11-20 to Wed 2026-11-25: the weekend and the NSE holiday of the 24th are days off."""
+    import datetime as dt
+
+    from optask.core.clock import AFTER_CLOSE_MINUTES, DAY_OFF_MINUTES, SessionReplayClock
+    from optask.core.timeutils import IST
+
+    cal = MarketCalendar()
+    clock = SessionReplayClock(dt.date(2026, 11, 20), cal, speed=60.0, anchor=0.0, days=6)
+    segs = clock.segments()
+    assert [(s.day.isoformat(), s.session is not None) for s in segs] == [
+        ("2026-11-20", True), ("2026-11-21", False), ("2026-11-22", False), ("2026-11-23", True),
+        ("2026-11-24", False), ("2026-11-25", True)]
+    assert [s.length for s in segs] == [375 + AFTER_CLOSE_MINUTES, DAY_OFF_MINUTES, DAY_OFF_MINUTES,
+                                        375 + AFTER_CLOSE_MINUTES, DAY_OFF_MINUTES, 375 + AFTER_CLOSE_MINUTES]
+
+    def at(pos: int) -> str:
+        return clock._stretch_now(pos).astimezone(IST).strftime("%a %d %H:%M")
+
+    assert at(0) == "Fri 20 09:15" and at(374) == "Fri 20 15:29" and at(375) == "Fri 20 15:30"
+    assert at(375 + AFTER_CLOSE_MINUTES) == "Sat 21 12:00"
+    monday = clock.position_of(dt.date(2026, 11, 23))
+    assert at(monday) == "Mon 23 09:15" and at(monday - 1) == "Sun 22 12:09"
+    assert at(clock.position_of(dt.date(2026, 11, 25), 374)) == "Wed 25 15:29"
+    assert at(clock.total_minutes() + 30) == "Wed 25 17:00"  # the last day goes on past its close

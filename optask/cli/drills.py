@@ -64,6 +64,13 @@ def soak(
     index: list[str] = typer.Option([], "--index", help="Indices to play (default: all six); repeatable."),
     root: str = typer.Option(None, "--root", help="Keep the soak's data here (default: a temporary folder)."),
     markdown: str = typer.Option(None, "--markdown", help="Also write the table as Markdown (for the README)."),
+    days: int = typer.Option(1, "--days", min=1, max=60, help="Calendar days to play (more than 1: weekends, "
+                             "holidays and expiries, a row per day; from --start)."),
+    start: str = typer.Option("2026-11-21", "--start", help="With --days: the first day (default: Sat 2026-11-21)."),
+    holiday: list[str] = typer.Option(["2026-11-27"], "--holiday", help="With --days: a holiday declared in the "
+                                      "overrides file (repeatable; default Fri 2026-11-27)."),
+    retention_days: int = typer.Option(3, "--retention-days", min=1, help="With --days: LEDGER_RETENTION_DAYS, "
+                                       "short so that Redis is seen to stay flat once the window is full."),
 ) -> None:
     """Play a whole session of the full universe through `optask up` with a schedule of faults (Redis, worker
     and up killed, a late and a doubled beat, the clock stepping back) and print what the product made of it:
@@ -78,6 +85,9 @@ def soak(
 
     indices = tuple(indices_option(index)) if index else None
     work = Path(root) if root else Path(tempfile.mkdtemp(prefix="optask-soak-"))
+    if days > 1:
+        raise typer.Exit(_soak_days(work, days, start, holiday, retention_days, speed, strikes, indices, markdown,
+                                    keep=bool(root)))
     result = run_soak(work, minutes=minutes, speed=speed, strikes=strikes, indices=indices,
                       echo=lambda line: console.print(line, highlight=False, markup=False))
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
@@ -98,3 +108,39 @@ def soak(
     v = result.verdict
     if v.score != 100 or v.duplicate_keys or v.unreadable_files:
         raise typer.Exit(1)
+
+
+def _soak_days(work, days: int, start: str, holidays: list[str], retention_days: int, speed: float, strikes: int,
+               indices, markdown: str | None, keep: bool) -> int:
+    """`optask soak --days N`: a row per calendar day, then what grew; 0 when nothing should worry anyone."""
+    import datetime as dt
+    import shutil
+
+    from optask.core.clock import WallClock
+    from optask.core.timeutils import IST
+    from optask.testkit.soak_days import COLUMNS, run_soak_days
+
+    try:
+        first, off = dt.date.fromisoformat(start), tuple(dt.date.fromisoformat(h) for h in holidays)
+    except ValueError as exc:
+        fail(f"--start and --holiday take dates like 2026-11-21 ({exc})")
+    result = run_soak_days(work, days, first, off, speed, strikes, indices, retention_days=retention_days,
+                           echo=lambda line: console.print(line, highlight=False, markup=False))
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    today = WallClock().now().astimezone(IST).date().isoformat()
+    title = f"optask soak --days {days} ({machine}, {today})"
+    table = Table(title=title, title_justify="left")
+    for col in COLUMNS:
+        table.add_column(col, overflow="fold")
+    for row in result.rows:
+        table.add_row(*row.cells())
+    out = console if console.is_terminal else Console(width=250)
+    out.print(table)
+    for key, value in result.verdict.items():
+        out.print(f"{key}: {value}", highlight=False)
+    if markdown:
+        Path(markdown).write_text(result.markdown(title) + "\n")
+        console.print(f"written: {markdown}")
+    if not keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0 if result.ok else 1

@@ -181,6 +181,8 @@ class MarketSettings(BaseSettings):
     simulated_session_speed: float = Field(
         1.0, ge=1.0, le=3600.0, description="Clock speed of the simulated session, x real time (1-3600)."
     )
+    simulated_session_days: int = Field(1, ge=1, le=366, description="Calendar days the simulated clock plays from "
+                                        "that day: each session, an hour after its close, ten minutes of a day off.")
 
     @field_validator("indices", "expiry_kinds", mode="before")
     @classmethod

@@ -31,20 +31,21 @@ class Family:
     pattern: str  # after "optask:", * for a part
     bound: str  # per day | expiring | capped | configured
     how: str
+    by_day: bool = False  # its keys name a day, and days past the retention are dropped (as well as expiring)
 
     def matches(self, key: str) -> bool:
         return re.fullmatch(re.escape(f"{PREFIX}:{self.pattern}").replace(r"\*", "[^ ]+"), key) is not None
 
 
 FAMILIES = (
-    Family("stored:*:*", "per day", "the ledger's stored minutes of an (index, day)"),
-    Family("missed:*:*", "per day", "the ledger's missed minutes of an (index, day)"),
-    Family("repair:*:*", "per day", "in-session repair attempts of an (index, day); also expires after 8 days"),
-    Family("cursor:*", "per day", "an incremental reader's position in a (store, table, index, day)"),
-    Family("kite:spot:*:*", "per day", "the Kite universe's spot range of a (day, index)"),
-    Family("clock:*:*", "per day", "a simulated session's shared clock anchor; also expires after 2 days"),
-    Family("eod", "per day", "a field per closed day: the end-of-day scores and report"),
-    Family("claim:*", "expiring", "once-only claims of a task and key (2 days)"),
+    Family("stored:*:*", "per day", "the ledger's stored minutes of an (index, day)", True),
+    Family("missed:*:*", "per day", "the ledger's missed minutes of an (index, day)", True),
+    Family("repair:*:*", "per day", "in-session repair attempts of an (index, day); also expires after 8 days", True),
+    Family("cursor:*", "per day", "an incremental reader's position in a (store, table, index, day)", True),
+    Family("kite:spot:*:*", "per day", "the Kite universe's spot range of a (day, index)", True),
+    Family("eod", "per day", "a field per closed day: the end-of-day scores and report", True),
+    Family("claim:*", "expiring", "once-only claims of a task and key (2 days; a day's are dropped with it)", True),
+    Family("clock:*:*", "expiring", "a simulated session's shared clock anchor (2 days)"),
     Family("lock:*", "expiring", "writer locks (their timeout)"),
     Family("deliveries:*", "expiring", "deliveries of one task attempt (3 days)"),
     Family("api:rate:*", "expiring", "requests of a token in one rate-limit window"),
@@ -99,7 +100,7 @@ def prune(client: redis.Redis, today: dt.date, keep_days: int) -> dict[str, int]
     for raw in client.scan_iter(f"{PREFIX}:*", count=1000):
         key = raw.decode()
         family = family_of(key)
-        if family is None or family.bound not in ("per day", "expiring") or key in DAY_FIELDS:
+        if family is None or not family.by_day or key in DAY_FIELDS:
             continue
         day = day_of(key)
         if day is not None and day < cutoff:

@@ -23,17 +23,18 @@ ANCHOR_TTL_S = 2 * 24 * 3600
 _REPLAY_CLOCKS: dict[tuple, SessionReplayClock] = {}
 
 
-def anchor_key(day: dt.date, speed: float) -> str:
-    return f"{PREFIX}:clock:{day.isoformat()}:{speed:g}"
+def anchor_key(day: dt.date, speed: float, days: int = 1) -> str:
+    return f"{PREFIX}:clock:{day.isoformat()}:{speed:g}" + (f":{days}d" if days > 1 else "")
 
 
-def start_session_clock(client, day: dt.date, speed: float, minutes: int, resume: bool = True) -> tuple[float, bool]:
+def start_session_clock(client, day: dt.date, speed: float, minutes: int, resume: bool = True,
+                        days: int = 1) -> tuple[float, bool]:
     """Anchor the shared clock of a simulated session: (anchor, resumed).
 
     With `resume`, a session still in progress on this Redis (a restarted stack) continues where it was;
     otherwise, or when none is, it starts now from the open.
     """
-    key = anchor_key(day, speed)
+    key = anchor_key(day, speed, days)
     raw = client.get(key)
     if resume and raw is not None and (time.time() - float(raw)) * speed / 60 < minutes:
         return float(raw), True
@@ -48,10 +49,10 @@ def get_clock(settings=None) -> WallClock | SessionReplayClock:
     day = settings.market.simulated_session_day
     if day is None:
         return WallClock()
-    speed = settings.market.simulated_session_speed
-    cache_key = (day, speed, str(settings.data.calendar_overrides), settings.redis.effective_url())
+    speed, days = settings.market.simulated_session_speed, settings.market.simulated_session_days
+    cache_key = (day, speed, days, str(settings.data.calendar_overrides), settings.redis.effective_url())
     if cache_key not in _REPLAY_CLOCKS:
-        client, key, anchor = None, anchor_key(day, speed), time.time()
+        client, key, anchor = None, anchor_key(day, speed, days), time.time()
         url, _ = url_if_running(settings)
         if url:
             try:
@@ -60,7 +61,7 @@ def get_clock(settings=None) -> WallClock | SessionReplayClock:
             except (redis.RedisError, OSError):
                 client = None
         _REPLAY_CLOCKS[cache_key] = SessionReplayClock(
-            day, get_calendar(settings.data.calendar_overrides), speed, anchor, client, key)
+            day, get_calendar(settings.data.calendar_overrides), speed, anchor, client, key, days)
     return _REPLAY_CLOCKS[cache_key]
 
 

@@ -101,16 +101,23 @@ def mark_dispatched(ts: str, settings: Settings | None = None) -> None:
 
 
 def should_close_day(ts: str, settings: Settings | None = None, ledger: Ledger | None = None) -> str | None:
-    """The day to close when `ts` is its session's last minute and the day is not closed yet (once per day,
-    even if the last minute's own tick was lost and the minute comes round again)."""
+    """The day to close, once per day: `ts`'s own when it is its session's last minute, or, at any tick outside a
+    session, the last closed session when it has stored minutes and nothing closed it (the stack was down over
+    the close, so the last minute's tick never came: found by the soak across days)."""
     settings = settings or get_settings()
     minute = parse_minute(ts)
+    calendar = get_calendar(settings.data.calendar_overrides)
     day = minute.astimezone(IST).date()
-    session = get_calendar(settings.data.calendar_overrides).session(day)
-    if session is None or minute + dt.timedelta(minutes=1) < session.close or minute >= session.close:
-        return None
+    session = calendar.session(day)
     ledger = ledger or ledger_for(settings)
-    if ledger.eod(day.isoformat()) or not ledger.claim("close_day", day.isoformat(), ttl_s=int(close_delay_s(settings)) + 120):
+    if session is not None and session.open <= minute < session.close:
+        if minute + dt.timedelta(minutes=1) < session.close:
+            return None
+    else:
+        day = calendar.last_closed_session(minute)
+        if ledger.eod(day.isoformat()) or not any(ledger.stored_minutes(i, day) for i in settings.market.indices):
+            return None
+    if ledger.eod(day.isoformat()) or not ledger.claim("close_day", day.isoformat()):
         return None
     return day.isoformat()
 

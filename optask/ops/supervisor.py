@@ -26,9 +26,9 @@ from pathlib import Path
 import redis
 
 from optask.core.calendar import get_calendar
-from optask.core.clock import WallClock
+from optask.core.clock import SessionReplayClock, WallClock
 from optask.core.config import Settings, mask_url
-from optask.core.timeutils import IST
+from optask.core.timeutils import IST, floor_minute
 from optask.infra.celery_client import celery_client
 from optask.infra.ledger import Ledger
 from optask.infra.queues import (
@@ -280,7 +280,17 @@ class Supervisor:
         """Don't make a newcomer wait for the next minute boundary: collect the current minute now. A simulated
         session's clock is shared through Redis: it starts at the open, or resumes where it was when this is a
         restart of a stack that was playing it."""
-        if self.simulated_day:
+        days = self.settings.market.simulated_session_days
+        if self.simulated_day and days > 1:
+            speed = self.settings.market.simulated_session_speed
+            clock = SessionReplayClock(self.simulated_day, get_calendar(self.settings.data.calendar_overrides), speed,
+                                       days=days)
+            clock.anchor, resumed = start_session_clock(ledger.redis, self.simulated_day, speed, clock.total_minutes(),
+                                                        days=days)
+            first = floor_minute(clock.now()).isoformat()
+            self.console.print(f"{'Resuming' if resumed else 'Playing'} {days} days from {self.simulated_day} at "
+                               f"{speed:g}x, now {clock.now().astimezone(IST):%a %Y-%m-%d %H:%M} IST")
+        elif self.simulated_day:
             calendar = get_calendar(self.settings.data.calendar_overrides)
             session_minutes = calendar.session_minutes(self.simulated_day)
             speed = self.settings.market.simulated_session_speed

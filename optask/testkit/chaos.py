@@ -63,6 +63,7 @@ class Drill:
     strikes: int = 3
     provider: str = "simulated"
     day: dt.date = DRILL_DAY
+    days: int = 1  # calendar days the clock plays from `day` (write_calendar says which are sessions)
     open_at: str = "10:00"
     env: dict[str, str] = field(default_factory=dict)
     redis_url: str | None = None  # a Redis outside the data root (else `up` runs the bundled one inside it)
@@ -96,6 +97,7 @@ class Drill:
         env = {**os.environ, "BASE_DATA_DIR": str(self.data), "OPTASK_INDICES": ",".join(self.indices),
                "OPTASK_STRIKES_AROUND_ATM": str(self.strikes), "OPTASK_PROVIDER": self.provider,
                "OPTASK_SIMULATED_SESSION_DAY": self.day.isoformat(), "OPTASK_SIMULATED_SESSION_SPEED": f"{self.speed:g}",
+               "OPTASK_SIMULATED_SESSION_DAYS": str(self.days),
                "PROCESSING_MAX_WORKERS": "2", "HEALTH_CHECK_INTERVAL": "5", "ALERT_FOR_S": "4",
                "CPU_WARN_PCT": "100", "CPU_CRIT_PCT": "100", "MEMORY_WARN_PCT": "100", "MEMORY_CRIT_PCT": "100",
                "DISK_WARN_FREE_GB": "0", "DISK_CRIT_FREE_GB": "0", "RESTART_WINDOW_S": "600",
@@ -142,12 +144,12 @@ class Drill:
         url = self.redis_url or recorded_redis_url(self.data)
         return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
 
-    def stored(self) -> dict[str, int]:
+    def stored(self, day: dt.date | None = None) -> dict[str, int]:
         from optask.infra.ledger import Ledger
 
         try:
             ledger = Ledger(self.redis())
-            return {i: len(ledger.stored_minutes(i, self.day)) for i in self.indices}
+            return {i: len(ledger.stored_minutes(i, day or self.day)) for i in self.indices}
         except Exception:  # noqa: BLE001 - Redis down during a fault: nothing to say now
             return {}
 
@@ -156,7 +158,7 @@ class Drill:
         from optask.infra.session_clock import anchor_key
 
         try:
-            anchor = float(self.redis().get(anchor_key(self.day, self.speed)))
+            anchor = float(self.redis().get(anchor_key(self.day, self.speed, self.days)))
         except Exception:  # noqa: BLE001
             return -1
         return int((time.time() - anchor) * self.speed // 60)
@@ -173,13 +175,13 @@ class Drill:
     def wait_position(self, minute: int, timeout: float = 180) -> None:
         self.wait(lambda: self.position() >= minute, timeout, f"session minute {minute}")
 
-    def wait_eod(self, timeout: float = 300) -> dict:
+    def wait_eod(self, timeout: float = 300, day: dt.date | None = None) -> dict:
         """Until end of day has closed the session (the product's own record of it)."""
         from optask.infra.ledger import Ledger
 
         def closed():
             try:
-                return Ledger(self.redis()).eod(self.day.isoformat())
+                return Ledger(self.redis()).eod((day or self.day).isoformat())
             except Exception:  # noqa: BLE001
                 return None
 
@@ -190,14 +192,15 @@ class Drill:
 
         return [json.loads(x) for x in self.redis().lrange(HISTORY, 0, -1)]
 
-    def verdict(self) -> Verdict:
+    def verdict(self, day: dt.date | None = None) -> Verdict:
         """What the product says about the day: its verification, its stores, its alerts."""
         from optask.storage.sinks import count_day_rows
 
-        results = json.loads((self.data / "reports" / "eod" / self.day.isoformat() / "verification.json").read_text())
+        day = day or self.day
+        results = json.loads((self.data / "reports" / "eod" / day.isoformat() / "verification.json").read_text())
         duplicates = 0
         try:
-            count_day_rows(self.data, list(self.indices), self.day, key_check=True)
+            count_day_rows(self.data, list(self.indices), day, key_check=True)
         except AssertionError as exc:
             duplicates = int(str(exc).split(": ")[1].split()[0])
         findings: dict[str, int] = {}
@@ -209,9 +212,9 @@ class Drill:
             from optask.infra.ledger import Ledger
 
             ledger = Ledger(self.redis())
-            attempts = [a for i in self.indices for a in ledger.repair_attempts(i, self.day).values()]
+            attempts = [a for i in self.indices for a in ledger.repair_attempts(i, day).values()]
             healed = sum(1 for a in attempts if a["last"] == "stored")
-            healed += int((ledger.eod(self.day.isoformat()) or {}).get("repaired", 0))
+            healed += int((ledger.eod(day.isoformat()) or {}).get("repaired", 0))
         except Exception:  # noqa: BLE001 - Redis gone: the verification above is the verdict anyway
             pass
         return Verdict(
@@ -220,7 +223,9 @@ class Drill:
             unreadable_files=findings.get("unreadable_file", 0), findings=findings,
             alerts_fired=[a["name"] for a in alerts if a["kind"] == "firing"],
             alerts_resolved=[a["name"] for a in alerts if a["kind"] == "resolved"],
-            stored=self.stored(), expected=self.minutes, healed=healed,
+            stored=self.stored(day), expected=max((c["expected"] for r in results["indices"].values()
+                                                   for c in r["completeness"].values()), default=self.minutes),
+            healed=healed,
         )
 
     # --- faults ----------------------------------------------------------------------------------
@@ -318,8 +323,8 @@ class Drill:
         from optask.infra.session_clock import anchor_key
 
         client = self.redis()
-        key = anchor_key(self.day, self.speed)
-        client.set(key, repr(float(client.get(key)) + minutes * 60 / self.speed))
+        key = anchor_key(self.day, self.speed, self.days)
+        client.set(key, repr(float(client.get(key)) + minutes * 60 / self.speed), keepttl=True)
 
     def set_token(self, token: str) -> subprocess.CompletedProcess:
         """What the operator does when told the Kite token expired."""

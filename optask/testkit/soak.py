@@ -57,9 +57,9 @@ def role(cmdline: list[str]) -> str:
     text = " ".join(cmdline)
     if "redis-server" in text:
         return "redis"
-    for verb in ("health", "metrics", "flower", "beat"):
+    for verb in ("health", "metrics", "flower", "beat", "serve", "ticker"):
         if f" {verb}" in text and ("optask.cli" in text or "celery" in text):
-            return {"health": "monitor"}.get(verb, verb)
+            return {"health": "monitor", "serve": "api"}.get(verb, verb)
     if " worker" in text:
         name = "maintenance worker" if "queues=maintenance" in text else "worker"
         return name
@@ -75,6 +75,7 @@ class MemoryWatch:
     drill: Drill
     every_s: float = 1.0
     peaks: dict[str, float] = field(default_factory=dict)
+    current: dict[str, float] = field(default_factory=dict)  # the largest VmRSS seen since it was last emptied
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def sample(self) -> None:
@@ -85,10 +86,12 @@ class MemoryWatch:
                 if name in ("worker", "maintenance worker") and parent and " worker" in " ".join(parent.cmdline()):
                     name += " (pool child)"
                 with open(f"/proc/{p.pid}/status") as fh:
-                    hwm = next((int(line.split()[1]) / 1024 for line in fh if line.startswith("VmHWM:")), 0.0)
-            except (psutil.Error, OSError, StopIteration):
+                    status = {k: int(v.split()[0]) / 1024 for k, v in (line.split(":", 1) for line in fh)
+                              if k in ("VmHWM", "VmRSS")}
+            except (psutil.Error, OSError, ValueError):
                 continue
-            self.peaks[name] = max(self.peaks.get(name, 0.0), hwm)
+            self.peaks[name] = max(self.peaks.get(name, 0.0), status.get("VmHWM", 0.0))
+            self.current[name] = max(self.current.get(name, 0.0), status.get("VmRSS", 0.0))
 
     def __enter__(self) -> MemoryWatch:
         def loop() -> None:

@@ -349,3 +349,26 @@ def test_soak_command_prints_its_table(tmp_path):
         assert f"| {row} |" in table, table
     assert "NIFTY 100" in table and "| duplicate keys | 0 |" in table
     assert "Redis SIGKILL" in table and "optask up SIGKILL" in table
+
+
+@slow
+def test_three_sessions_across_a_weekend_a_holiday_and_a_weekly_expiry(tmp_path):
+    """Fri 2026-11-20 to Wed 2026-11-25 through one `optask up` at 60x: three short sessions, a weekend, the NSE
+    holiday of the 24th, NIFTY's weekly expiry on Monday the 23rd (moved off that holiday) rolling to Dec 1 by
+    Wednesday, the one-day soak's six faults spread over the three sessions; Redis kept to a two-day window."""
+    import datetime as dt
+
+    from optask.testkit.soak_days import run_soak_days
+
+    sessions = [{"date": d, "open": "09:15", "close": "09:35"} for d in ("2026-11-20", "2026-11-23", "2026-11-25")]
+    result = run_soak_days(tmp_path / "days", days=6, start=dt.date(2026, 11, 20), holidays=(), speed=60.0, strikes=3,
+                           indices=("NIFTY", "SENSEX"), sessions=sessions, retention_days=2)
+    table = result.markdown("three sessions")
+    assert [r.kind for r in result.rows] == ["session", "weekend", "weekend", "session", "holiday (exchange)",
+                                             "session"], table
+    assert sum(len(r.faults) for r in result.rows) == 6, table
+    for row in result.rows[::3] + result.rows[5:]:
+        assert row.scores == {"NIFTY": 100.0, "SENSEX": 100.0} and set(row.stored.values()) == {20}, table
+    assert result.rows[5].rolled == ["NIFTY -> 2026-12-01"], table
+    assert result.rows[5].redis_keys <= 1.10 * result.rows[3].redis_keys, table  # the window is full by Monday
+    assert result.verdict["unbounded Redis keys"] == "none" and result.ok, table
