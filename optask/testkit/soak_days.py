@@ -45,6 +45,8 @@ class DayRow:
     alerts: list[str] = field(default_factory=list)
     resolved: list[str] = field(default_factory=list)
     faults: list[str] = field(default_factory=list)
+    duplicates: int = 0  # duplicated keys in the stores (counted apart from the verification) and unreadable files
+    unreadable: int = 0
 
     def cells(self) -> list[str]:
         scores = ", ".join(f"{i} {s:g}" for i, s in self.scores.items()) or "-"
@@ -156,6 +158,7 @@ def run_soak_days(root: Path, days: int = 10, start: dt.date = START, holidays: 
                     drill.wait_eod(timeout=900, day=seg.day)
                     v = drill.verdict(seg.day)
                     row.stored, row.expected, row.scores = v.stored, v.expected, v.scores
+                    row.duplicates, row.unreadable = v.duplicate_keys, v.unreadable_files
                     row.near_expiry = _near_expiries(drill.data, indices, seg.day)
                     before = next((r.near_expiry for r in reversed(rows) if r.near_expiry), {})
                     row.rolled = [f"{i} -> {e}" for i, e in row.near_expiry.items() if before.get(i) not in (None, e)]
@@ -183,9 +186,12 @@ def judge_days(rows: list[DayRow], unbounded: list[str], retention_days: int, wa
     verdict: dict[str, str] = {}
     bad = [f"{r.day} {i} {s:g}" for r in sessions for i, s in r.scores.items() if s != 100]
     short = [f"{r.day} {i} {n}/{r.expected}" for r in sessions for i, n in r.stored.items() if n != r.expected]
+    broken = [f"{r.day}: {r.duplicates} duplicated keys, {r.unreadable} unreadable files" for r in sessions
+              if r.duplicates or r.unreadable]
     verdict["end-of-day score"] = f"100 on every index, every session ({len(sessions)})" if not bad else \
         "below 100: " + ", ".join(bad)
     verdict["minutes stored"] = "every minute of every session" if not short else "short: " + ", ".join(short)
+    verdict["duplicated keys, unreadable files"] = "none" if not broken else "; ".join(broken)
     full = rows[retention_days:] if len(rows) > retention_days else rows[-1:]
     keys = [r.redis_keys for r in full]
     grew_keys = max(keys) > 1.10 * min(keys)
@@ -201,6 +207,6 @@ def judge_days(rows: list[DayRow], unbounded: list[str], retention_days: int, wa
     grown = {k: v for k, v in growth.items() if v > 0.05}
     verdict["RSS, second session to last"] = ", ".join(f"{k} {v:+.0%}" for k, v in sorted(growth.items())) + \
         (f" (over 5%: {', '.join(grown)})" if grown else " (flat within 5%)")
-    ok = not bad and not short and not unbounded and not grew_keys
+    ok = not bad and not short and not broken and not unbounded and not grew_keys
     verdict["wall time"] = f"{wall_s / 60:.1f} min"
     return SoakDays(rows, verdict, wall_s, ok)
