@@ -152,26 +152,26 @@ def verify_index(index: str, day: dt.date, settings: Settings, expected: pd.Date
                  passes: tuple[StorePass, StorePass] | None = None) -> IndexDay:
     """Assemble an index-day from its Parquet and CSV passes (run here unless given), in the order of the
     module docstring's checks, then InfluxDB and the cross-store consistency."""
-    pq_pass, csv_pass = passes or (parquet_pass(index, day, settings, expected), csv_pass_of(index, day, settings, expected))
+    pq_part, csv_part = passes or (parquet_pass(index, day, settings, expected), csv_pass(index, day, settings, expected))
     out = IndexDay(index)
     counts: dict[str, dict[str, dict[str, int]]] = {t: {} for t in TABLES}
     for table in TABLES:
-        for name, part in (("parquet", pq_pass), ("csv", csv_pass)):
+        for name, part in (("parquet", pq_part), ("csv", csv_part)):
             out.findings += part.findings.get(table, [])
             out.completeness[f"{name}.{table}"] = part.completeness[table]
             if table in part.counts:
                 counts[table][name] = part.counts[table]
     if settings.influx.enabled:
         _influx(index, day, settings, expected, out, counts)
-    out.findings += pq_pass.after
+    out.findings += pq_part.after
     compared = 0
     for table in TABLES:
         f, n = check_consistency(index, counts[table], table)
         out.findings += f
         compared += n
     out.legs_per_minute = counts["legs"].get("parquet", {})
-    out.denominators = {"cells": len(expected) * len(out.completeness), "rows": pq_pass.rows + csv_pass.rows,
-                        "compared": compared, **pq_pass.legs}
+    out.denominators = {"cells": len(expected) * len(out.completeness), "rows": pq_part.rows + csv_part.rows,
+                        "compared": compared, **pq_part.legs}
     return out
 
 
@@ -226,7 +226,7 @@ def _market_checks(index: str, held: list[pa.Table], settings: Settings,
             {"legs_expected": want, "legs": n_legs, "relations": relations, "legs_missing": missing})
 
 
-def csv_pass_of(index: str, day: dt.date, settings: Settings, expected: pd.DatetimeIndex) -> StorePass:
+def csv_pass(index: str, day: dt.date, settings: Settings, expected: pd.DatetimeIndex) -> StorePass:
     """Each daily CSV against its sidecar, its minutes, duplicate keys and rows per minute, read (streamed)
     with only its key columns and let go before the next."""
     csv = CsvStore(settings.data.csv_root)
@@ -297,7 +297,7 @@ def verify_day(day: dt.date, indices: list[str] | None = None, settings: Setting
     # busy, and at most one index's tables of each store in memory.
     with ThreadPoolExecutor(1, "verify-parquet") as pq_pool, ThreadPoolExecutor(1, "verify-csv") as csv_pool:
         pq_parts = [pq_pool.submit(parquet_pass, i, day, settings, expected) for i in indices]
-        csv_parts = [csv_pool.submit(csv_pass_of, i, day, settings, expected) for i in indices]
+        csv_parts = [csv_pool.submit(csv_pass, i, day, settings, expected) for i in indices]
         parts = [verify_index(i, day, settings, expected, (p.result(), c.result()))
                  for i, p, c in zip(indices, pq_parts, csv_parts, strict=True)]
     results: dict = {"day": day.isoformat(), "generated_at": time.time(), "weights": WEIGHTS,
