@@ -372,3 +372,17 @@ def test_a_raw_day_is_deleted_only_when_the_tar_holds_every_file(tmp_path, monke
     assert report["refused"] == ["NIFTY/2026-10-01"] and report["packed"] == []
     assert len(list((tmp_path / "NIFTY" / "2026-10-01").iterdir())) == 5  # nothing deleted
     assert not (tmp_path / "NIFTY" / "2026-10-01.tar").exists()
+
+
+def test_is_sorted_reads_the_keys_lexicographically():
+    """Compaction skips its sort (a second copy of the day) only when the day already is in key order."""
+    import pyarrow as pa
+
+    from optask.storage.parquet import is_sorted
+
+    t = pa.table({"ts": [1, 1, 2, 2], "strike": [100.0, 200.0, 100.0, 100.0], "side": ["CE", "CE", "CE", "PE"]})
+    assert is_sorted(t, ["ts", "strike", "side"])
+    assert not is_sorted(t, ["strike"])
+    assert not is_sorted(t.take([1, 0, 2, 3]), ["ts", "strike", "side"])  # a tie in ts, out of order in strike
+    assert is_sorted(t.take([1, 0, 2, 3]), ["ts"])
+    assert not is_sorted(pa.table({"ts": [1, None]}), ["ts"])

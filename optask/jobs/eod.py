@@ -16,7 +16,7 @@ from optask.infra.session_clock import get_clock
 from optask.jobs.arguments import checked_day
 from optask.jobs.backfill import CHUNK_MINUTES
 from optask.jobs.batch import store_minutes
-from optask.quality.verify import EODDataVerificationSystem, missing_minutes
+from optask.quality.verify import EODDataVerificationSystem, missing_minutes, release_memory
 from optask.storage.archive import maintain
 from optask.storage.sinks import compact_day, resend_influx
 
@@ -37,6 +37,7 @@ def end_of_day(day: str, settings: Settings | None = None, repair: bool = True) 
     indices = list(settings.market.indices)
     for index in indices:
         compact_day(index, d, settings=settings)
+        release_memory()  # a worker child lives for days: what one index's compaction freed goes back now
     system = EODDataVerificationSystem(settings)
     before = system.run_eod_verification(d, indices=indices)
     repaired: dict[str, dict] = {}

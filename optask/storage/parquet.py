@@ -52,6 +52,23 @@ def _without_partitions(table: pa.Table) -> pa.Table:
     return table.drop_columns(drop) if drop else table
 
 
+def is_sorted(t: pa.Table, keys: list[str]) -> bool:
+    """Whether the rows are in ascending order of `keys` (lexicographic; ties allowed). A key with nulls: no."""
+    n = t.num_rows
+    if n < 2:
+        return True
+    tied = pa.array([True] * (n - 1))
+    for k in keys:
+        col = t[k]
+        if col.null_count:
+            return False
+        prev, nxt = col.slice(0, n - 1), col.slice(1)
+        if pc.any(pc.and_(tied, pc.greater(prev, nxt))).as_py():
+            return False
+        tied = pc.and_(tied, pc.equal(prev, nxt))
+    return True
+
+
 def _with_index(table: pa.Table, index: str) -> pa.Table:
     """Put the partition's `index` back where the canonical schemas have it: right after `ts`."""
     table = _without_partitions(table)  # files of older versions carried it inside
@@ -244,8 +261,9 @@ class ParquetStore:
         if not minutes:
             return day_file
         data = self.read_files(day_file, minutes, index)
-        keys = [k for k in ("ts", *TABLES[table]) if k != "index"]
-        data = data.sort_by([(k, "ascending") for k in dict.fromkeys(keys) if k in data.column_names])
+        keys = [k for k in dict.fromkeys(("ts", *TABLES[table])) if k != "index" and k in data.column_names]
+        if not is_sorted(data, keys):  # minute files in minute order usually are: no second copy of the day
+            data = data.sort_by([(k, "ascending") for k in keys])
         target = self.day_dir(table, index, day) / DAY_FILE
         self._write_atomic(data, target, fence)
         if fence is not None:

@@ -40,6 +40,8 @@ class DayRow:
     redis_mb: float = 0.0
     redis_keys: int = 0  # per-day, capped and configured keys: what the retention bounds
     redis_expiring: int = 0  # keys bounded by a wall-clock TTL (an accelerated clock outruns them)
+    redis_days: list[str] = field(default_factory=list)  # the days that per-day keys (and fields) name
+    redis_other: int = 0  # capped and configured keys: flat whatever the days
     disk_mb: dict[str, float] = field(default_factory=dict)
     rss_mb: dict[str, float] = field(default_factory=dict)
     alerts: list[str] = field(default_factory=list)
@@ -52,7 +54,8 @@ class DayRow:
         scores = ", ".join(f"{i} {s:g}" for i, s in self.scores.items()) or "-"
         stored = ", ".join(f"{i} {n}/{self.expected}" for i, n in self.stored.items()) if self.expected else "-"
         return [f"{self.day:%a %Y-%m-%d}", self.kind, stored, scores, ", ".join(self.rolled) or "-",
-                f"{self.redis_mb:.1f} MB, {self.redis_keys} keys + {self.redis_expiring} expiring",
+                f"{self.redis_mb:.1f} MB, {self.redis_keys} keys ({self.redis_other} not per day; days "
+                f"{', '.join(d[5:] for d in self.redis_days) or '-'}) + {self.redis_expiring} expiring",
                 ", ".join(f"{k} {v:.0f}" for k, v in self.disk_mb.items()),
                 ", ".join(f"{k} {v:.0f}" for k, v in sorted(self.rss_mb.items())),
                 f"{len(self.alerts)}/{len(self.resolved)}", "; ".join(self.faults) or "-"]
@@ -84,18 +87,26 @@ def _disk_mb(data: Path) -> dict[str, float]:
     return out
 
 
-def _key_counts(client) -> tuple[int, int]:
-    """optask's keys bounded by the retention (or by what is configured), and those bounded by a TTL."""
-    from optask.infra.retention import family_of
+def _key_counts(client, row: DayRow) -> None:
+    """optask's keys bounded by the retention (per day: which days they name) or by what is configured, and
+    those bounded by a TTL."""
+    from optask.infra.retention import DAY_FIELDS, day_of, family_of
 
-    kept = expiring = 0
+    days: set[str] = set()
     for raw in client.scan_iter("optask:*", count=1000):
-        family = family_of(raw.decode())
+        key = raw.decode()
+        family = family_of(key)
         if family is not None and family.bound == "expiring":
-            expiring += 1
-        else:
-            kept += 1
-    return kept, expiring
+            row.redis_expiring += 1
+            continue
+        row.redis_keys += 1
+        if family is not None and family.by_day and (day := day_of(key)) is not None:
+            days.add(day.isoformat())
+        elif key not in DAY_FIELDS:
+            row.redis_other += 1
+    for key in DAY_FIELDS:
+        days |= {d.isoformat() for f in client.hkeys(key) if (d := day_of(f.decode())) is not None}
+    row.redis_days = sorted(days)
 
 
 def _near_expiries(data: Path, indices: tuple[str, ...], day: dt.date) -> dict[str, str]:
@@ -164,7 +175,7 @@ def run_soak_days(root: Path, days: int = 10, start: dt.date = START, holidays: 
                     row.rolled = [f"{i} -> {e}" for i, e in row.near_expiry.items() if before.get(i) not in (None, e)]
                 client = drill.redis()
                 row.redis_mb = client.info("memory")["used_memory"] / 2**20
-                row.redis_keys, row.redis_expiring = _key_counts(client)
+                _key_counts(client, row)
                 row.disk_mb = _disk_mb(drill.data)
                 watch.sample()
                 row.rss_mb, watch.current = dict(watch.current), {}
@@ -192,11 +203,13 @@ def judge_days(rows: list[DayRow], unbounded: list[str], retention_days: int, wa
         "below 100: " + ", ".join(bad)
     verdict["minutes stored"] = "every minute of every session" if not short else "short: " + ", ".join(short)
     verdict["duplicated keys, unreadable files"] = "none" if not broken else "; ".join(broken)
-    full = rows[retention_days:] if len(rows) > retention_days else rows[-1:]
-    keys = [r.redis_keys for r in full]
-    grew_keys = max(keys) > 1.10 * min(keys)
-    verdict["Redis keys once the window is full"] = f"{min(keys)}-{max(keys)} over {len(full)} days" + \
-        (" (grew)" if grew_keys else " (flat)")
+    stale = [f"{r.day}: {d}" for r in rows for d in r.redis_days
+             if (r.day - dt.date.fromisoformat(d)).days >= retention_days]
+    verdict["per-day keys past the retention"] = "none" if not stale else ", ".join(stale[:5])
+    other = [r.redis_other for r in rows[rows.index(sessions[0]):]] if sessions else [0]  # from the first session
+    grew_keys = bool(stale) or max(other) > 1.10 * other[0] + 5
+    verdict["other keys (capped, configured)"] = f"{min(other)}-{max(other)}" + \
+        (" (grew)" if max(other) > 1.10 * other[0] + 5 else " (flat)")
     verdict["unbounded Redis keys"] = ", ".join(unbounded[:5]) or "none"
     growth = {}
     for role in sessions[0].rss_mb if sessions else {}:
