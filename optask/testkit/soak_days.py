@@ -203,8 +203,10 @@ def judge_days(rows: list[DayRow], unbounded: list[str], retention_days: int, wa
         "below 100: " + ", ".join(bad)
     verdict["minutes stored"] = "every minute of every session" if not short else "short: " + ", ".join(short)
     verdict["duplicated keys, unreadable files"] = "none" if not broken else "; ".join(broken)
+    # end of day prunes: from each session's close on, its window holds (a day off prunes nothing)
+    last_close = {r.day: max((x.day for x in sessions if x.day <= r.day), default=r.day) for r in rows}
     stale = [f"{r.day}: {d}" for r in rows for d in r.redis_days
-             if (r.day - dt.date.fromisoformat(d)).days >= retention_days]
+             if (last_close[r.day] - dt.date.fromisoformat(d)).days >= retention_days]
     verdict["per-day keys past the retention"] = "none" if not stale else ", ".join(stale[:5])
     other = [r.redis_other for r in rows[rows.index(sessions[0]):]] if sessions else [0]  # from the first session
     grew_keys = bool(stale) or max(other) > 1.10 * other[0] + 5
