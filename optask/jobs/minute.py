@@ -110,16 +110,15 @@ def should_close_day(ts: str, settings: Settings | None = None, ledger: Ledger |
     day = minute.astimezone(IST).date()
     session = calendar.session(day)
     ledger = ledger or ledger_for(settings)
-    if session is not None and session.open <= minute < session.close:
-        if minute + dt.timedelta(minutes=1) < session.close:
-            return None
-    else:
-        day = calendar.last_closed_session(minute)
-        if ledger.eod(day.isoformat()) or not any(ledger.stored_minutes(i, day) for i in settings.market.indices):
-            return None
-    if ledger.eod(day.isoformat()) or not ledger.claim("close_day", day.isoformat()):
+    late = session is None or not (session.open <= minute < session.close)
+    if not late and minute + dt.timedelta(minutes=1) < session.close:
         return None
-    return day.isoformat()
+    day = calendar.last_closed_session(minute) if late else day
+    if ledger.eod(day.isoformat()):
+        return None
+    if late and not any(ledger.stored_minutes(i, day) for i in settings.market.indices):
+        return None
+    return day.isoformat() if ledger.claim("close_day", day.isoformat()) else None
 
 
 def close_delay_s(settings: Settings | None = None) -> float:

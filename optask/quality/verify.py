@@ -191,7 +191,7 @@ def parquet_pass(index: str, day: dt.date, settings: Settings, expected: pd.Date
         out.findings[table] = found
         out.rows += t.num_rows
         if t.num_rows:
-            out.counts[table] = _rows_per_minute(t["ts"], iso_minutes)
+            out.counts[table] = _rows_per_minute(t["ts"])
         held = [t]
         del t  # the market checks let the legs go once they have sorted them
         if table == "legs":
@@ -202,9 +202,9 @@ def parquet_pass(index: str, day: dt.date, settings: Settings, expected: pd.Date
     return out
 
 
-def _rows_per_minute(ts: pa.ChunkedArray, label) -> dict[str, int]:
+def _rows_per_minute(ts: pa.ChunkedArray) -> dict[str, int]:
     per = pa.table({"ts": ts}).group_by("ts", use_threads=False).aggregate([([], "count_all")])
-    return dict(zip(label(per["ts"].to_pylist()), per["count_all"].to_pylist(), strict=True))
+    return dict(zip(iso_minutes(per["ts"].to_pylist()), per["count_all"].to_pylist(), strict=True))
 
 
 def _market_checks(index: str, held: list[pa.Table], settings: Settings,

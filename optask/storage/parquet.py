@@ -57,7 +57,7 @@ def is_sorted(t: pa.Table, keys: list[str]) -> bool:
     n = t.num_rows
     if n < 2:
         return True
-    tied = pa.array([True] * (n - 1))
+    tied = pa.repeat(pa.scalar(True), n - 1)
     for k in keys:
         col = t[k]
         if col.null_count:
