@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from optask.api.formats import iso_column
 from optask.core.schema import TABLE_KEYS
 from optask.core.timeutils import IST
-from optask.storage.parquet import DAY_FILE, ParquetStore
+from optask.storage.parquet import DAY_FILE, ParquetStore, is_batch
 
 UTC = dt.UTC
 _READ_TRIES = 4
@@ -123,11 +123,11 @@ class Catalog:
         raise OSError(f"the files of {table} {index} {day} kept changing while being read")
 
     def _read_changed(self, table: str, index: str, day: dt.date, stamps: dict, hit) -> pa.Table:
-        """The whole day, or (when only minute files were added or rewritten since `hit`) the cached rows with
-        those minutes read again: the 375th minute of today costs what the first did."""
+        """The whole day, or (when only minute files were added or rewritten since `hit`, and no batch file is
+        there to overlap them) the cached rows with those minutes read again: the 375th minute of today costs what the first did."""
         d = self.store.day_dir(table, index, day)
         if hit is None or hit[0].get(DAY_FILE) != stamps.get(DAY_FILE) or not hit[1].num_columns \
-                or any(name not in stamps for name in hit[0]):
+                or any(name not in stamps for name in hit[0]) or any(is_batch(name) for name in stamps):
             return self.store.read_table(table, index, day)
         changed = [d / name for name, st in sorted(stamps.items()) if hit[0].get(name) != st]
         fresh = self.store.read_files(None, changed, index)

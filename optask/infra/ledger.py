@@ -106,6 +106,23 @@ class Ledger:
         if live:
             heartbeat(self.redis, f"process_index:{index}", last_stored=ts)
 
+    def mark_stored_many(self, index: str, legs_by_minute: dict[str, int]) -> None:
+        """Record a batch's stored minutes (a backfill, repair or replay: not live) in one round trip."""
+        if not legs_by_minute:
+            return
+        script = self.redis.register_script(_MARK_STORED)
+        pipe = self.redis.pipeline(transaction=False)
+        now = time.time()
+        for ts, legs in legs_by_minute.items():
+            day = _day(ts)
+            info = json.dumps({"legs": legs, "stages_ms": {}, "stored_at": now, "live": False})
+            keys = (f"{PREFIX}:stored:{index}:{day}", f"{PREFIX}:missed:{index}:{day}", f"{PREFIX}:last_stored:{index}",
+                    EVENTS)
+            script(keys, (ts, info, index, legs, 0, repr(now), EVENTS_KEPT, self._day_ttl_s), client=pipe)
+        first_times = sum(int(x) for x in pipe.execute())
+        if first_times:
+            self.redis.hincrby(f"{PREFIX}:metrics:stored", index, first_times)
+
     def mark_missed(self, index: str, ts: str, reason: str) -> None:
         key = f"{PREFIX}:missed:{index}:{_day(ts)}"
         if not self.is_stored(index, ts) and self.redis.hset(key, ts, reason):

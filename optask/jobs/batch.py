@@ -41,9 +41,8 @@ def store_minutes(index: str, minutes: list[str], provider_name: str | None = No
     out = {"index": index, "day": day.isoformat(), "asked": len(minutes), "stored": 0, "from_archive": 0,
            "from_history": 0, "unavailable": 0}
     stored = ledger.stored_minutes(index, day)
-    for ts in everywhere:  # the ledger is a cache of the stores: a minute they hold is stored
-        if ts.isoformat() not in stored:
-            ledger.mark_stored(index, ts.isoformat(), legs=0, stages_ms={}, live=False)
+    # the ledger is a cache of the stores: a minute they hold is stored
+    ledger.mark_stored_many(index, {ts.isoformat(): 0 for ts in everywhere if ts.isoformat() not in stored})
     if not todo:
         return out
     name = provider_name or settings.market.provider
@@ -66,8 +65,6 @@ def store_minutes(index: str, minutes: list[str], provider_name: str | None = No
     write_minute(processed, settings=settings, redis_client=ledger.redis, present=present)
     counts = processed.legs.group_by("ts").aggregate([("ts", "count")]).to_pydict()
     legs_by_minute = dict(zip(counts["ts"], counts["ts_count"], strict=True))
-    for snap in snaps:
-        ledger.mark_stored(index, snap.ts.isoformat(), legs=int(legs_by_minute.get(snap.ts, 0)), stages_ms={},
-                           live=False)
+    ledger.mark_stored_many(index, {snap.ts.isoformat(): int(legs_by_minute.get(snap.ts, 0)) for snap in snaps})
     out["stored"] = len(snaps)
     return out

@@ -1,6 +1,8 @@
 """Parquet dataset: tables legs, merged, summary, hive-partitioned by index and date, ts in UTC.
 
     parquet/{table}/index={INDEX}/date={YYYY-MM-DD}/minute-{HHMM}.parquet   one per minute, during the day
+    parquet/{table}/index={INDEX}/date={YYYY-MM-DD}/batch-{HHMM}-{HHMM}-{id}.parquet  a backfill's or replay's
+                                                                            minutes, first to last, in one file
     parquet/{table}/index={INDEX}/date={YYYY-MM-DD}/day.parquet             after compact(): the day, sorted
 
 The partition keys live in the directory names only, never inside the files, so every common
@@ -12,7 +14,10 @@ polars `scan_parquet("data/parquet/legs/**/*.parquet", hive_partitioning=True)`,
 Writes are temp file + rename, so a reader sees a whole file or none (temp names start with a
 dot and end in .tmp: no reader's glob picks them up). Writing a minute again replaces its file;
 a minute file always wins over the same minute inside day.parquet, so a repair after compaction
-replaces, never duplicates. Compaction writes day.parquet (atomic rename) before it removes the
+replaces, never duplicates. A batch (backfill, repair, replay) writes its minutes in one file instead of
+one each (`id` names the set of minutes, so the same batch again replaces its own file); each minute comes
+from one file only: its minute file, else the newest batch file holding it, else day.parquet. Compaction
+folds minute and batch files alike. Compaction writes day.parquet (atomic rename) before it removes the
 minute files it folded in: a crash in between leaves rows that the reader's minute-wins rule
 de-duplicates, and the next compaction finishes the job.
 """
@@ -20,6 +25,7 @@ de-duplicates, and the next compaction finishes the job.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import threading
 from dataclasses import dataclass
@@ -42,9 +48,29 @@ def _minute_name(ts: dt.datetime) -> str:
     return f"minute-{ts.astimezone(IST):%H%M}.parquet"
 
 
-def _file_minute(path: Path, day: dt.date) -> dt.datetime:
-    hhmm = path.stem.split("-")[1]
+def _batch_name(minutes: list[dt.datetime]) -> str:
+    """A batch file's name: its first and last minute, and an id of its set of minutes."""
+    ist = sorted(m.astimezone(IST) for m in minutes)
+    digest = hashlib.blake2b(",".join(m.strftime("%H%M") for m in ist).encode(), digest_size=4).hexdigest()
+    return f"batch-{ist[0]:%H%M}-{ist[-1]:%H%M}-{digest}.parquet"
+
+
+def is_batch(path: Path | str) -> bool:
+    return Path(path).name.startswith("batch-")
+
+
+def _file_minute(path: Path, day: dt.date, last: bool = False) -> dt.datetime:
+    """A minute file's minute; a batch file's first (or `last`) minute."""
+    hhmm = path.stem.split("-")[2 if last and is_batch(path) else 1]
     return dt.datetime.combine(day, dt.time(int(hhmm[:2]), int(hhmm[2:])), IST)
+
+
+def by_precedence(paths: list[Path]) -> list[Path]:
+    """Minute files, then batch files newest first: the order in which files win a minute they share."""
+    minutes = [p for p in paths if not is_batch(p)]
+    batches = [p for p in paths if is_batch(p)]
+    stamps = {p: p.stat().st_mtime_ns for p in batches}
+    return minutes + sorted(batches, key=lambda p: (stamps[p], p.name), reverse=True)
 
 
 def _without_partitions(table: pa.Table) -> pa.Table:
@@ -141,13 +167,31 @@ class ParquetStore:
 
     def write_minutes(self, table_name: str, index: str, parts: list[tuple[dt.datetime, pa.Table]]) -> int:
         """Store minutes of one day under the lock compaction takes, so a minute is never half folded into
-        day.parquet; returns rows written."""
+        day.parquet; returns rows written. Several minutes go in one batch file, except those that have a
+        minute file already: that file is replaced, since it would win over the batch."""
         if not parts:
             return 0
-        with self._lock(table_name, index, parts[0][0].astimezone(IST).date()) as fence:
-            for ts, part in parts:
-                self.write_minute(table_name, index, ts, part, fence)
+        day = parts[0][0].astimezone(IST).date()
+        with self._lock(table_name, index, day) as fence:
+            d = self.day_dir(table_name, index, day)
+            has_file = [len(parts) == 1 or (d / _minute_name(ts)).exists() for ts, _ in parts]
+            for (ts, part), own in zip(parts, has_file, strict=True):
+                if own:
+                    self.write_minute(table_name, index, ts, part, fence)
+            batch = [(ts, part) for (ts, part), own in zip(parts, has_file, strict=True) if not own]
+            if batch:
+                self._write_batch(d / _batch_name([ts for ts, _ in batch]), [part for _, part in batch], fence)
         return sum(p.num_rows for _, p in parts)
+
+    def _write_batch(self, path: Path, parts: list[pa.Table], fence) -> None:
+        body = _without_partitions(pa.concat_tables(parts, promote_options="default"))
+        if path.exists():  # the same batch again (a redelivered task): unchanged rows leave the file alone
+            try:
+                if _without_partitions(self._read(path)).equals(body):
+                    return
+            except (OSError, pa.ArrowInvalid):
+                pass
+        self._write_atomic(body, path, fence)
 
     def minutes_present(self, table: str, index: str, day: dt.date) -> set[str]:
         return {t.isoformat() for t in self.minutes(table, index, day).to_pylist()}
@@ -158,29 +202,38 @@ class ParquetStore:
     def has_minute(self, table: str, index: str, ts: dt.datetime) -> bool:
         """Whether the minute's own file exists, or the day was compacted (two stats, no read): a cheap check."""
         d = self.day_dir(table, index, ts.astimezone(IST).date())
-        return (d / _minute_name(ts)).exists() or (d / DAY_FILE).exists()
+        if (d / _minute_name(ts)).exists() or (d / DAY_FILE).exists():
+            return True
+        day = ts.astimezone(IST).date()
+        return any(_file_minute(p, day) <= ts <= _file_minute(p, day, last=True) for p in d.glob("batch-*.parquet"))
 
     def files(self, table: str, index: str, day: dt.date) -> tuple[Path | None, list[Path]]:
         d = self.day_dir(table, index, day)
         if not d.is_dir():
             return None, []
         day_file = d / DAY_FILE
-        minutes = sorted(p for p in d.glob("minute-*.parquet"))
-        return (day_file if day_file.exists() else None), minutes
+        parts = sorted([*d.glob("minute-*.parquet"), *d.glob("batch-*.parquet")], key=lambda p: (p.stem.split("-")[1], p.name))
+        return (day_file if day_file.exists() else None), parts
 
     def read_files(self, day_file: Path | None, minute_files: list[Path], index: str,
                    columns: list[str] | None = None) -> pa.Table | None:
-        """Rows of the given files of one index, minute files winning over the same minutes in the day file."""
+        """Rows of the given files of one index, each minute from one file: its minute file, else the newest
+        batch file holding it, else the day file. `minute_files` may hold batch files; rows come in file order."""
         file_cols = None if columns is None else [c for c in columns if c not in PARTITION_COLUMNS]
-        minute_tables = [self._read(p, file_cols) for p in minute_files]
+        tables = {p: self._read(p, file_cols) for p in by_precedence(minute_files)}
+        covered: list[pa.Array] = []
+        for p, t in tables.items():  # minute files never overlap one another; a batch file may overlap any
+            if covered and is_batch(p) and "ts" in t.column_names:
+                tables[p] = t.filter(pc.invert(pc.is_in(t["ts"], value_set=pc.unique(pa.concat_arrays(covered)))))
+            if "ts" in t.column_names:
+                covered.append(tables[p]["ts"].combine_chunks())
         parts: list[pa.Table] = []
         if day_file is not None:
             day = self._read(day_file, file_cols)
-            if minute_tables and "ts" in day.column_names:
-                replaced = pa.concat_arrays([t["ts"].combine_chunks() for t in minute_tables])
-                day = day.filter(pc.invert(pc.is_in(day["ts"], value_set=pc.unique(replaced))))
+            if covered and "ts" in day.column_names:
+                day = day.filter(pc.invert(pc.is_in(day["ts"], value_set=pc.unique(pa.concat_arrays(covered)))))
             parts.append(day)
-        parts.extend(minute_tables)
+        parts.extend(tables[p] for p in minute_files)
         if not parts:
             return None
         out = _with_index(pa.concat_tables([_without_partitions(p) for p in parts], promote_options="default"), index)
@@ -192,7 +245,7 @@ class ParquetStore:
         cols = None if columns is None else list(dict.fromkeys(["ts", *columns]))
         day_file, minutes = self.files(table, index, day)
         if since is not None:
-            minutes = [p for p in minutes if _file_minute(p, day) >= since]
+            minutes = [p for p in minutes if _file_minute(p, day, last=True) >= since]
         out = self.read_files(day_file, minutes, index, cols)
         if out is None:
             return pa.table({})
@@ -211,8 +264,9 @@ class ParquetStore:
 
         Guarantees: every stored minute is delivered exactly once, including minutes that were
         folded into day.parquet by a compaction before this consumer read their minute files; a
-        minute file rewritten by a repair (a new mtime) is delivered again, once. The cursor keeps,
-        per minute, which file version delivered it; day.parquet is read only when it changed, so
+        minute file rewritten by a repair (a new mtime), or a minute a newer batch file holds, is delivered
+        again, once. The cursor keeps, per minute, which file version delivered it (and each batch file's
+        minutes); day.parquet is read only when it changed, so
         the 375th minute of a day costs what the first did. `incremental` defaults to the store's own
         (ENABLE_INCREMENTAL when built `from_settings`).
         """
@@ -229,11 +283,24 @@ class ParquetStore:
         delivered: dict[str, str] = state.get("minutes") or {
             name.split("@")[0][7:11]: name for name in state.get("files", []) if name.startswith("minute-")}
         parts: list[pa.Table] = []
-        for p in minute_files:
-            hhmm, stamp = p.stem[7:11], f"{p.name}@{p.stat().st_mtime_ns}"
+        batches: dict[str, list[str]] = state.get("batches") or {}  # a batch file's stamp -> its minutes (HHMM)
+        stamps, winner = self._winners(minute_files, batches)
+        live = set(stamps.values())
+        batches = {k: v for k, v in batches.items() if k in live}
+        fresh_of: dict[str, list[str]] = {}
+        for hhmm, stamp in winner.items():
             if delivered.get(hhmm) != stamp:
-                parts.append(_without_partitions(self._read(p)))
-                delivered[hhmm] = stamp
+                fresh_of.setdefault(stamp, []).append(hhmm)
+        for p in minute_files:
+            fresh = fresh_of.get(stamps[p])
+            if not fresh:
+                continue
+            rows = _without_partitions(self._read(p))
+            if is_batch(p) and len(fresh) < len(batches[stamps[p]]):
+                at = pa.array([dt.datetime.combine(day, dt.time(int(h[:2]), int(h[2:])), IST) for h in fresh])
+                rows = rows.filter(pc.is_in(rows["ts"], value_set=at.cast(rows["ts"].type)))
+            parts.append(rows)
+            delivered.update(dict.fromkeys(fresh, stamps[p]))
         day_stamp = f"{DAY_FILE}@{day_file.stat().st_mtime_ns}" if day_file is not None else None
         if day_file is not None and state.get("day") != day_stamp:
             rows = self._read(day_file)
@@ -244,10 +311,23 @@ class ParquetStore:
                     parts.append(_without_partitions(rows.filter(pc.is_in(
                         rows["ts"], value_set=pa.array(fresh, rows["ts"].type)))))
                     delivered.update({m.astimezone(IST).strftime("%H%M"): day_stamp for m in fresh})
-        cursor.save({"minutes": delivered, "day": day_stamp})
+        cursor.save({"minutes": delivered, "day": day_stamp, "batches": batches})
         if not parts:
             return pa.table({})
         return _with_index(pa.concat_tables(parts, promote_options="default"), index)
+
+    def _winners(self, files: list[Path], batches: dict[str, list[str]]) -> tuple[dict[Path, str], dict[str, str]]:
+        """Each file's stamp (name@mtime), and for each HHMM the stamp of the file it comes from (`read_files`'
+        rule). A batch file's minutes are read once and kept in `batches` under its stamp."""
+        stamps: dict[Path, str] = {}
+        winner: dict[str, str] = {}
+        for p in reversed(by_precedence(files)):  # the lowest first: a file that wins overwrites
+            stamp = stamps[p] = f"{p.name}@{p.stat().st_mtime_ns}"
+            if is_batch(p) and stamp not in batches:
+                ts = pc.unique(self._read(p, ["ts"])["ts"]).to_pylist()
+                batches[stamp] = [m.astimezone(IST).strftime("%H%M") for m in ts]
+            winner.update(dict.fromkeys(batches[stamp] if is_batch(p) else [p.stem[7:11]], stamp))
+        return stamps, winner
 
     def compact_locked(self, table: str, index: str, day: dt.date) -> Path | None:
         """`compact` under the writers' lock."""

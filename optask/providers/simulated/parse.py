@@ -8,6 +8,7 @@ import logging
 import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from optask.core.schema import RAW_LEG_SCHEMA
 from optask.core.timeutils import UTC
@@ -21,6 +22,7 @@ _NUMERIC = (
     "last_trade_time",
 )
 _REQUIRED = ("expiry", "expiry_idx", "strike", "side", "token", "ltp")
+_SIDES = pa.array(["CE", "PE"], pa.string())
 
 
 def _empty(issues: dict[str, int]) -> tuple[pa.Table, dict[str, int]]:
@@ -41,13 +43,23 @@ def _as_float(values: list, issues: dict[str, int], name: str) -> np.ndarray:
 
 def parse_payload(raw: bytes, index: str, ts: dt.datetime, source: str = "simulated") -> tuple[pa.Table, dict[str, int]]:
     """Wire payload -> normalized legs (RAW_LEG_SCHEMA) and counted issues. Never raises on bad input."""
-    issues: dict[str, int] = {}
     try:
         doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        log.warning("malformed simulated payload for %s %s: %s", index, ts.isoformat(), exc)
+        return _empty({"malformed_payload": 1})
+    return parse_document(doc, index, ts, source)
+
+
+def parse_document(doc, index: str, ts: dt.datetime, source: str = "simulated") -> tuple[pa.Table, dict[str, int]]:
+    """The payload's document (lists, or the venue's own arrays before they are sent) -> what `parse_payload`
+    gives for its JSON: the venue skips decoding the text it has just encoded."""
+    issues: dict[str, int] = {}
+    try:
         legs = doc["legs"]
         spot = float(doc["spot"])
         n = len(legs["strike"])
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         log.warning("malformed simulated payload for %s %s: %s", index, ts.isoformat(), exc)
         return _empty({"malformed_payload": 1})
     missing = [c for c in _REQUIRED if c not in legs]
@@ -67,7 +79,8 @@ def parse_payload(raw: bytes, index: str, ts: dt.datetime, source: str = "simula
     valid = (~np.isnan(cols["strike"])) & (~np.isnan(e_idx)) & (~np.isnan(cols["token"]))
     valid &= (e_idx >= 0) & (e_idx < len(expiries))
     side = np.asarray(legs["side"], dtype=object)
-    valid &= np.isin(side, ["CE", "PE"])
+    is_call = side == "CE"
+    valid &= is_call | (side == "PE")
     bad = int((~valid).sum())
     if bad:
         issues["unidentifiable_leg"] = issues.get("unidentifiable_leg", 0) + bad
@@ -86,17 +99,18 @@ def parse_payload(raw: bytes, index: str, ts: dt.datetime, source: str = "simula
             return pa.array(np.where(mask, 0, v).astype(np.int64), mask=mask, type=pa.int64())
         return pa.array(v, type=pa.float64())
 
+    sides = pa.DictionaryArray.from_arrays(pa.array((~is_call[valid]).astype(np.int8)), _SIDES).cast(pa.string())
     ltt = cols["last_trade_time"][valid]
     ltt_mask = np.isnan(ltt)
     table = pa.table({
         "ts": pa.array(np.full(m, ts_utc), type=pa.timestamp("ns", tz="UTC")),
-        "index": pa.array([index] * m, type=pa.string()),
+        "index": pa.repeat(pa.scalar(index, pa.string()), m),
         "expiry": pa.array(expiry_dates[idx], type=pa.date32()),
         "expiry_kind": pa.DictionaryArray.from_arrays(pa.array(idx, type=pa.int32()),
                                                       pa.array(kinds, type=pa.string())).cast(pa.string()),
         "strike": num("strike"),
-        "side": pa.array(side[valid].astype(str), type=pa.string()),
-        "symbol": pa.array(_symbols(index, expiry_dates[idx], cols["strike"][valid], side[valid]), type=pa.string()),
+        "side": sides,
+        "symbol": _symbols(index, expiry_dates[idx], cols["strike"][valid], sides),
         "token": num("token", "i"),
         "spot": pa.array(np.full(m, spot), type=pa.float64()),
         "ltp": num("ltp"), "bid": num("bid"), "ask": num("ask"),
@@ -105,24 +119,25 @@ def parse_payload(raw: bytes, index: str, ts: dt.datetime, source: str = "simula
         "open": num("open"), "high": num("high"), "low": num("low"), "close": num("close"),
         "last_trade_time": pa.array((np.where(ltt_mask, 0, ltt).astype(np.int64) * 1_000_000_000),
                                     mask=ltt_mask, type=pa.int64()).cast(pa.timestamp("ns", tz="UTC")),
-        "source": pa.array([source] * m, type=pa.string()),
+        "source": pa.repeat(pa.scalar(source, pa.string()), m),
     }, schema=RAW_LEG_SCHEMA)
     return table, issues
 
 
-def _symbols(index: str, expiry: np.ndarray, strike: np.ndarray, side: np.ndarray) -> np.ndarray:
-    """Exchange-style trading symbols, e.g. NIFTY25D2326000CE (weekly) or NIFTY25DEC26000CE (monthly)."""
-    out = np.empty(len(strike), dtype=object)
+def _symbols(index: str, expiry: np.ndarray, strike: np.ndarray, side: pa.Array) -> pa.Array:
+    """Exchange-style trading symbols, e.g. NIFTY25D2326000CE (weekly) or NIFTY25DEC26000CE (monthly): each
+    distinct expiry and strike formatted once, the rows joined in Arrow."""
     if len(strike) == 0:
-        return out
-    uniq, inverse = np.unique(expiry, return_inverse=True)
+        return pa.array([], pa.string())
+    expiries = pc.dictionary_encode(pa.array(expiry, pa.date32()))
     prefixes = []
-    for e in uniq.astype(object):
+    for e in expiries.dictionary.to_pylist():
         last_of_month = (e + dt.timedelta(days=7)).month != e.month
         if last_of_month:
             prefixes.append(f"{index}{e:%y}{e.strftime('%b').upper()}")
         else:
             prefixes.append(f"{index}{e:%y}{MONTH_CODES[e.month - 1]}{e:%d}")
-    strike_txt = np.char.mod("%g", strike)
-    pre = np.asarray(prefixes, dtype=object)[inverse]
-    return (pre + strike_txt.astype(object) + side.astype(object)).astype(str)
+    strikes = pc.dictionary_encode(pa.array(strike, pa.float64()))
+    strike_txt = pa.array(["%g" % k for k in strikes.dictionary.to_pylist()], pa.string()).take(strikes.indices)
+    pre = pa.array(prefixes, pa.string()).take(expiries.indices)
+    return pc.binary_join_element_wise(pre, strike_txt, side, "")

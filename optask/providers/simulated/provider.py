@@ -23,7 +23,7 @@ from optask.providers.base import (
     classify_expiries,
 )
 from optask.providers.simulated.market import SPECS, TICK, _day_path, _rng, _tick, sim_token
-from optask.providers.simulated.parse import parse_payload
+from optask.providers.simulated.parse import parse_document
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,18 @@ class SimFaults:
         return any((self.drop_legs, self.stale_quotes, self.bad_prices, self.duplicate_legs, self.crossed_book))
 
 
+@dataclass(frozen=True)
+class _Day:
+    """A simulated day's session, classified expiries and spot path, with its running low and high."""
+
+    session: object
+    expiries: dict[str, dt.date]
+    notes: tuple
+    path: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+
 @dataclass
 class SimulatedProvider:
     """The simulated venue. `strikes_around_atm` and `expiry_kinds` shape the universe."""
@@ -56,6 +68,8 @@ class SimulatedProvider:
     faults: SimFaults = field(default_factory=SimFaults)
     name: str = "simulated"
     source: str = "simulated"
+    #: (index, day) -> what a day's minutes share (expiries, the spot path): built once per process and day.
+    _days: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_settings(cls, settings) -> SimulatedProvider:
@@ -79,12 +93,23 @@ class SimulatedProvider:
                 out.add(self.calendar.trading_day_on_or_before(d))
         return sorted(e for e in out if e >= day)
 
+    def _day(self, index: str, day: dt.date) -> _Day:
+        plan = self._days.get((index, day))
+        if plan is None:
+            if len(self._days) > 64:
+                self._days.clear()
+            expiries, notes = classify_expiries(self.listed_expiries(index, day), day, self.expiry_kinds)
+            path = _day_path(self.seed, index, day, len(self.calendar.session_minutes(day)))
+            plan = self._days[(index, day)] = _Day(self.calendar.session(day), expiries, notes, path,
+                                                   np.minimum.accumulate(path), np.maximum.accumulate(path))
+        return plan
+
     def day_path(self, index: str, day: dt.date) -> np.ndarray:
         """Spot at every session minute of the day (position 0 is the open)."""
-        return _day_path(self.seed, index, day, len(self.calendar.session_minutes(day)))
+        return self._day(index, day).path
 
-    def _minute_position(self, day: dt.date, ts: dt.datetime) -> int:
-        s = self.calendar.session(day)
+    def _minute_position(self, day: dt.date, ts: dt.datetime, s=None) -> int:
+        s = s or self.calendar.session(day)
         if s is None or not (s.open <= ts < s.close):
             raise PermanentProviderError(f"{ts.astimezone(IST):%Y-%m-%d %H:%M} IST is outside a market session")
         return int((ts - s.open).total_seconds() // 60)
@@ -101,24 +126,23 @@ class SimulatedProvider:
         if index not in SPECS:
             raise PermanentProviderError(f"unknown index {index!r}; allowed: {', '.join(INDICES)}")
         spec = SPECS[index]
-        expiries, notes = classify_expiries(self.listed_expiries(index, day), day, self.expiry_kinds)
-        path = self.day_path(index, day)
-        upto = 1 if ts is None else self._minute_position(day, ts) + 1
-        seen = path[:upto]
-        strikes = tuple(self._strike_window(index, float(seen.min()), float(seen.max())).tolist())
-        unique = sorted(set(expiries.values()))
-        return Universe(index=index, day=day, expiries=expiries, strikes={e: strikes for e in unique},
-                        strike_step=spec.strike_step, lot_size=spec.lot_size, notes=notes)
+        plan = self._day(index, day)
+        upto = 0 if ts is None else self._minute_position(day, ts, plan.session)
+        strikes = tuple(self._strike_window(index, float(plan.low[upto]), float(plan.high[upto])).tolist())
+        unique = sorted(set(plan.expiries.values()))
+        return Universe(index=index, day=day, expiries=dict(plan.expiries), strikes={e: strikes for e in unique},
+                        strike_step=spec.strike_step, lot_size=spec.lot_size, notes=plan.notes)
 
     # --- one minute -------------------------------------------------------------------------
 
     def chain_columns(self, index: str, ts: dt.datetime) -> dict[str, np.ndarray | list]:
         """The minute's chain as columns (the wire payload's `legs`), fully vectorized."""
         day = ts.astimezone(IST).date()
-        pos = self._minute_position(day, ts)
         uni = self.universe(index, day, ts)
         spec = SPECS[index]
-        path = self.day_path(index, day)
+        plan = self._day(index, day)
+        pos = self._minute_position(day, ts, plan.session)
+        path = plan.path
         spot = float(path[pos])
         kind_of: dict[dt.date, str] = {}
         for kind in self.expiry_kinds:  # a date under two kinds is collected once, under its first kind
@@ -213,12 +237,15 @@ class SimulatedProvider:
         cols["side"] = cols["side"].tolist()
         return cols
 
+    def document(self, index: str, ts: dt.datetime) -> dict:
+        """The venue's message for one minute, before it is encoded."""
+        body = self.chain_columns(index, ts)
+        return {"venue": "optask-sim", "index": index, "ts": int(ts.timestamp()), "spot": body["spot"],
+                "legs": body["legs"]}
+
     def payload(self, index: str, ts: dt.datetime) -> bytes:
         """The venue's wire payload for one minute (what the archive keeps)."""
-        body = self.chain_columns(index, ts)
-        doc = {"venue": "optask-sim", "index": index, "ts": int(ts.timestamp()), "spot": body["spot"],
-               "legs": body["legs"]}
-        return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+        return orjson.dumps(self.document(index, ts), option=orjson.OPT_SERIALIZE_NUMPY)
 
     def snapshot(self, index: str, ts: dt.datetime) -> Snapshot:
         start = time.perf_counter()
@@ -231,8 +258,9 @@ class SimulatedProvider:
             raise TemporaryProviderError(f"simulated venue has no data for {ts.isoformat()}")
         if f.slow_s:
             time.sleep(f.slow_s)
-        raw = self.payload(index, ts)
-        table, issues = parse_payload(raw, index, ts, source=self.source)
+        doc = self.document(index, ts)
+        raw = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+        table, issues = parse_document(doc, index, ts, source=self.source)  # what parse_payload(raw) gives
         return Snapshot(index=index, ts=ts, provider="simulated", raw=raw, table=table, issues=issues,
                         elapsed_s=time.perf_counter() - start, sample_span_ms=0.0, spot_offset_ms=0.0)
 
