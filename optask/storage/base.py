@@ -12,7 +12,6 @@ from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from optask.core.schema import TABLE_KEYS
 from optask.infra.fsutil import StorageError

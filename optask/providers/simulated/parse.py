@@ -138,6 +138,6 @@ def _symbols(index: str, expiry: np.ndarray, strike: np.ndarray, side: pa.Array)
         else:
             prefixes.append(f"{index}{e:%y}{MONTH_CODES[e.month - 1]}{e:%d}")
     strikes = pc.dictionary_encode(pa.array(strike, pa.float64()))
-    strike_txt = pa.array(["%g" % k for k in strikes.dictionary.to_pylist()], pa.string()).take(strikes.indices)
+    strike_txt = pa.array([f"{k:g}" for k in strikes.dictionary.to_pylist()], pa.string()).take(strikes.indices)
     pre = pa.array(prefixes, pa.string()).take(expiries.indices)
     return pc.binary_join_element_wise(pre, strike_txt, side, "")
