@@ -65,13 +65,39 @@ def _coerce(table: pa.Table) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=RAW_LEG_SCHEMA)
 
 
+def _floats(col: pa.ChunkedArray) -> np.ndarray:
+    """A numeric column as float64, NaN where null."""
+    return np.asarray(col.to_numpy(zero_copy_only=False), dtype=float)
+
+
+def _codes(col: pa.ChunkedArray) -> np.ndarray:
+    """Equal values, equal codes (int64 >= 0); null -1."""
+    enc = pc.dictionary_encode(col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col)
+    return pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _repeated(keys: tuple[np.ndarray, ...]) -> np.ndarray:
+    """Rows whose key (the tuple of columns) appeared in an earlier row."""
+    n = len(keys[0])
+    if n < 2:
+        return np.zeros(n, dtype=bool)
+    order = np.lexsort(keys[::-1])  # stable: among equal keys the earliest row comes first
+    same = np.all([k[order][1:] == k[order][:-1] for k in keys], axis=0)
+    out = np.zeros(n, dtype=bool)
+    out[order[1:][same]] = True
+    return out
+
+
 def _group_mode(group: np.ndarray, values: np.ndarray) -> dict:
     """The most common value per group (ties: the smallest), without a Python loop over rows."""
-    pairs, counts = np.unique(np.stack([group.astype(float), values]), axis=1, return_counts=True)
-    order = np.lexsort((pairs[1], -counts, pairs[0]))
-    g_sorted = pairs[0][order]
-    first = np.r_[True, g_sorted[1:] != g_sorted[:-1]]
-    return dict(zip(g_sorted[first].astype(np.int64).tolist(), pairs[1][order][first].tolist(), strict=True))
+    order = np.lexsort((values, group))
+    g, v = group[order], values[order]
+    runs = np.flatnonzero(np.r_[True, (g[1:] != g[:-1]) | (v[1:] != v[:-1])])  # one run per (group, value)
+    counts = np.diff(np.r_[runs, len(g)])
+    rg, rv = g[runs], v[runs]
+    best = np.lexsort((rv, -counts, rg))
+    first = np.r_[True, rg[best][1:] != rg[best][:-1]]
+    return dict(zip(rg[best][first].astype(np.int64).tolist(), rv[best][first].tolist(), strict=True))
 
 
 def _off_grid(strike: np.ndarray, group: np.ndarray) -> np.ndarray:
@@ -132,24 +158,26 @@ def validate(table: pa.Table) -> tuple[pa.Table, ValidationReport]:
                          f"(have: {', '.join(table.column_names) or 'none'})")
     t = _coerce(table)
     report = ValidationReport(rows_in=t.num_rows)
-    df = t.select(["ts", "index", "expiry", "strike", "side", "ltp", "bid", "ask"]).to_pandas()
-    ltp, bid, ask = (df[c].to_numpy(dtype=float, na_value=np.nan) for c in ("ltp", "bid", "ask"))
-    strike = df["strike"].to_numpy(dtype=float, na_value=np.nan)
+    ltp, bid, ask, strike = (_floats(t[c]) for c in ("ltp", "bid", "ask", "strike"))
+    side = t["side"]
+    index, expiry, ts = _codes(t["index"]), _codes(t["expiry"].cast(pa.int32())), _codes(t["ts"].cast(pa.int64()))
+    side_code = _codes(side)
     reasons = {
-        "missing_key": (df[["ts", "index", "expiry", "side"]].isna().any(axis=1).to_numpy()
-                        | np.isnan(strike) | ~df["side"].isin(["CE", "PE"]).to_numpy()),
+        "missing_key": ((index < 0) | (expiry < 0) | (ts < 0) | np.isnan(strike)
+                        | ~pc.fill_null(pc.is_in(side, pa.array(["CE", "PE"])), False).to_numpy(zero_copy_only=False)),
         "bad_price": ~(ltp > 0) | (bid < 0) | (ask < 0),
         "crossed_book": (bid > 0) & (ask > 0) & (bid > ask),
     }
-    group = df.groupby(["index", "expiry"], sort=False, dropna=False).ngroup().to_numpy()
+    group = index * (int(expiry.max(initial=0)) + 2) + expiry + 1  # (index, expiry), nulls a group of their own
     reasons["off_grid_strike"] = _off_grid(np.nan_to_num(strike, nan=0.0), group) & ~reasons["missing_key"]
-    keep = np.ones(len(df), dtype=bool)
+    keep = np.ones(t.num_rows, dtype=bool)
     for name, mask in reasons.items():
         hit = keep & mask
         if hit.any():
             report.removed[name] = int(hit.sum())
         keep &= ~mask
-    dup = df.duplicated(["index", "ts", "expiry", "strike", "side"], keep="first").to_numpy() & keep
+    # a key seen before, among every row (as pandas' duplicated(keep="first")): NaN equals NaN, -0.0 equals 0.0
+    dup = _repeated((index, ts, expiry, np.isnan(strike), np.nan_to_num(strike, nan=0.0) + 0.0, side_code)) & keep
     if dup.any():
         report.removed["duplicate_key"] = int(dup.sum())
     keep &= ~dup
@@ -195,24 +223,41 @@ _META = ("expiry_kind", "spot", "source")
 
 
 def merge(legs: pa.Table) -> pa.Table:
-    """One row per (ts, index, expiry, strike) with ce_* and pe_* columns; a one-sided strike keeps NaNs."""
+    """One row per (ts, index, expiry, strike) with ce_* and pe_* columns; a one-sided strike keeps NaNs.
+
+    Legs as `validate` leaves them (no null key, one leg per key and side): one sort pairs each CE with its PE.
+    """
     keys = ["ts", "index", "expiry", "strike"]
     per_side = [c for c in PER_SIDE_COLUMNS if c in legs.column_names]
+    if any(legs[k].null_count for k in keys):
+        raise ChainError("merge needs validated legs: a key column has nulls")
+    is_call = pc.equal(legs["side"], "CE").to_numpy(zero_copy_only=False)
+    rows = np.flatnonzero(is_call | pc.equal(legs["side"], "PE").to_numpy(zero_copy_only=False))
+    names = legs["index"].to_numpy(zero_copy_only=False)[rows]
+    labels, index_rank = np.unique(names.astype(str), return_inverse=True)  # sorted: the rank is string order
+    cols = (legs["ts"].cast(pa.int64()).to_numpy()[rows], legs["expiry"].cast(pa.int32()).to_numpy()[rows],
+            legs["strike"].to_numpy(zero_copy_only=False)[rows])
+    order = np.lexsort((~is_call[rows], cols[2], cols[1], cols[0], index_rank))  # CE before PE within a key
+    sorted_keys = [index_rank[order], *(c[order] for c in cols)]
+    new = np.r_[True, np.any([k[1:] != k[:-1] for k in sorted_keys], axis=0)] if len(order) else np.zeros(0, bool)
+    group = np.cumsum(new) - 1
+    ce_row, pe_row = np.full(int(new.sum()), -1), np.full(int(new.sum()), -1)
+    calls = is_call[rows][order]
+    ce_row[group[calls]], pe_row[group[~calls]] = rows[order][calls], rows[order][~calls]
+    if np.bincount(group, minlength=len(ce_row)).max(initial=0) > 2 or (ce_row >= 0).sum() != calls.sum():
+        raise ChainError("merge needs validated legs: a strike has two legs of one side")
+    head = legs.select(keys).take(pa.array(rows[order][new]))
 
-    def side(name: str, prefix: str) -> pa.Table:
-        t = legs.filter(pc.equal(legs["side"], name))
-        cols = keys + [f"_{prefix}{m}" for m in _META] + [f"{prefix}_{c}" for c in per_side]
-        return t.select(keys + list(_META) + per_side).rename_columns(cols)
+    def side(at: np.ndarray, prefix: str) -> pa.Table:
+        t = legs.select(list(_META) + per_side).take(pa.array(at, mask=at < 0))
+        return t.rename_columns([f"_{prefix}{m}" for m in _META] + [f"{prefix}_{c}" for c in per_side])
 
-    ce, pe = side("CE", "ce"), side("PE", "pe")
-    joined = ce.join(pe, keys=keys, join_type="full outer", coalesce_keys=True)
-    meta = [pc.coalesce(joined[f"_ce{m}"], joined[f"_pe{m}"]) for m in _META]
-    joined = joined.drop_columns([f"_{p}{m}" for p in ("ce", "pe") for m in _META])
-    for m, col in zip(_META, meta, strict=True):
-        joined = joined.append_column(m, col)
-    order = keys + ["expiry_kind", "spot"] + [f"ce_{c}" for c in per_side] + [f"pe_{c}" for c in per_side] + ["source"]
-    merged = joined.select(order)
-    return merged.sort_by([(k, "ascending") for k in ("index", "ts", "expiry", "strike")])
+    ce, pe = side(ce_row, "ce"), side(pe_row, "pe")
+    meta = {m: pc.coalesce(ce[f"_ce{m}"], pe[f"_pe{m}"]) for m in _META}
+    out = {**{k: head[k] for k in keys}, "expiry_kind": meta["expiry_kind"], "spot": meta["spot"],
+           **{f"ce_{c}": ce[f"ce_{c}"] for c in per_side}, **{f"pe_{c}": pe[f"pe_{c}"] for c in per_side},
+           "source": meta["source"]}
+    return pa.table(out)
 
 
 # --- summarize ----------------------------------------------------------------------------------
@@ -303,13 +348,38 @@ def summarize(legs: pa.Table, rate: float | None = None, merged: pa.Table | None
 def process_snapshot(snapshot, rate: float | None = None, div: float | None = None) -> ProcessedMinute:
     """validate -> enrich -> merge -> summarize, for a Snapshot (or a bare leg table)."""
     table = snapshot.table if hasattr(snapshot, "table") else snapshot
+    processed = _process(table, rate, div)
+    if hasattr(snapshot, "ts"):
+        processed.summary = _with_sampling(processed.summary, [snapshot])
+    return processed
+
+
+def process_snapshots(snapshots: list, rate: float | None = None, div: float | None = None) -> ProcessedMinute:
+    """Many minutes of one index in one pass (backfill, repair, replay): the rows `process_snapshot` gives each
+    minute, in minute order."""
+    table = pa.concat_tables([s.table for s in snapshots], promote_options="default")
+    processed = _process(table, rate, div)
+    processed.summary = _with_sampling(processed.summary, snapshots)
+    return processed
+
+
+def _process(table: pa.Table, rate: float | None, div: float | None) -> ProcessedMinute:
     clean, report = validate(table)
     legs = enrich(clean, rate, div)
     merged = merge(legs)
-    summary = summarize(legs, rate, merged)
-    for name in ("sample_span_ms", "spot_offset_ms"):  # the snapshot's sampling times, on every expiry's row
-        value = getattr(snapshot, name, None)
-        if value is not None and summary.num_rows:
-            summary = summary.set_column(summary.schema.get_field_index(name), name,
-                                         pa.array([float(value)] * summary.num_rows, pa.float64()))
-    return ProcessedMinute(legs=legs, merged=merged, summary=summary, report=report)
+    return ProcessedMinute(legs=legs, merged=merged, summary=summarize(legs, rate, merged), report=report)
+
+
+def _with_sampling(summary: pa.Table, snapshots: list) -> pa.Table:
+    """Each snapshot's sampling times (span, spot offset) on every expiry's row of its minute; null if unknown."""
+    if not summary.num_rows:
+        return summary
+    minute_of = summary["ts"].cast(pa.int64()).to_numpy()
+    for name in ("sample_span_ms", "spot_offset_ms"):
+        by_minute = {int(s.ts.timestamp()) * 10**9: getattr(s, name, None) for s in snapshots}
+        if all(v is None for v in by_minute.values()):
+            continue
+        values = [by_minute.get(int(m)) for m in minute_of]  # one per expiry row, not per leg
+        summary = summary.set_column(summary.schema.get_field_index(name), name,
+                                     pa.array([None if v is None else float(v) for v in values], pa.float64()))
+    return summary

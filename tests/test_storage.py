@@ -104,6 +104,71 @@ def test_parquet_read_new_incremental(tmp_path, redis_url):
     assert everything.num_rows == minute(0).legs.num_rows + minute(1).legs.num_rows
 
 
+def _with_ltp(table: pa.Table, add: float) -> pa.Table:
+    return table.set_column(table.column_names.index("ltp"), "ltp", pc.add(table["ltp"], add))
+
+
+def _ltp_at(table: pa.Table, i: int) -> list[float]:
+    return sorted(table.filter(pc.equal(table["ts"], pa.scalar(MINUTES[i], table["ts"].type)))["ltp"].to_pylist())
+
+
+def test_parquet_batch_writes_one_file_and_each_minute_comes_from_one_file(tmp_path, redis_url):
+    store = ParquetStore(tmp_path, redis=redis.Redis.from_url(redis_url))
+    legs = {i: minute(i).legs for i in range(6)}
+    store.write_minute("legs", "NIFTY", MINUTES[1], legs[1])  # a live minute before the backfill
+    assert store.write_minutes("legs", "NIFTY", [(MINUTES[i], legs[i]) for i in (0, 2, 3)]) > 0
+    names = sorted(p.name for p in store.day_dir("legs", "NIFTY", DAY).iterdir())
+    assert names[0].startswith("batch-0915-0918-") and names[1:] == ["minute-0916.parquet"]
+    assert all(store.has_minute("legs", "NIFTY", MINUTES[i]) for i in range(4))
+    assert not store.has_minute("legs", "NIFTY", MINUTES[4])
+    # a batch holding a minute that has its own file rewrites that file (it would win over the batch)
+    store.write_minutes("legs", "NIFTY", [(MINUTES[1], _with_ltp(legs[1], 1.0)), (MINUTES[4], legs[4])])
+    # an overlapping batch (a repair of minute 3 with other rows): the newest batch wins, nothing doubles
+    store.write_minutes("legs", "NIFTY", [(MINUTES[3], _with_ltp(legs[3], 2.0)), (MINUTES[5], legs[5])])
+    t = store.read_table("legs", "NIFTY", DAY)
+    assert t.num_rows == unique_keys(t) == sum(x.num_rows for x in legs.values())
+    assert _ltp_at(t, 1) == sorted(_with_ltp(legs[1], 1.0)["ltp"].to_pylist())
+    assert _ltp_at(t, 3) == sorted(_with_ltp(legs[3], 2.0)["ltp"].to_pylist())
+    assert _ltp_at(t, 2) == sorted(legs[2]["ltp"].to_pylist())
+    assert len(store.minutes("legs", "NIFTY", DAY)) == 6
+    since = store.read_table("legs", "NIFTY", DAY, since=MINUTES[4])  # a batch starting before `since` counts
+    assert since.num_rows == legs[4].num_rows + legs[5].num_rows
+    store.compact("legs", "NIFTY", DAY)
+    assert sorted(p.name for p in store.day_dir("legs", "NIFTY", DAY).iterdir()) == ["day.parquet"]
+    order = [(k, "ascending") for k in ("ts", "expiry", "strike", "side")]
+    assert store.read_table("legs", "NIFTY", DAY).sort_by(order).equals(t.sort_by(order))
+
+
+def test_parquet_same_batch_again_leaves_its_file_alone(tmp_path, redis_url):
+    store = ParquetStore(tmp_path, redis=redis.Redis.from_url(redis_url))
+    parts = [(MINUTES[i], minute(i).legs) for i in range(3)]
+    store.write_minutes("legs", "NIFTY", parts)
+    (path,) = store.day_dir("legs", "NIFTY", DAY).iterdir()
+    stamp = path.stat().st_mtime_ns
+    store.write_minutes("legs", "NIFTY", parts)  # a redelivered task
+    assert [p.stat().st_mtime_ns for p in store.day_dir("legs", "NIFTY", DAY).iterdir()] == [stamp]
+
+
+def test_parquet_read_new_delivers_batch_minutes_once(tmp_path, redis_url):
+    client = redis.Redis.from_url(redis_url)
+    store = ParquetStore(tmp_path, redis=client)
+    legs = {i: minute(i).legs for i in range(5)}
+    store.write_minutes("legs", "NIFTY", [(MINUTES[i], legs[i]) for i in (0, 1, 2)])
+    assert store.read_new(client, "c", "legs", "NIFTY", DAY).num_rows == sum(legs[i].num_rows for i in (0, 1, 2))
+    assert store.read_new(client, "c", "legs", "NIFTY", DAY).num_rows == 0
+    store.write_minute("legs", "NIFTY", MINUTES[3], legs[3])
+    assert store.read_new(client, "c", "legs", "NIFTY", DAY).num_rows == legs[3].num_rows
+    # a newer batch repairing minute 2, with a new minute 4: both delivered, once; minutes 0 and 1 not again
+    store.write_minutes("legs", "NIFTY", [(MINUTES[2], _with_ltp(legs[2], 1.0)), (MINUTES[4], legs[4])])
+    again = store.read_new(client, "c", "legs", "NIFTY", DAY)
+    assert again.num_rows == legs[2].num_rows + legs[4].num_rows
+    assert _ltp_at(again, 2) == sorted(_with_ltp(legs[2], 1.0)["ltp"].to_pylist())
+    assert store.read_new(client, "c", "legs", "NIFTY", DAY).num_rows == 0
+    store.compact("legs", "NIFTY", DAY)
+    assert store.read_new(client, "c", "legs", "NIFTY", DAY).num_rows == 0  # folded: nothing new
+    assert store.read_new(client, "late", "legs", "NIFTY", DAY).num_rows == sum(x.num_rows for x in legs.values())
+
+
 # --- CSV ----------------------------------------------------------------------------------------
 
 def test_csv_append_once_with_sidecar(tmp_path, redis_url):

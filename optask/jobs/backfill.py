@@ -11,6 +11,7 @@ nothing to do and a complete day costs a few reads of minute lists.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -87,12 +88,16 @@ def plan_backfill(indices: list[str], start: dt.date, end: dt.date, only_missing
         raise BackfillError(f"{what}: no market session (weekend or holiday); see `optask calendar`; nothing enqueued")
     last_done = floor_minute(now).isoformat()  # today: only minutes that have passed
     for day in plan.days:
+        per_index = []
         for index in indices:
             minutes = (missing_from_stores(index, day, settings) if only_missing else
                        [m.isoformat() for m in calendar.session_minutes(day)])
             minutes = [m for m in minutes if m < last_done]
-            for i in range(0, len(minutes), CHUNK_MINUTES):
-                plan.chunks.append(Chunk(index, day, tuple(minutes[i:i + CHUNK_MINUTES])))
+            per_index.append([Chunk(index, day, tuple(minutes[i:i + CHUNK_MINUTES]))
+                              for i in range(0, len(minutes), CHUNK_MINUTES)])
+        # one index after another, round after round: workers side by side write different files (no waiting on
+        # each other's locks), and each index's minutes still arrive in order
+        plan.chunks += [c for rnd in itertools.zip_longest(*per_index) for c in rnd if c is not None]
     return plan
 
 

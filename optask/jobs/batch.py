@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import pyarrow as pa
-
 from optask.core.config import Settings, get_settings
 from optask.core.timeutils import IST
 from optask.infra.ledger import ledger_for
 from optask.jobs.arguments import InvalidTaskArgument, checked_index, checked_minutes
 from optask.jobs.context import provider_for
-from optask.pipeline import process_snapshot
+from optask.pipeline import process_snapshots
 from optask.providers import PROVIDERS
 from optask.storage.archive import archived_minutes, write_raw
 from optask.storage.sinks import present_minutes, write_minute
@@ -61,7 +59,7 @@ def store_minutes(index: str, minutes: list[str], provider_name: str | None = No
     out["unavailable"] = len(todo) - len(snaps)
     if not snaps:
         return out
-    processed = process_snapshot(pa.concat_tables([s.table for s in snaps], promote_options="default"))
+    processed = process_snapshots(snaps)
     write_minute(processed, settings=settings, redis_client=ledger.redis, present=present)
     counts = processed.legs.group_by("ts").aggregate([("ts", "count")]).to_pydict()
     legs_by_minute = dict(zip(counts["ts"], counts["ts_count"], strict=True))
