@@ -99,7 +99,8 @@ def parse_document(doc, index: str, ts: dt.datetime, source: str = "simulated") 
             return pa.array(np.where(mask, 0, v).astype(np.int64), mask=mask, type=pa.int64())
         return pa.array(v, type=pa.float64())
 
-    sides = pa.DictionaryArray.from_arrays(pa.array((~is_call[valid]).astype(np.int8)), _SIDES).cast(pa.string())
+    put = (~is_call[valid]).astype(np.int8)
+    sides = pa.DictionaryArray.from_arrays(pa.array(put), _SIDES).cast(pa.string())
     ltt = cols["last_trade_time"][valid]
     ltt_mask = np.isnan(ltt)
     table = pa.table({
@@ -110,7 +111,7 @@ def parse_document(doc, index: str, ts: dt.datetime, source: str = "simulated") 
                                                       pa.array(kinds, type=pa.string())).cast(pa.string()),
         "strike": num("strike"),
         "side": sides,
-        "symbol": _symbols(index, expiry_dates[idx], cols["strike"][valid], sides),
+        "symbol": _symbols(index, expiry_dates[idx], cols["strike"][valid], put, sides),
         "token": num("token", "i"),
         "spot": pa.array(np.full(m, spot), type=pa.float64()),
         "ltp": num("ltp"), "bid": num("bid"), "ask": num("ask"),
@@ -124,9 +125,22 @@ def parse_document(doc, index: str, ts: dt.datetime, source: str = "simulated") 
     return table, issues
 
 
-def _symbols(index: str, expiry: np.ndarray, strike: np.ndarray, side: pa.Array) -> pa.Array:
-    """Exchange-style trading symbols, e.g. NIFTY25D2326000CE (weekly) or NIFTY25DEC26000CE (monthly): each
-    distinct expiry and strike formatted once, the rows joined in Arrow."""
+_SYMBOLS: dict[tuple, pa.Array] = {}  # a day's minutes list the same contracts: their symbols, made once
+
+
+def _symbols(index: str, expiry: np.ndarray, strike: np.ndarray, put: np.ndarray, side: pa.Array) -> pa.Array:
+    """Exchange-style trading symbols, e.g. NIFTY25D2326000CE (weekly) or NIFTY25DEC26000CE (monthly)."""
+    key = (index, expiry.tobytes(), strike.tobytes(), put.tobytes())
+    known = _SYMBOLS.get(key)
+    if known is None:
+        if len(_SYMBOLS) > 256:
+            _SYMBOLS.clear()
+        known = _SYMBOLS[key] = _make_symbols(index, expiry, strike, side)
+    return known
+
+
+def _make_symbols(index: str, expiry: np.ndarray, strike: np.ndarray, side: pa.Array) -> pa.Array:
+    """Each distinct expiry and strike formatted once, the rows joined in Arrow."""
     if len(strike) == 0:
         return pa.array([], pa.string())
     expiries = pc.dictionary_encode(pa.array(expiry, pa.date32()))
