@@ -128,7 +128,7 @@ def enqueue(plan: BackfillPlan, client) -> list[tuple[Chunk, object]]:
 
 
 def wait(sent: list[tuple[Chunk, object]], on_progress: Progress | None = None, timeout_s: float = 3600.0,
-         poll_s: float = 0.5) -> list[dict]:
+         poll_s: float = 0.1) -> list[dict]:
     """Until every chunk has finished (or failed): results in order; a failed chunk is {"error": ...}."""
     pending = dict(enumerate(sent))
     results: dict[int, dict] = {}

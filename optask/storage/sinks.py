@@ -1,13 +1,14 @@
 """Every store a processed minute goes to, behind one call; the pipeline never imports a format.
 
 Parquet first (the dataset readers and verification use), then the consolidated CSV, through the one
-store interface (`storage.base.Store`); then InfluxDB, a sink that spools when down, so it never fails a
-minute. Each store replaces or skips a minute it already has, so a retried minute changes nothing.
+store interface (`storage.base.Store`); a batch of minutes writes both at once, in two threads. Then
+InfluxDB, a sink that spools when down, so it never fails a minute. Each store replaces or skips a minute it already has, so a retried minute changes nothing.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -40,14 +41,23 @@ def write_minute(processed, settings, redis_client: redis.Redis,
         return {}
     present = present or {}
     index = head["index"][0].as_py()
-    written: dict[str, int] = {}
-    targets = stores(settings, redis_client)
-    for name in TABLES:
-        parts = split_by_minute(getattr(processed, name))
-        for store in targets:
+    parts = {name: split_by_minute(getattr(processed, name)) for name in TABLES}
+
+    def write_store(store: Store) -> dict[str, int]:
+        out = {}
+        for name in TABLES:
             have = present.get(f"{store.name}.{name}", set())
-            todo = [(ts, part) for ts, part in parts if ts.isoformat() not in have]
-            written[f"{store.name}.{name}"] = store.write_minutes(name, index, todo) if todo else 0
+            todo = [(ts, part) for ts, part in parts[name] if ts.isoformat() not in have]
+            out[f"{store.name}.{name}"] = store.write_minutes(name, index, todo) if todo else 0
+        return out
+
+    targets = stores(settings, redis_client)
+    if len(parts["summary"]) > 1:  # a batch: Arrow encodes Parquet and CSV without the GIL, so side by side
+        with ThreadPoolExecutor(len(targets), thread_name_prefix="store") as pool:
+            done = list(pool.map(write_store, targets))  # a store's error is raised, once both have finished
+    else:
+        done = [write_store(store) for store in targets]
+    written: dict[str, int] = {k: v for d in done for k, v in d.items()}
     sink = InfluxSink.from_settings(settings)
     if sink is not None:  # InfluxDB overwrites a point with the same series and time: rewriting is harmless
         written["influx.sent"] = int(sink.write_minute(processed.legs, processed.summary))
