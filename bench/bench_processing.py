@@ -40,45 +40,60 @@ def realistic_grid(n: int) -> dict[str, np.ndarray]:
             "is_call": is_call[idx]}
 
 
+ROUNDS = 10  # per repeat: ours on a tenth of the grid, then py_vollib on 300 options, ten times over
+
+
+def vollib_seconds(g: dict[str, np.ndarray], sample: np.ndarray) -> float:
+    """py_vollib, one option at a time as it is used."""
+    from py_vollib.black_scholes_merton.implied_volatility import implied_volatility as vollib_iv
+
+    start = time.perf_counter()
+    for i in sample:
+        try:
+            vollib_iv(g["price"][i], g["spot"][i], g["strike"][i], g["t"][i], RATE, 0.0, "c" if g["is_call"][i] else "p")
+        except Exception:  # noqa: BLE001 - py_vollib raises below intrinsic; counted as done
+            pass
+    return time.perf_counter() - start
+
+
 def bench_iv() -> None:
+    """Ours on 1M options and py_vollib on 3,000 per repeat, on one core, alternating in ten rounds of a tenth
+    each: a busy neighbour slows both sides of a repeat alike, so every repeat's ratio is fair and the goal is
+    judged on each one."""
     n = 1_000_000
     g = realistic_grid(n)
-    implied_vol(g["price"][:1000], g["spot"][:1000], g["strike"][:1000], g["t"][:1000], RATE, g["is_call"][:1000])
-    runs = []
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        iv = implied_vol(g["price"], g["spot"], g["strike"], g["t"], RATE, g["is_call"])
-        runs.append(time.perf_counter() - start)
-    ours_runs = [n / r for r in runs]
-    # accuracy on the same grid: reprice at the recovered vol and recover again
+    iv = implied_vol(g["price"], g["spot"], g["strike"], g["t"], RATE, g["is_call"])  # warm; checked below
+    ok = np.flatnonzero(np.isfinite(iv) & (iv > 0))
+    slices = np.array_split(np.arange(n), ROUNDS)
+    parts = [tuple(g[k][s] for k in ("price", "spot", "strike", "t")) + (RATE, g["is_call"][s]) for s in slices]
+    vollib_seconds(g, ok[:300])
+    ours_runs, theirs_runs = [], []
+    for r in range(REPEATS):
+        sample = np.random.default_rng(r + 1).choice(ok, 300 * ROUNDS, replace=False).reshape(ROUNDS, 300)
+        ours_s = theirs_s = 0.0
+        for part, theirs in zip(parts, sample, strict=True):
+            start = time.perf_counter()
+            implied_vol(*part)
+            ours_s += time.perf_counter() - start
+            theirs_s += vollib_seconds(g, theirs)
+        ours_runs.append(n / ours_s)
+        theirs_runs.append(sample.size / theirs_s)
     ok = np.isfinite(iv) & (iv > 0)
+    # accuracy on the same grid: reprice at the recovered vol and recover again
     p2 = bs_price(g["spot"][ok], g["strike"][ok], g["t"][ok], RATE, iv[ok], g["is_call"][ok])
     iv2 = implied_vol(p2, g["spot"][ok], g["strike"][ok], g["t"][ok], RATE, g["is_call"][ok])
     vega = greeks(g["spot"][ok], g["strike"][ok], g["t"][ok], RATE, iv[ok], g["is_call"][ok])["vega"] * 100
     sel = vega > 1e-6 * g["spot"][ok]
     err = np.abs(iv2 - iv[ok])[sel]
-    from py_vollib.black_scholes_merton.implied_volatility import implied_volatility as vollib_iv
-
-    theirs_runs = []
-    for r in range(REPEATS):  # a fresh sample each repeat, timed right after ours
-        sample = np.random.default_rng(r + 1).choice(np.flatnonzero(ok), 3_000, replace=False)
-        start = time.perf_counter()
-        for i in sample:
-            try:
-                vollib_iv(g["price"][i], g["spot"][i], g["strike"][i], g["t"][i], RATE, 0.0,
-                          "c" if g["is_call"][i] else "p")
-            except Exception:  # noqa: BLE001 - py_vollib raises below intrinsic; counted as done
-                pass
-        theirs_runs.append(len(sample) / (time.perf_counter() - start))
     ours, theirs = float(np.median(ours_runs)), float(np.median(theirs_runs))
     ratios = sorted(o / t for o, t in zip(ours_runs, theirs_runs, strict=True))
     print(f"implied_vol: median {ours:,.0f} IV/s on {n:,} NIFTY/BANKNIFTY options "
           f"({np.isnan(iv).mean():.2%} NaN: no volatility reproduces the quote)")
-    print(f"py_vollib:   median {theirs:,.0f} IV/s on samples of 3,000")
-    print(f"ratio:       median {ratios[len(ratios) // 2]:,.1f}x (min {ratios[0]:,.1f}, max {ratios[-1]:,.1f}) "
-          f"(goal >= 50x)   max recovery error where vega > 1e-6 spot: {err.max():.2e} (goal < 1e-9)")
+    print(f"py_vollib:   median {theirs:,.0f} IV/s on samples of 3,000 (in rounds between ours, same core)")
+    print(f"ratio per repeat: {', '.join(f'{x:,.1f}x' for x in ratios)}; median {ratios[len(ratios) // 2]:,.1f}x "
+          f"(goal >= 50x in every repeat)   max recovery error where vega > 1e-6 spot: {err.max():.2e} (goal < 1e-9)")
     record("implied_vol throughput, one core", "IV/s", ours_runs, goal=("ratio", ">=", 50.0), baseline=theirs_runs,
-           baseline_name="py_vollib, per option", ratio="ours/baseline")
+           baseline_name="py_vollib, per option, alternating on the same core", ratio="ours/baseline")
     record("implied_vol recovery error (max, vega > 1e-6 spot)", "vol", [float(err.max())], goal=("ours", "<", 1e-9),
            note="deterministic: the same grid gives the same error")
 

@@ -105,37 +105,45 @@ def _solve_s(x: np.ndarray, beta: np.ndarray, tol: float = 1e-13, max_iter: int 
     sgn = np.where(low, 1.0, -1.0).ravel()
     with np.errstate(divide="ignore", invalid="ignore"):
         log_target = np.log(np.where(low, beta, upper - beta)).ravel()
-    xf, bf, sf, lof, hif, upf = x.ravel(), beta.ravel(), s.ravel(), lo.ravel(), hi.ravel(), upper.ravel()
-    emf = np.exp(-0.5 * xf)
-    i = np.arange(x.size)
+    out = s.ravel().copy()
+    at = np.arange(x.size)  # the unfinished elements, and their state below, compacted as elements finish
+    xi, bi, si, ui, sg = x.ravel(), beta.ravel(), out.copy(), upper.ravel(), sgn
+    em, target, lo_i, hi_i = np.exp(-0.5 * xi), log_target, lo.ravel(), hi.ravel()
     for _ in range(max_iter):
-        if i.size == 0:
+        if at.size == 0:
             break
-        xi, bi, si, ui, sg = xf[i], bf[i], sf[i], upf[i], sgn[i]
         h = xi / si
-        b = ui * ndtr(h + 0.5 * si) - emf[i] * ndtr(h - 0.5 * si)
+        b = ui * ndtr(h + 0.5 * si) - em * ndtr(h - 0.5 * si)
         v = np.exp(-0.5 * h * h - 0.125 * si * si) / _SQRT_2PI
         # keep the bracket: b increases with s
         too_low = b < bi
-        lo_i = np.where(too_low, si, lof[i])
-        hi_i = np.where(too_low, hif[i], si)
-        lof[i], hif[i] = lo_i, hi_i
+        lo_i = np.where(too_low, si, lo_i)
+        hi_i = np.where(too_low, hi_i, si)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             # g = ln b - ln beta below s_c, ln(u - beta) - ln(u - b) above: g = sgn (ln denom - ln target)
             denom = np.where(sg > 0, b, ui - b)
-            g = sg * (np.log(denom) - log_target[i])
+            g = sg * (np.log(denom) - target)
             g1 = v / denom
             g2 = v * (xi * xi / si**3 - 0.25 * si) / denom - sg * g1 * g1
             newton = g / g1
             step = newton / (1.0 - 0.5 * newton * g2 / g1)
             step = np.where(np.isfinite(step), step, newton)
             s_new = si - step
-        converged = (np.abs(step) <= tol * si) | (b == bi)
+        exact = b == bi
+        converged = (np.abs(step) <= tol * si) | exact
         bad = ~converged & (~np.isfinite(s_new) | (s_new < lo_i) | (s_new > hi_i))
         s_new = np.where(bad, 0.5 * (lo_i + hi_i), s_new)
-        s_new = np.where(b == bi, si, s_new)
-        sf[i] = s_new
-        i = i[~(converged | (hi_i - lo_i <= tol * si))]
+        s_new = np.where(exact, si, s_new)
+        finished = converged | (hi_i - lo_i <= tol * si)
+        if not finished.any():  # the first step rarely finishes anything: no copy of the state
+            si = s_new
+            continue
+        out[at[finished]] = s_new[finished]
+        going = ~finished
+        at, si = at[going], s_new[going]
+        xi, bi, ui, sg, em, target, lo_i, hi_i = (a[going] for a in (xi, bi, ui, sg, em, target, lo_i, hi_i))
+    out[at] = si
+    sf = out
     return sf.reshape(x.shape)
 
 
