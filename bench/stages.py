@@ -103,7 +103,7 @@ def main() -> None:
         SPENT["verification (after)"], CALLS["verification (after)"] = time.perf_counter() - t, 1
         print(f"machine: {machine()}; backfill of a full-universe day, one process: {wall:.2f} s wall "
               f"({plan.total:,} index-minutes in {len(plan.chunks)} chunks)")
-        print(f"| stage | seconds | share of the backfill's wall time | calls |\n|---|---|---|---|")
+        print("| stage | seconds | share of the backfill's wall time | calls |\n|---|---|---|---|")
         for stage, spent in SPENT.items():
             share = f"{spent / wall:.0%}" if "(after)" not in stage else "-"
             print(f"| {stage} | {spent:.2f} | {share} | {CALLS[stage]:,} |")
