@@ -9,7 +9,7 @@ from optask.jobs.arguments import InvalidTaskArgument, checked_index, checked_mi
 from optask.jobs.context import provider_for
 from optask.pipeline import process_snapshots
 from optask.providers import PROVIDERS
-from optask.storage.archive import archived_minutes, write_raw
+from optask.storage.archive import raw_path, write_raw
 from optask.storage.sinks import present_minutes, write_minute
 
 
@@ -44,7 +44,7 @@ def store_minutes(index: str, minutes: list[str], provider_name: str | None = No
     if not todo:
         return out
     name = provider_name or settings.market.provider
-    archived = set(archived_minutes(settings.data.raw_root, index, day))
+    archived = {ts for ts in todo if raw_path(settings.data.raw_root, index, ts).exists()}
     from_archive = [ts for ts in todo if ts in archived or name == "replay"]
     from_history = [ts for ts in todo if ts not in archived and name != "replay"]
     snaps = list(provider_for("replay").history(index, day, from_archive)) if from_archive else []

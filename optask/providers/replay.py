@@ -88,10 +88,10 @@ class ReplayProvider:
 
     def history(self, index: str, day: dt.date, minutes: Iterable[dt.datetime] | None = None) -> Iterator[Snapshot]:
         """The archived minutes of a day (all, or those asked for that exist), paced by `speed`."""
-        wanted = archived_minutes(self.root, index, day)
-        if minutes is not None:
-            asked = set(minutes)
-            wanted = [m for m in wanted if m in asked]
+        if minutes is None:
+            wanted = archived_minutes(self.root, index, day)
+        else:  # a stat per minute asked, not a listing of the whole day
+            wanted = [m for m in sorted(set(minutes)) if raw_path(self.root, index, m).exists()]
         previous: dt.datetime | None = None
         for ts in wanted:
             if self.speed and previous is not None:

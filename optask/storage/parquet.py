@@ -11,7 +11,8 @@ filter on: `pd.read_parquet("data/parquet/legs")`, `pyarrow.dataset.dataset(root
 polars `scan_parquet("data/parquet/legs/**/*.parquet", hive_partitioning=True)`, duckdb
 `read_parquet('data/parquet/legs/**/*.parquet')`. `ParquetStore`'s own readers put `index` back.
 
-Writes are temp file + rename, so a reader sees a whole file or none (temp names start with a
+Minute and batch files are LZ4-compressed (fast to write and read, about a quarter larger), day.parquet
+zstd (small, for the years it is kept). Writes are temp file + rename, so a reader sees a whole file or none (temp names start with a
 dot and end in .tmp: no reader's glob picks them up). Writing a minute again replaces its file;
 a minute file always wins over the same minute inside day.parquet, so a repair after compaction
 replaces, never duplicates. A batch (backfill, repair, replay) writes its minutes in one file instead of
@@ -112,7 +113,8 @@ def _with_index(table: pa.Table, index: str) -> pa.Table:
 @dataclass
 class ParquetStore:
     root: Path
-    compression: str = "zstd"
+    compression: str = "zstd"  # day.parquet, kept for years: small
+    transient_compression: str = "lz4"  # minute and batch files, folded into day.parquet at end of day: fast
     redis: object | None = None  # for the writer lock shared with compaction (write_minutes, compact_locked)
     memory_map: bool = True  # USE_MEMORY_MAPPING: read files through mmap
     incremental: bool = True  # ENABLE_INCREMENTAL: read_new resumes from the consumer's cursor
@@ -146,9 +148,10 @@ class ParquetStore:
         """Temp file, fsync, the writer's fence (it still holds the lock), rename."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        codec = self.compression if path.name == DAY_FILE else self.transient_compression
         try:
             body = _without_partitions(table)
-            pq.write_table(body, tmp, compression=self.compression, use_dictionary=_dictionary_columns(body.schema))
+            pq.write_table(body, tmp, compression=codec, use_dictionary=_dictionary_columns(body.schema))
             fsync_path(tmp)
             if fence is not None:
                 fence.check()
