@@ -6,10 +6,11 @@ nothing is configured) only when Celery first needs it, not when `tasks` is impo
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from celery import Celery
-from celery.signals import worker_ready, worker_shutting_down
+from celery.signals import worker_process_init, worker_ready, worker_shutting_down
 
 import beat_schedule
 from optask.core.config import get_settings
@@ -17,6 +18,7 @@ from optask.infra.celery_client import celery_config
 from optask.infra.coordination import CONSUMER_TTL_S, announce_consumer, withdraw_consumer
 from optask.infra.redis_client import connect
 from optask.infra.redis_server import ensure_redis
+from optask.jobs.context import warm_up
 
 
 def _configuration() -> dict:
@@ -37,6 +39,16 @@ app = create_app()
 
 
 _announcing = threading.Event()
+log = logging.getLogger(__name__)
+
+
+@worker_process_init.connect
+def warm_up_process(**_) -> None:
+    """Each pool process warms its libraries before its first task (a fraction of a second)."""
+    try:
+        warm_up()
+    except Exception:  # noqa: BLE001 - a warm-up that fails costs the first task its speed, never the worker
+        log.warning("worker warm-up failed; the first task will be slower", exc_info=True)
 
 
 @worker_ready.connect
