@@ -20,7 +20,7 @@ from optask.jobs.minute import store_minute
 from optask.providers.simulated import SimFaults, SimulatedProvider
 from optask.storage.archive import write_raw
 from optask.storage.csv import CsvStore
-from optask.storage.parquet import ParquetStore
+from optask.storage.parquet import ParquetStore, same_rows
 from optask.storage.sinks import compact_day
 
 DAY = dt.date(2026, 11, 23)
@@ -72,7 +72,7 @@ def test_batches_store_what_minute_by_minute_stores(tmp_path, archive, redis_url
     for index in INDICES:
         for table in TABLE_KEYS:
             a, b = _parquet(per_minute, table, index), _parquet(batched, table, index)
-            assert a.num_rows and _same(a, b), f"Parquet {table} {index} differs: {_diff(a, b)}"
+            assert a.num_rows and same_rows(a, b), f"Parquet {table} {index} differs: {_diff(a, b)}"
             ca, cb = CsvStore.from_settings(per_minute), CsvStore.from_settings(batched)
             assert ca.path(table, index, DAY).read_bytes() == cb.path(table, index, DAY).read_bytes(), \
                 f"CSV {table} {index} differs"
@@ -86,13 +86,8 @@ def test_batches_store_what_minute_by_minute_stores(tmp_path, archive, redis_url
         for table in TABLE_KEYS:
             a = ParquetStore.from_settings(per_minute).read_day(table, index, DAY)
             b = ParquetStore.from_settings(batched).read_day(table, index, DAY)
-            assert _same(a, b), f"compacted Parquet {table} {index} differs: {_diff(a, b)}"
-
-
-def _same(a, b) -> bool:
-    """Row for row, NaN equal to NaN (Arrow's equals says a NaN differs from itself), types included."""
-    return a.schema == b.schema and a.to_pandas().equals(b.to_pandas())
+            assert same_rows(a, b), f"compacted Parquet {table} {index} differs: {_diff(a, b)}"
 
 
 def _diff(a, b) -> list[str]:
-    return [c for c in a.column_names if not _same(a.select([c]), b.select([c]))]
+    return [c for c in a.column_names if not same_rows(a.select([c]), b.select([c]))]

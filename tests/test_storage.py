@@ -139,14 +139,25 @@ def test_parquet_batch_writes_one_file_and_each_minute_comes_from_one_file(tmp_p
     assert store.read_table("legs", "NIFTY", DAY).sort_by(order).equals(t.sort_by(order))
 
 
-def test_parquet_same_batch_again_leaves_its_file_alone(tmp_path, redis_url):
+def _with_nan_iv(table: pa.Table) -> pa.Table:
+    iv = table["iv"].to_pylist()
+    iv[0] = float("nan")  # a quote no volatility reproduces: NaN, as enrich leaves it
+    return table.set_column(table.column_names.index("iv"), "iv", pa.array(iv, pa.float64()))
+
+
+def test_parquet_same_batch_or_minute_again_leaves_its_file_alone(tmp_path, redis_url):
     store = ParquetStore(tmp_path, redis=redis.Redis.from_url(redis_url))
-    parts = [(MINUTES[i], minute(i).legs) for i in range(3)]
+    parts = [(MINUTES[i], _with_nan_iv(minute(i).legs)) for i in range(3)]
     store.write_minutes("legs", "NIFTY", parts)
     (path,) = store.day_dir("legs", "NIFTY", DAY).iterdir()
     stamp = path.stat().st_mtime_ns
     store.write_minutes("legs", "NIFTY", parts)  # a redelivered task
     assert [p.stat().st_mtime_ns for p in store.day_dir("legs", "NIFTY", DAY).iterdir()] == [stamp]
+    live = _with_nan_iv(minute(5).legs)
+    one = store.write_minute("legs", "NIFTY", MINUTES[5], live)
+    stamp = one.stat().st_mtime_ns
+    store.write_minute("legs", "NIFTY", MINUTES[5], live)  # a redelivered live minute, NaN and all
+    assert one.stat().st_mtime_ns == stamp
 
 
 def test_parquet_read_new_delivers_batch_minutes_once(tmp_path, redis_url):

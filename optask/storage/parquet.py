@@ -12,8 +12,8 @@ polars `scan_parquet("data/parquet/legs/**/*.parquet", hive_partitioning=True)`,
 `read_parquet('data/parquet/legs/**/*.parquet')`. `ParquetStore`'s own readers put `index` back.
 
 Minute and batch files are LZ4-compressed (fast to write and read, about a quarter larger), day.parquet
-zstd (small, for the years it is kept). Writes are temp file + rename, so a reader sees a whole file or none (temp names start with a
-dot and end in .tmp: no reader's glob picks them up). Writing a minute again replaces its file;
+zstd (small, for the years it is kept). Writes are temp file + rename, so a reader sees a whole file or
+none (temp names start with a dot and end in .tmp: no reader's glob picks them up). Writing a minute again replaces its file;
 a minute file always wins over the same minute inside day.parquet, so a repair after compaction
 replaces, never duplicates. A batch (backfill, repair, replay) writes its minutes in one file instead of
 one each (`id` names the set of minutes, so the same batch again replaces its own file); each minute comes
@@ -96,6 +96,22 @@ def is_sorted(t: pa.Table, keys: list[str]) -> bool:
     return True
 
 
+def same_rows(a: pa.Table, b: pa.Table) -> bool:
+    """Row for row the same, a NaN equal to a NaN in the same place (Arrow's `equals` finds a NaN unequal to
+    itself, so a minute with one NaN greek would be rewritten by every redelivery)."""
+    if a.schema != b.schema or a.num_rows != b.num_rows:
+        return False
+    for x, y in zip(a.columns, b.columns, strict=True):
+        if x.equals(y):
+            continue
+        if not pa.types.is_floating(x.type):
+            return False
+        nan_x, nan_y = pc.fill_null(pc.is_nan(x), False), pc.fill_null(pc.is_nan(y), False)
+        if not nan_x.equals(nan_y) or not x.filter(pc.invert(nan_x)).equals(y.filter(pc.invert(nan_y))):
+            return False
+    return True
+
+
 def _dictionary_columns(schema: pa.Schema) -> list[str]:
     """Columns worth a dictionary: text, dates and times repeat across legs; prices and greeks rarely do, and a
     dictionary on them costs time and bytes (a quarter of the write, a seventh of the file)."""
@@ -169,7 +185,7 @@ class ParquetStore:
         body = _without_partitions(table)
         if path.exists():
             try:
-                if _without_partitions(self._read(path)).equals(body):
+                if same_rows(_without_partitions(self._read(path)), body):
                     return path
             except (OSError, pa.ArrowInvalid):
                 pass  # unreadable: replace it
@@ -198,7 +214,7 @@ class ParquetStore:
         body = _without_partitions(pa.concat_tables(parts, promote_options="default"))
         if path.exists():  # the same batch again (a redelivered task): unchanged rows leave the file alone
             try:
-                if _without_partitions(self._read(path)).equals(body):
+                if same_rows(_without_partitions(self._read(path)), body):
                     return
             except (OSError, pa.ArrowInvalid):
                 pass
