@@ -2,7 +2,8 @@
 
 Parquet first (the dataset readers and verification use), then the consolidated CSV, through the one
 store interface (`storage.base.Store`); a batch of minutes writes both at once, in two threads. Then
-InfluxDB, a sink that spools when down, so it never fails a minute. Each store replaces or skips a minute it already has, so a retried minute changes nothing.
+InfluxDB, a sink that spools when down, so it never fails a minute. Each store replaces or skips a minute
+it already has, so a retried minute changes nothing.
 """
 
 from __future__ import annotations
