@@ -234,7 +234,7 @@ def merge(legs: pa.Table) -> pa.Table:
     is_call = pc.equal(legs["side"], "CE").to_numpy(zero_copy_only=False)
     rows = np.flatnonzero(is_call | pc.equal(legs["side"], "PE").to_numpy(zero_copy_only=False))
     names = legs["index"].to_numpy(zero_copy_only=False)[rows]
-    labels, index_rank = np.unique(names.astype(str), return_inverse=True)  # sorted: the rank is string order
+    _, index_rank = np.unique(names.astype(str), return_inverse=True)  # sorted: the rank is string order
     cols = (legs["ts"].cast(pa.int64()).to_numpy()[rows], legs["expiry"].cast(pa.int32()).to_numpy()[rows],
             legs["strike"].to_numpy(zero_copy_only=False)[rows])
     order = np.lexsort((~is_call[rows], cols[2], cols[1], cols[0], index_rank))  # CE before PE within a key

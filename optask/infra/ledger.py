@@ -94,17 +94,21 @@ class Ledger:
     def mark_stored(self, index: str, ts: str, legs: int, stages_ms: dict[str, float], live: bool = True) -> None:
         """Record a stored minute; `live` (not a backfill or repair) also beats the index's heartbeat,
         which health's freshness check reads: repairs must not hide a live pipeline that stopped."""
-        day = _day(ts)
-        now = time.time()
-        info = json.dumps({"legs": legs, "stages_ms": stages_ms, "stored_at": now, "live": live})
-        keys = (f"{PREFIX}:stored:{index}:{day}", f"{PREFIX}:missed:{index}:{day}", f"{PREFIX}:last_stored:{index}",
-                EVENTS)
-        first_time = self.redis.register_script(_MARK_STORED)(keys, (ts, info, index, legs, int(live), repr(now),
-                                                                      EVENTS_KEPT, self._day_ttl_s))
+        first_time = self.redis.register_script(_MARK_STORED)(*self._stored_call(index, ts, legs, stages_ms, live,
+                                                                                   time.time()))
         if first_time:  # a repeat of a stored minute is not counted twice
             self.redis.hincrby(f"{PREFIX}:metrics:stored", index, 1)
         if live:
             heartbeat(self.redis, f"process_index:{index}", last_stored=ts)
+
+    def _stored_call(self, index: str, ts: str, legs: int, stages_ms: dict[str, float], live: bool,
+                     now: float) -> tuple[tuple, tuple]:
+        """The keys and arguments of `_MARK_STORED` for one minute."""
+        day = _day(ts)
+        info = json.dumps({"legs": legs, "stages_ms": stages_ms, "stored_at": now, "live": live})
+        keys = (f"{PREFIX}:stored:{index}:{day}", f"{PREFIX}:missed:{index}:{day}", f"{PREFIX}:last_stored:{index}",
+                EVENTS)
+        return keys, (ts, info, index, legs, int(live), repr(now), EVENTS_KEPT, self._day_ttl_s)
 
     def mark_stored_many(self, index: str, legs_by_minute: dict[str, int]) -> None:
         """Record a batch's stored minutes (a backfill, repair or replay: not live) in one round trip."""
@@ -114,11 +118,7 @@ class Ledger:
         pipe = self.redis.pipeline(transaction=False)
         now = time.time()
         for ts, legs in legs_by_minute.items():
-            day = _day(ts)
-            info = json.dumps({"legs": legs, "stages_ms": {}, "stored_at": now, "live": False})
-            keys = (f"{PREFIX}:stored:{index}:{day}", f"{PREFIX}:missed:{index}:{day}", f"{PREFIX}:last_stored:{index}",
-                    EVENTS)
-            script(keys, (ts, info, index, legs, 0, repr(now), EVENTS_KEPT, self._day_ttl_s), client=pipe)
+            script(*self._stored_call(index, ts, legs, {}, False, now), client=pipe)
         first_times = sum(int(x) for x in pipe.execute())
         if first_times:
             self.redis.hincrby(f"{PREFIX}:metrics:stored", index, first_times)
