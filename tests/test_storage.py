@@ -131,12 +131,22 @@ def test_parquet_batch_writes_one_file_and_each_minute_comes_from_one_file(tmp_p
     assert _ltp_at(t, 3) == sorted(_with_ltp(legs[3], 2.0)["ltp"].to_pylist())
     assert _ltp_at(t, 2) == sorted(legs[2]["ltp"].to_pylist())
     assert len(store.minutes("legs", "NIFTY", DAY)) == 6
+    assert store.minutes_present("legs", "NIFTY", DAY) == _iso(store.minutes("legs", "NIFTY", DAY))
     since = store.read_table("legs", "NIFTY", DAY, since=MINUTES[4])  # a batch starting before `since` counts
     assert since.num_rows == legs[4].num_rows + legs[5].num_rows
     store.compact("legs", "NIFTY", DAY)
     assert sorted(p.name for p in store.day_dir("legs", "NIFTY", DAY).iterdir()) == ["day.parquet"]
+    assert store.minutes_present("legs", "NIFTY", DAY) == _iso(MINUTES[:6])  # the day file, read anew
     order = [(k, "ascending") for k in ("ts", "expiry", "strike", "side")]
     assert store.read_table("legs", "NIFTY", DAY).sort_by(order).equals(t.sort_by(order))
+    store.write_minutes("legs", "NIFTY", [(MINUTES[i], minute(i).legs) for i in (7, 8)])  # a late batch
+    assert store.minutes_present("legs", "NIFTY", DAY) == _iso([*MINUTES[:6], MINUTES[7], MINUTES[8]])
+    store.compact("legs", "NIFTY", DAY)
+    assert store.minutes_present("legs", "NIFTY", DAY) == _iso([*MINUTES[:6], MINUTES[7], MINUTES[8]])
+
+
+def _iso(minutes) -> set[str]:
+    return {(m if isinstance(m, dt.datetime) else m.as_py()).astimezone(dt.UTC).isoformat() for m in minutes}
 
 
 def _with_nan_iv(table: pa.Table) -> pa.Table:

@@ -32,7 +32,7 @@ def _empty(issues: dict[str, int]) -> tuple[pa.Table, dict[str, int]]:
 def _as_float(values: list, issues: dict[str, int], name: str) -> np.ndarray:
     """Numbers to float; anything else (strings, None, nested) becomes NaN and is counted."""
     try:
-        return np.asarray(values, dtype=np.float64)
+        return np.fromiter(values, np.float64, len(values))  # a third faster than asarray on a list
     except (TypeError, ValueError):
         out = np.array([v if isinstance(v, int | float) and not isinstance(v, bool) else np.nan for v in values],
                        dtype=np.float64)
@@ -100,18 +100,17 @@ def parse_document(doc, index: str, ts: dt.datetime, source: str = "simulated") 
         return pa.array(v, type=pa.float64())
 
     put = (~is_call[valid]).astype(np.int8)
-    sides = pa.DictionaryArray.from_arrays(pa.array(put), _SIDES).cast(pa.string())
+    contract = _contracts(index, expiry_dates, kinds, idx, cols["strike"][valid], put)
     ltt = cols["last_trade_time"][valid]
     ltt_mask = np.isnan(ltt)
     table = pa.table({
         "ts": pa.array(np.full(m, ts_utc), type=pa.timestamp("ns", tz="UTC")),
         "index": pa.repeat(pa.scalar(index, pa.string()), m),
-        "expiry": pa.array(expiry_dates[idx], type=pa.date32()),
-        "expiry_kind": pa.DictionaryArray.from_arrays(pa.array(idx, type=pa.int32()),
-                                                      pa.array(kinds, type=pa.string())).cast(pa.string()),
-        "strike": num("strike"),
-        "side": sides,
-        "symbol": _symbols(index, expiry_dates[idx], cols["strike"][valid], put, sides),
+        "expiry": contract["expiry"],
+        "expiry_kind": contract["expiry_kind"],
+        "strike": contract["strike"],
+        "side": contract["side"],
+        "symbol": contract["symbol"],
         "token": num("token", "i"),
         "spot": pa.array(np.full(m, spot), type=pa.float64()),
         "ltp": num("ltp"), "bid": num("bid"), "ask": num("ask"),
@@ -125,17 +124,24 @@ def parse_document(doc, index: str, ts: dt.datetime, source: str = "simulated") 
     return table, issues
 
 
-_SYMBOLS: dict[tuple, pa.Array] = {}  # a day's minutes list the same contracts: their symbols, made once
+_CONTRACTS: dict[tuple, dict[str, pa.Array]] = {}  # a day's minutes list the same contracts: their columns, made once
 
 
-def _symbols(index: str, expiry: np.ndarray, strike: np.ndarray, put: np.ndarray, side: pa.Array) -> pa.Array:
-    """Exchange-style trading symbols, e.g. NIFTY25D2326000CE (weekly) or NIFTY25DEC26000CE (monthly)."""
-    key = (index, expiry.tobytes(), strike.tobytes(), put.tobytes())
-    known = _SYMBOLS.get(key)
+def _contracts(index: str, expiry_dates: np.ndarray, kinds: list, idx: np.ndarray, strike: np.ndarray,
+               put: np.ndarray) -> dict[str, pa.Array]:
+    """The columns naming each leg's contract (expiry, its kind, strike, side, trading symbol), keyed by what
+    they are made of: every minute of a day lists the same contracts, so they are built once a day."""
+    key = (index, expiry_dates.tobytes(), tuple(kinds), idx.tobytes(), strike.tobytes(), put.tobytes())
+    known = _CONTRACTS.get(key)
     if known is None:
-        if len(_SYMBOLS) > 256:
-            _SYMBOLS.clear()
-        known = _SYMBOLS[key] = _make_symbols(index, expiry, strike, side)
+        if len(_CONTRACTS) > 256:
+            _CONTRACTS.clear()
+        side = pa.DictionaryArray.from_arrays(pa.array(put), _SIDES).cast(pa.string())
+        kind = pa.DictionaryArray.from_arrays(pa.array(idx, type=pa.int32()), pa.array(kinds, type=pa.string()))
+        known = _CONTRACTS[key] = {
+            "expiry": pa.array(expiry_dates[idx], type=pa.date32()), "expiry_kind": kind.cast(pa.string()),
+            "strike": pa.array(strike, type=pa.float64()), "side": side,
+            "symbol": _make_symbols(index, expiry_dates[idx], strike, side)}
     return known
 
 
