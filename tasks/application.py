@@ -18,7 +18,7 @@ from optask.infra.celery_client import celery_config
 from optask.infra.coordination import CONSUMER_TTL_S, announce_consumer, withdraw_consumer
 from optask.infra.redis_client import connect
 from optask.infra.redis_server import ensure_redis
-from optask.jobs.context import warm_up
+from optask.jobs.context import use_worker_memory_pool, warm_up
 
 
 def _configuration() -> dict:
@@ -44,8 +44,10 @@ log = logging.getLogger(__name__)
 
 @worker_process_init.connect
 def warm_up_process(**_) -> None:
-    """Each pool process warms its libraries before its first task (a fraction of a second)."""
+    """Each pool process takes its memory pool and warms its libraries before its first task (a fraction of a
+    second)."""
     try:
+        use_worker_memory_pool()
         warm_up()
     except Exception:  # noqa: BLE001 - a warm-up that fails costs the first task its speed, never the worker
         log.warning("worker warm-up failed; the first task will be slower", exc_info=True)

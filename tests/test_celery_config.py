@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from optask.core.config import load_settings
@@ -45,6 +50,20 @@ def test_app_uses_json_and_registers_tasks(redis_url):
     assert app.conf.task_serializer == "json"
     assert {"tasks.collect_minute", "tasks.process_index", "tasks.end_of_day"} <= set(app.tasks)
     assert app.tasks["tasks.process_index"].acks_late
+
+
+def test_a_pool_process_takes_jemalloc_and_warms_up_before_its_first_task(redis_url):
+    """What worker_process_init runs in each new pool process, in a process of its own (the pool is global)."""
+    code = ("import pyarrow as pa\nfrom tasks.application import warm_up_process\nwarm_up_process()\n"
+            "print(pa.default_memory_pool().backend_name, pa.default_memory_pool().max_memory())")
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=repo,
+                          env={**os.environ, "PYTHONPATH": str(repo)})
+    assert done.returncode == 0, done.stderr
+    assert "warm-up failed" not in done.stderr
+    pool, peak = done.stdout.split()
+    assert pool == ("jemalloc" if "jemalloc" in pa.supported_memory_backends() else pa.default_memory_pool().backend_name)
+    assert int(peak) > 0  # the warm-up ran through the pool it took
 
 
 def test_beat_schedule_fires_every_minute_with_expiry():
