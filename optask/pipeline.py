@@ -188,6 +188,9 @@ def validate(table: pa.Table) -> tuple[pa.Table, ValidationReport]:
 
 # --- enrich -------------------------------------------------------------------------------------
 
+_IV_SOURCES = pa.array(["mid", "ltp"], pa.string())  # iv_source: 0 from the mid of the book, 1 from ltp
+
+
 def enrich(legs: pa.Table, rate: float | None = None, div: float | None = None) -> pa.Table:
     """IV and greeks per leg, from the mid of a two-sided sane book, else from ltp (recorded in iv_source)."""
     if rate is None or div is None:
@@ -213,7 +216,8 @@ def enrich(legs: pa.Table, rate: float | None = None, div: float | None = None) 
     out = legs
     for name, values in (("iv", iv), *((k, g[k]) for k in ("delta", "gamma", "theta", "vega"))):
         out = out.append_column(name, pa.array(values, type=pa.float64()))
-    out = out.append_column("iv_source", pa.array(np.where(sane, "mid", "ltp"), type=pa.string()))
+    source = pa.DictionaryArray.from_arrays(pa.array((~sane).astype(np.int8)), _IV_SOURCES)
+    out = out.append_column("iv_source", source.cast(pa.string()))
     return out.select(LEG_SCHEMA.names).cast(LEG_SCHEMA)
 
 
@@ -233,8 +237,9 @@ def merge(legs: pa.Table) -> pa.Table:
         raise ChainError("merge needs validated legs: a key column has nulls")
     is_call = pc.equal(legs["side"], "CE").to_numpy(zero_copy_only=False)
     rows = np.flatnonzero(is_call | pc.equal(legs["side"], "PE").to_numpy(zero_copy_only=False))
-    names = legs["index"].to_numpy(zero_copy_only=False)[rows]
-    _, index_rank = np.unique(names.astype(str), return_inverse=True)  # sorted: the rank is string order
+    names = pc.dictionary_encode(legs["index"].combine_chunks())
+    rank = np.argsort(np.argsort(np.array(names.dictionary.to_pylist(), dtype=object)))  # string order
+    index_rank = rank[names.indices.to_numpy(zero_copy_only=False)[rows]]
     cols = (legs["ts"].cast(pa.int64()).to_numpy()[rows], legs["expiry"].cast(pa.int32()).to_numpy()[rows],
             legs["strike"].to_numpy(zero_copy_only=False)[rows])
     order = np.lexsort((~is_call[rows], cols[2], cols[1], cols[0], index_rank))  # CE before PE within a key

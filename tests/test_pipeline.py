@@ -82,6 +82,16 @@ def test_merge_one_row_per_strike_with_nans():
     assert {"ce_ltp", "pe_ltp", "ce_iv", "pe_iv", "ce_delta", "pe_vega", "ce_iv_source"} <= set(m.column_names)
 
 
+def test_merge_sorts_by_index_name_then_time_expiry_strike():
+    nifty, sensex, bankex = (chain([95, 100], [1, 2], [3, 4]) for _ in range(3))
+    legs = pa.concat_tables([  # arrival order is no order: SENSEX, NIFTY, then BANKEX, strikes reversed
+        sensex.set_column(1, "index", pa.array(["SENSEX"] * 4)), nifty,
+        bankex.set_column(1, "index", pa.array(["BANKEX"] * 4)).take([2, 3, 0, 1])])
+    m = merge(enriched(legs))
+    assert m["index"].to_pylist() == ["BANKEX", "BANKEX", "NIFTY", "NIFTY", "SENSEX", "SENSEX"]
+    assert m["strike"].to_pylist() == [95, 100] * 3 and m["ce_oi"].to_pylist() == [1, 2] * 3
+
+
 def test_bad_legs_removed_and_counted():
     t = chain([90, 95, 100, 105, 110, 115], [1] * 6, [1] * 6).to_pandas()
     t.loc[0, "ltp"] = -1.0  # negative
