@@ -260,10 +260,11 @@ class CsvStore:
 
 def _conform(table: pa.Table, columns: list[str]) -> pa.Table:
     """The file's column order; a column the file lacks is an error, one the table lacks is empty."""
-    extra = [c for c in table.column_names if c not in columns]
+    have, wanted = set(table.column_names), set(columns)  # column_names builds a new list at each access
+    extra = [c for c in table.column_names if c not in wanted]
     if extra:
         raise StorageError(0, f"columns {extra} are not in this day's CSV header; compact or start a new day")
-    arrays = [table[c] if c in table.column_names else pa.nulls(table.num_rows) for c in columns]
+    arrays = [table[c] if c in have else pa.nulls(table.num_rows) for c in columns]
     return pa.Table.from_arrays(arrays, names=columns)
 
 
