@@ -32,7 +32,9 @@ def _empty(issues: dict[str, int]) -> tuple[pa.Table, dict[str, int]]:
 def _as_float(values: list, issues: dict[str, int], name: str) -> np.ndarray:
     """Numbers to float; anything else (strings, None, nested) becomes NaN and is counted."""
     try:
-        return np.fromiter(values, np.float64, len(values))  # a third faster than asarray on a list
+        if isinstance(values, list):  # decoded JSON: fromiter reads a list a third faster than asarray
+            return np.fromiter(values, np.float64, len(values))
+        return np.asarray(values, dtype=np.float64)  # the venue's own arrays: no copy
     except (TypeError, ValueError):
         out = np.array([v if isinstance(v, int | float) and not isinstance(v, bool) else np.nan for v in values],
                        dtype=np.float64)
