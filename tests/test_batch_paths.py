@@ -8,9 +8,11 @@ stores they leave are compared row for row (Parquet), byte for byte (CSV), befor
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pyarrow.compute as pc
 import pytest
+import redis
 
 from optask.core.calendar import MarketCalendar
 from optask.core.config import get_settings
@@ -61,6 +63,8 @@ def test_batches_store_what_minute_by_minute_stores(tmp_path, archive, redis_url
     for ts in MINUTES:
         for index in INDICES:
             assert store_minute(index, ts.isoformat(), settings=per_minute).legs > 0
+    client = redis.Redis.from_url(redis_url)
+    client.delete(*client.keys("optask:stored:*"))  # what the ledger holds next is the batch path's word
     batched = _settings(monkeypatch, batch_root, archive)
     iso = [m.isoformat() for m in MINUTES]
     for index in INDICES:
@@ -79,6 +83,9 @@ def test_batches_store_what_minute_by_minute_stores(tmp_path, archive, redis_url
             ma, mb = ca.meta(table, index, DAY), cb.meta(table, index, DAY)
             assert (ma.rows, ma.minutes, ma.bytes, ma.columns) == (mb.rows, mb.minutes, mb.bytes, mb.columns)
         assert not pc.any(pc.equal(_parquet(per_minute, "legs", index)["source"], "simulated")).as_py()
+        legs = _parquet(batched, "legs", index)["ts"].to_pylist()
+        assert _ledger_legs(redis_url, index) == {ts.isoformat(): legs.count(ts) for ts in set(legs)}, \
+            "the ledger's legs per minute are not what the stores hold"
     for settings in (per_minute, batched):
         for index in INDICES:
             compact_day(index, DAY, settings)
@@ -87,6 +94,11 @@ def test_batches_store_what_minute_by_minute_stores(tmp_path, archive, redis_url
             a = ParquetStore.from_settings(per_minute).read_day(table, index, DAY)
             b = ParquetStore.from_settings(batched).read_day(table, index, DAY)
             assert same_rows(a, b), f"compacted Parquet {table} {index} differs: {_diff(a, b)}"
+
+
+def _ledger_legs(redis_url: str, index: str) -> dict[str, int]:
+    raw = redis.Redis.from_url(redis_url).hgetall(f"optask:stored:{index}:{DAY.isoformat()}")
+    return {k.decode(): json.loads(v)["legs"] for k, v in raw.items()}
 
 
 def _diff(a, b) -> list[str]:

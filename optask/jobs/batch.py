@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
+import numpy as np
+import pyarrow as pa
+
 from optask.core.config import Settings, get_settings
 from optask.core.timeutils import IST
 from optask.infra.ledger import ledger_for
@@ -61,8 +66,13 @@ def store_minutes(index: str, minutes: list[str], provider_name: str | None = No
         return out
     processed = process_snapshots(snaps)
     write_minute(processed, settings=settings, redis_client=ledger.redis, present=present)
-    counts = processed.legs.group_by("ts").aggregate([("ts", "count")]).to_pydict()
-    legs_by_minute = dict(zip(counts["ts"], counts["ts_count"], strict=True))
-    ledger.mark_stored_many(index, {snap.ts.isoformat(): int(legs_by_minute.get(snap.ts, 0)) for snap in snaps})
+    minute_ns, counts = np.unique(processed.legs["ts"].cast(pa.int64()).to_numpy(), return_counts=True)
+    legs_by_minute = dict(zip(minute_ns.tolist(), counts.tolist(), strict=True))  # a group_by: 2 ms a batch
+    ledger.mark_stored_many(index, {snap.ts.isoformat(): legs_by_minute.get(_ns(snap.ts), 0) for snap in snaps})
     out["stored"] = len(snaps)
     return out
+
+
+def _ns(ts: dt.datetime) -> int:
+    """A minute as the legs' `ts` holds it: nanoseconds since the epoch."""
+    return int(ts.timestamp()) * 10**9
