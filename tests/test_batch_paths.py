@@ -8,7 +8,6 @@ stores they leave are compared row for row (Parquet), byte for byte (CSV), befor
 from __future__ import annotations
 
 import datetime as dt
-import json
 
 import pyarrow.compute as pc
 import pytest
@@ -17,6 +16,7 @@ import redis
 from optask.core.calendar import MarketCalendar
 from optask.core.config import get_settings
 from optask.core.schema import TABLE_KEYS
+from optask.infra.ledger import Ledger
 from optask.jobs.batch import store_minutes
 from optask.jobs.minute import store_minute
 from optask.providers.simulated import SimFaults, SimulatedProvider
@@ -97,8 +97,7 @@ def test_batches_store_what_minute_by_minute_stores(tmp_path, archive, redis_url
 
 
 def _ledger_legs(redis_url: str, index: str) -> dict[str, int]:
-    raw = redis.Redis.from_url(redis_url).hgetall(f"optask:stored:{index}:{DAY.isoformat()}")
-    return {k.decode(): json.loads(v)["legs"] for k, v in raw.items()}
+    return {ts: entry["legs"] for ts, entry in Ledger(redis.Redis.from_url(redis_url)).stored(index, DAY).items()}
 
 
 def _diff(a, b) -> list[str]:
