@@ -159,6 +159,10 @@ class Ledger:
         """End of day has closed `day` (score before and after repair, status, report path)."""
         self.redis.hset(f"{PREFIX}:eod", day, json.dumps({**summary, "at": time.time()}))
 
+    def eod_days(self) -> set[str]:
+        """The days end of day has closed (within retention)."""
+        return {k.decode() for k in self.redis.hkeys(f"{PREFIX}:eod")}
+
     def eod(self, day: str) -> dict | None:
         raw = self.redis.hget(f"{PREFIX}:eod", day)
         return json.loads(raw) if raw else None

@@ -14,7 +14,7 @@ from optask.jobs.arguments import InvalidTaskArgument, checked_index, checked_mi
 from optask.jobs.context import provider_for
 from optask.pipeline import process_snapshots
 from optask.providers import PROVIDERS
-from optask.storage.archive import raw_path, write_raw
+from optask.storage.archive import raw_path, write_raw_once
 from optask.storage.sinks import present_minutes, write_minute
 
 
@@ -58,18 +58,22 @@ def store_minutes(index: str, minutes: list[str], provider_name: str | None = No
         fresh = list(provider_for(name).history(index, day, from_history))
         for snap in fresh:
             if snap.provider == "simulated":  # the venue's exact payload: archive it like a live one
-                write_raw(settings.data.raw_root, index, snap.ts, snap.provider, snap.raw)
+                write_raw_once(settings.data.raw_root, index, snap.ts, snap.provider, snap.raw)
         out["from_history"] = len(fresh)
         snaps += fresh
     out["unavailable"] = len(todo) - len(snaps)
     if not snaps:
         return out
     processed = process_snapshots(snaps)
-    write_minute(processed, settings=settings, redis_client=ledger.redis, present=present)
+    # present again under the writers' lock: a minute stored meanwhile (a late live one) is left as it is, and
+    # recorded in the ledger by its own writer, not here as repaired
+    written = write_minute(processed, settings=settings, redis_client=ledger.redis).minutes
     minute_ns, counts = np.unique(processed.legs["ts"].cast(pa.int64()).to_numpy(), return_counts=True)
     legs_by_minute = dict(zip(minute_ns.tolist(), counts.tolist(), strict=True))  # a group_by: 2 ms a batch
-    ledger.mark_stored_many(index, {snap.ts.isoformat(): legs_by_minute.get(_ns(snap.ts), 0) for snap in snaps})
+    ledger.mark_stored_many(index, {snap.ts.isoformat(): legs_by_minute.get(_ns(snap.ts), 0) for snap in snaps
+                                    if snap.ts.isoformat() in written})
     out["stored"] = len(snaps)
+    out["stored_meanwhile"] = len(snaps) - len(written & {snap.ts.isoformat() for snap in snaps})
     return out
 
 

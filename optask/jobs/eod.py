@@ -9,7 +9,8 @@ from optask.core.calendar import get_calendar
 from optask.core.config import Settings, get_settings
 from optask.core.timeutils import IST
 from optask.infra.coordination import writer_lock
-from optask.infra.ledger import ledger_for
+from optask.infra.fsutil import sweep_temp_files
+from optask.infra.ledger import Ledger, ledger_for
 from optask.infra.queues import EOD_HARD_LIMIT_S
 from optask.infra.retention import prune
 from optask.infra.session_clock import get_clock
@@ -18,7 +19,11 @@ from optask.jobs.backfill import CHUNK_MINUTES
 from optask.jobs.batch import store_minutes
 from optask.quality.verify import EODDataVerificationSystem, missing_minutes, release_memory
 from optask.storage.archive import maintain
-from optask.storage.sinks import compact_day, resend_influx
+from optask.storage.sinks import compact_day, resend_influx, stored_days
+
+#: A day's close is claimed this long: past it, a close that never recorded its end of day (failed, lost) is tried
+#: again by a later tick.
+CLOSE_CLAIM_S = EOD_HARD_LIMIT_S + 300
 
 
 def end_of_day(day: str, settings: Settings | None = None, repair: bool = True) -> dict:
@@ -69,6 +74,7 @@ def end_of_day(day: str, settings: Settings | None = None, repair: bool = True) 
     today = get_clock(settings).now().astimezone(IST).date()  # the clock's day: a replayed month prunes as it goes
     return {
         "day": day, "session": True, "report": report_path, "repaired": repaired, "raw_retention": retention,
+        "temp_files_swept": sweep_temp_files(settings.data.root),  # left by writers killed mid-write
         "redis_retention": prune(client, today, settings.data.ledger_retention_days),
         "before": {"score": before["summary"]["data_quality_score"], "status": before["overall_status"]},
         "after": {"score": after["summary"]["data_quality_score"], "status": after["overall_status"]},
@@ -76,6 +82,17 @@ def end_of_day(day: str, settings: Settings | None = None, repair: bool = True) 
                         "stored": min((c["present"] for c in r["completeness"].values()), default=0),
                         "score": r["score"], "status": r["status"]} for i, r in after["indices"].items()},
     }
+
+
+def unclosed_days(settings: Settings, ledger: Ledger, through: dt.date) -> list[dt.date]:
+    """Sessions up to `through` with minutes in the stores and no end-of-day record, oldest first: days left
+    unclosed by an outage over their close. Only within the ledger's retention (LEDGER_RETENTION_DAYS), where its
+    end-of-day records are kept; older days were closed, or are older than anything it remembers."""
+    since = through - dt.timedelta(days=ledger.keep_days - 1)
+    closed = ledger.eod_days()
+    calendar = get_calendar(settings.data.calendar_overrides)
+    days = stored_days(list(settings.market.indices), settings)
+    return [d for d in days if since <= d <= through and d.isoformat() not in closed and calendar.is_trading_day(d)]
 
 
 def day_verified(index: str, day: dt.date, settings: Settings | None = None) -> bool:

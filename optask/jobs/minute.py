@@ -28,11 +28,12 @@ from optask.infra import counters
 from optask.infra.ledger import Ledger, ledger_for
 from optask.jobs.arguments import checked_index, checked_minute
 from optask.jobs.context import provider_for
+from optask.jobs.eod import CLOSE_CLAIM_S, unclosed_days
 from optask.jobs.ticker import ticker_healthy
 from optask.pipeline import process_snapshot
 from optask.providers.base import PermanentProviderError, ProviderError
 from optask.providers.replay import record_snapshot
-from optask.storage.archive import raw_path, read_raw, write_raw, write_raw_once
+from optask.storage.archive import raw_path, read_raw, set_aside, write_raw_once
 from optask.storage.parquet import ParquetStore
 from optask.storage.sinks import write_minute
 
@@ -101,24 +102,28 @@ def mark_dispatched(ts: str, settings: Settings | None = None) -> None:
 
 
 def should_close_day(ts: str, settings: Settings | None = None, ledger: Ledger | None = None) -> str | None:
-    """The day to close, once per day: `ts`'s own when it is its session's last minute, or, at any tick outside a
-    session, the last closed session when it has stored minutes and nothing closed it (the stack was down over
-    the close, so the last minute's tick never came: found by the soak across days)."""
+    """The day to close now, if any: `ts`'s own when it is its session's last minute; else the oldest closed
+    session with stored minutes and no end-of-day record (the stack was down over its close, so its last minute's
+    tick never came), one at a time: none while another such close is under way. Each is claimed once (for as
+    long as an end of day may run: one that failed is tried again after that)."""
     settings = settings or get_settings()
     minute = parse_minute(ts)
     calendar = get_calendar(settings.data.calendar_overrides)
     day = minute.astimezone(IST).date()
     session = calendar.session(day)
     ledger = ledger or ledger_for(settings)
-    late = session is None or not (session.open <= minute < session.close)
-    if not late and minute + dt.timedelta(minutes=1) < session.close:
+    if session is not None and session.open <= minute < session.close:
+        if minute + dt.timedelta(minutes=1) < session.close or ledger.eod(day.isoformat()):
+            return None
+        return day.isoformat() if ledger.claim("close_day", day.isoformat(), CLOSE_CLAIM_S) else None
+    todo = unclosed_days(settings, ledger, calendar.last_closed_session(minute))
+    if not todo or any(ledger.claimed_at("close_day", d.isoformat()) for d in todo):
+        return None  # nothing to close, or a close under way: one at a time
+    if not ledger.claim("close_day", todo[0].isoformat(), CLOSE_CLAIM_S):
         return None
-    day = calendar.last_closed_session(minute) if late else day
-    if ledger.eod(day.isoformat()):
-        return None
-    if late and not any(ledger.stored_minutes(i, day) for i in settings.market.indices):
-        return None
-    return day.isoformat() if ledger.claim("close_day", day.isoformat()) else None
+    log.warning("closing %s, a day with stored minutes without an end-of-day record (the stack was down over its "
+                "close)%s", todo[0], f"; {len(todo) - 1} more such day(s) after it, one at a time" if len(todo) > 1 else "")
+    return todo[0].isoformat()
 
 
 def close_delay_s(settings: Settings | None = None) -> float:
@@ -146,9 +151,10 @@ def store_minute(index: str, ts: str, settings: Settings | None = None, ledger: 
         clock = now
 
     provider = provider or provider_for(settings.market.provider)
+    source = getattr(provider, "source", "live")  # as the provider labels what it fetches
     archived = _archived(settings, index, minute)
     if archived is not None:  # fetched with the whole minute (`fetch_minute`), or by an earlier try: archive first
-        snapshot = record_snapshot(archived, source=getattr(provider, "source", "live"))  # as the provider labels it
+        snapshot = record_snapshot(archived, source=source)
         lap("snapshot")
     else:
         snapshot = provider.snapshot(index, minute)
@@ -156,13 +162,18 @@ def store_minute(index: str, ts: str, settings: Settings | None = None, ledger: 
             snapshot = _relabel(snapshot, "rest_fallback")
         counters.record_provider_ok(ledger.redis, provider.name)
         lap("snapshot")
-        if settings.market.provider != "replay":  # a replayed payload is already in the archive
-            write_raw(settings.data.raw_root, index, minute, snapshot.provider, snapshot.raw)
+        if settings.market.provider != "replay" and not write_raw_once(  # a replayed payload is archived already
+                settings.data.raw_root, index, minute, snapshot.provider, snapshot.raw):
+            # archived meanwhile (the ticker's cut, another delivery): the first payload of a minute wins
+            snapshot = record_snapshot(read_raw(raw_path(settings.data.raw_root, index, minute)), source=source)
     lap("archive")
     processed = process_snapshot(snapshot)
     lap("process")
-    write_minute(processed, settings=settings, redis_client=ledger.redis)
+    written = write_minute(processed, settings=settings, redis_client=ledger.redis)
     lap("store")
+    if not written.minutes and ledger.is_stored(index, result.ts):
+        result.skipped = "stored meanwhile by another writer"  # which recorded it: its record stays
+        return result
     result.legs, result.merged, result.summary = (
         processed.legs.num_rows, processed.merged.num_rows, processed.summary.num_rows,
     )
@@ -184,7 +195,8 @@ def _relabel(snapshot, source: str):
 
 
 def _archived(settings: Settings, index: str, minute: dt.datetime):
-    """The minute's raw record when the archive already holds it (any provider but replay, which reads it anyway)."""
+    """The minute's raw record when the archive already holds it (any provider but replay, which reads it anyway).
+    A file that cannot be read is set aside (kept) and the minute fetched anew."""
     if settings.market.provider == "replay":
         return None
     path = raw_path(settings.data.raw_root, index, minute)
@@ -192,7 +204,8 @@ def _archived(settings: Settings, index: str, minute: dt.datetime):
         return None
     try:
         return read_raw(path)
-    except Exception:  # noqa: BLE001 - an unreadable archive file is fetched anew (and rewritten)
+    except Exception:  # noqa: BLE001 - any decoding error: the file is kept aside, never overwritten
+        set_aside(path)
         return None
 
 
@@ -235,12 +248,10 @@ def fetch_minute(ts: str, indices: list[str], settings: Settings | None = None) 
                                             ts, type(exc).__name__, exc)
         record_fault(exc, "retries", settings)
         return {"error": f"{type(exc).__name__}: {exc}"}
-    for index, snap in snaps.items():
-        if fallback:  # marked in the payload, so the minute's rows say `rest_fallback`, even when replayed
-            raw = orjson.dumps({**orjson.loads(snap.raw), "fallback": fallback})
-            write_raw_once(settings.data.raw_root, index, minute, snap.provider, raw)
-        else:
-            write_raw(settings.data.raw_root, index, minute, snap.provider, snap.raw)
+    for index, snap in snaps.items():  # the first payload of a minute wins: a resumed task keeps what it archived
+        # a fallback is marked in the payload, so the minute's rows say `rest_fallback`, even when replayed
+        raw = orjson.dumps({**orjson.loads(snap.raw), "fallback": fallback}) if fallback else snap.raw
+        write_raw_once(settings.data.raw_root, index, minute, snap.provider, raw)
     return {i: {"legs": s.table.num_rows, "sample_span_ms": s.sample_span_ms, "spot_offset_ms": s.spot_offset_ms,
                 "source": "rest_fallback" if fallback else "live"} for i, s in snaps.items()}
 

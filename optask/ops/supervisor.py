@@ -30,6 +30,7 @@ from optask.core.clock import SessionReplayClock, WallClock
 from optask.core.config import Settings, mask_url
 from optask.core.timeutils import IST, floor_minute
 from optask.infra.celery_client import celery_client
+from optask.infra.fsutil import sweep_temp_files
 from optask.infra.ledger import Ledger
 from optask.infra.queues import (
     DEFAULT_QUEUE,
@@ -183,7 +184,10 @@ class Supervisor:
         return status
 
     def _preflight(self) -> dict[str, str]:
-        """Ports free, and which session to play: the environment every child gets."""
+        """Stale temp files swept, ports free, and which session to play: the environment every child gets."""
+        swept = sweep_temp_files(self.settings.data.root)
+        if swept:
+            self.console.print(f"Removed {swept} temp file(s) older than an hour, left by writers killed mid-write.")
         mon = self.settings.monitoring
         api = self.settings.api
         ports = [("Flower", mon.flower_address, mon.flower_port, "FLOWER_PORT"),

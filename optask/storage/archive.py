@@ -22,12 +22,20 @@ from pathlib import Path
 import orjson
 
 from optask.core.timeutils import IST, UTC, format_ts, parse_ts
-from optask.infra.fsutil import StorageError, atomic_write_bytes, fsync_path
+from optask.infra.fsutil import (
+    StorageError,
+    atomic_write_bytes,
+    commit,
+    fsync_dir,
+    fsync_path,
+    make_dirs,
+    temp_path,
+)
 
 log = logging.getLogger(__name__)
 
 __all__ = ["RawRecord", "StorageError", "archived_minutes", "atomic_write_bytes", "maintain", "raw_path",
-           "read_raw", "write_raw", "write_raw_once"]
+           "read_raw", "set_aside", "write_raw", "write_raw_once"]
 
 
 @dataclass(frozen=True)
@@ -45,7 +53,8 @@ def raw_path(root: Path, index: str, ts: dt.datetime) -> Path:
 
 
 def write_raw(root: Path, index: str, ts: dt.datetime, provider: str, payload: bytes) -> Path:
-    """Archive one payload. The same payload again leaves the file untouched; a different one replaces it."""
+    """Archive one payload, replacing what the minute held (a test's or a tool's; the pipeline's own writes are
+    `write_raw_once`: the first payload of a minute wins). The same payload again leaves the file untouched."""
     path = raw_path(root, index, ts)
     if path.exists():
         try:
@@ -72,20 +81,38 @@ def _archive_file(index: str, ts: dt.datetime, provider: str, payload: bytes) ->
 
 
 def write_raw_once(root: Path, index: str, ts: dt.datetime, provider: str, payload: bytes) -> bool:
-    """Archive a payload unless the minute is archived already (two sources racing for one minute, the
-    ticker's cut and a REST fallback: the first wins, atomically). Returns whether this one was written."""
+    """Archive a payload unless the minute is archived already: the first payload of a minute wins, atomically
+    (two sources racing for one minute, the ticker's cut and a REST fallback; a redelivered task fetching again:
+    the stores then hold what was first received). Returns whether this one was written."""
     path = raw_path(root, index, ts)
     if path.exists():
         return False
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.once.tmp")
-    atomic_write_bytes(tmp, _archive_file(index, ts, provider, payload))
+    tmp = temp_path(path, ".once")
     try:
+        make_dirs(path.parent)
+        with open(tmp, "xb") as fh:
+            fh.write(_archive_file(index, ts, provider, payload))
+            fh.flush()
+            os.fsync(fh.fileno())
         os.link(tmp, path)  # fails if the file exists: create-if-absent, atomic
+        fsync_dir(path.parent)
         return True
     except FileExistsError:
         return False
+    except OSError as exc:
+        raise StorageError(exc.errno, f"cannot write {path}: {exc.strerror or exc}; free space or fix permissions") from exc
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def set_aside(path: Path) -> Path:
+    """Move an archive file that cannot be read out of the minute's way, kept beside it for a person to look at
+    (no reader globs the new name); the minute can then be archived anew."""
+    target = path.with_name(f"{path.name}.unreadable-{secrets.token_hex(4)}")
+    os.replace(path, target)
+    fsync_dir(path.parent)
+    log.error("raw archive %s cannot be read: moved to %s, the minute is fetched again", path, target.name)
+    return target
 
 
 def read_raw(path: Path) -> RawRecord:
@@ -155,16 +182,16 @@ def _pack(day_dir: Path, target: Path) -> bool:
     files = sorted(str(p.relative_to(day_dir.parent)) for p in day_dir.rglob("*") if p.is_file())
     if target.exists() and _tar_files(target) == files:
         return True
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = temp_path(target)
     try:
-        with tarfile.open(tmp, "w") as tar:
+        with tarfile.open(tmp, "x") as tar:
             tar.add(day_dir, arcname=day_dir.name)
         fsync_path(tmp)
         if _tar_files(tmp) != files:
             log.error("raw day %s changed while it was packed: kept as it is, packed again at the next end of day",
                       day_dir)
             return False
-        os.replace(tmp, target)
+        commit(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
     return True

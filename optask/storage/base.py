@@ -19,7 +19,7 @@ from optask.infra.fsutil import StorageError
 #: Every stored table and its key.
 TABLES: dict[str, tuple[str, ...]] = TABLE_KEYS
 
-__all__ = ["TABLES", "StorageError", "Store", "split_by_minute"]
+__all__ = ["TABLES", "StorageError", "Store", "days_of", "split_by_minute"]
 
 
 class Store(Protocol):
@@ -35,6 +35,20 @@ class Store(Protocol):
 
     def read_day(self, table: str, index: str, day: dt.date, columns: list[str] | None = None) -> pa.Table:
         """The day's rows of a table (at most one per key)."""
+
+    def days(self, table: str, index: str) -> list[dt.date]:
+        """The days the store has a folder for (a table, an index), from names alone."""
+
+
+def days_of(folders, prefix: str = "") -> list[dt.date]:
+    """The dates named by folders called `{prefix}YYYY-MM-DD`; other names are skipped."""
+    out = []
+    for folder in folders:
+        try:
+            out.append(dt.date.fromisoformat(folder.name.removeprefix(prefix)))
+        except ValueError:
+            continue
+    return sorted(out)
 
 
 def split_by_minute(table: pa.Table) -> list[tuple[dt.datetime, pa.Table]]:

@@ -5,10 +5,13 @@
 
 A minute is one append of whole rows, flushed and fsync'd, and only then recorded in the
 sidecar (replaced atomically). The sidecar is the truth: readers stop at its `bytes`, and a
-writer finding bytes past it (a crash between the append and the sidecar) truncates them
+writer finding bytes past it (a crash between the append and the sidecar) cuts them
 before appending, so a minute is fully present or absent. A minute already in the sidecar
 is not written again. A late minute is appended and the day is rewritten sorted by
-`compact()`. One writer per file at a time (a Redis lock).
+`compact()`. One writer per file at a time: a Redis lock named by table, index and day, never
+by a path (two spellings of one data root must not give two locks). A day file is never opened
+to truncate it: one whose sidecar is missing (restored or synced without it, deleted) gets its
+sidecar rebuilt from its whole rows before the next append.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import datetime as dt
 import errno
 import io
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -31,8 +35,10 @@ import redis
 
 from optask.core.timeutils import IST, format_ts_values
 from optask.infra.coordination import Cursor, writer_lock
-from optask.infra.fsutil import atomic_write_bytes
-from optask.storage.base import TABLES, StorageError, split_by_minute
+from optask.infra.fsutil import atomic_write_bytes, fsync_dir, make_dirs
+from optask.storage.base import TABLES, StorageError, days_of, split_by_minute
+
+log = logging.getLogger(__name__)
 
 TS_COLUMNS_SUFFIX = ("ts", "last_trade_time")
 
@@ -113,14 +119,75 @@ class Sidecar:
 
     @classmethod
     def load(cls, path: Path) -> Sidecar:
-        meta = path.with_name(path.name + ".meta.json")
-        if not meta.exists():
-            return cls(minutes=[])
-        return cls(**json.loads(meta.read_text()))
+        """The day file's sidecar; rebuilt from the file when it is missing (see `rebuild`), empty with no file."""
+        try:
+            return cls(**json.loads(sidecar_path(path).read_bytes()))
+        except FileNotFoundError:
+            return cls.rebuild(path)[0]
+
+    @classmethod
+    def rebuild(cls, path: Path) -> tuple[Sidecar, int]:
+        """A sidecar for a day file that lost its own (restored or synced without it, deleted): its whole rows
+        only, and the length of a torn last line past them (cut at the next append). (empty, 0) without a file."""
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return cls(minutes=[]), 0
+        with open(path, "rb") as fh:
+            end = _whole_rows_end(fh, size)
+            header = fh.readline() if end else b""
+        if not end:
+            return cls(minutes=[]), size
+        columns = header.decode().strip().replace('"', "").split(",")
+        meta = cls(minutes=[], bytes=end, columns=columns)
+        try:
+            ts = _read_range(path, meta, 0, ["ts"])["ts"] if end > len(header) else pa.chunked_array([], pa.string())
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise StorageError(0, f"{path} has no sidecar and cannot be read back as CSV ({exc}); move it away to "
+                                  "rebuild the day from Parquet, or restore its .meta.json") from exc
+        iso = text_minutes(ts) if len(ts) else {}
+        order = [iso[v] for v in pc.unique(ts).to_pylist() if iso.get(v)]  # first appearance, as appended
+        meta.rows, meta.minutes = len(ts), order
+        meta.last_ts = max(order) if order else None
+        meta.sorted = order == sorted(order)
+        return meta, size - end
 
     def save(self, path: Path, fence=None) -> None:
-        meta = path.with_name(path.name + ".meta.json")
-        atomic_write_bytes(meta, json.dumps(self.__dict__).encode(), fence.check if fence is not None else None)
+        atomic_write_bytes(sidecar_path(path), json.dumps(self.__dict__).encode(), fence.check if fence is not None else None)
+
+
+def sidecar_path(path: Path) -> Path:
+    return path.with_name(path.name + ".meta.json")
+
+
+def _whole_rows_end(fh, size: int) -> int:
+    """The length of a file's whole lines: up to its last newline (0 when it has none). Leaves `fh` at 0."""
+    at = size
+    while at > 0:
+        step = min(at, 1 << 16)
+        fh.seek(at - step)
+        cut = fh.read(step).rfind(b"\n")
+        if cut >= 0:
+            fh.seek(0)
+            return at - step + cut + 1
+        at -= step
+    fh.seek(0)
+    return 0
+
+
+def _read_range(path: Path, meta: Sidecar, start: int, columns: list[str] | None = None) -> pa.Table:
+    """Rows from byte `start` to the sidecar's length, parsed batch by batch as the file streams in: a day's
+    legs (75 MB of text) never sit in memory whole, only the parsed columns asked for."""
+    if meta.bytes <= start or meta.columns is None:
+        return pa.table({})
+    header = ",".join(f'"{c}"' for c in meta.columns).encode() + b"\n" if start > 0 else b""
+    with open(path, "rb", buffering=0) as fh:
+        fh.seek(start)
+        reader = pacsv.open_csv(io.BufferedReader(_Range(fh, header, meta.bytes - start), 1 << 20),
+                                convert_options=pacsv.ConvertOptions(
+            include_columns=columns,
+            column_types={c: pa.string() for c in meta.columns if c in TS_COLUMNS_SUFFIX or c.endswith("last_trade_time")}))
+        return reader.read_all()
 
 
 @dataclass
@@ -140,10 +207,12 @@ class CsvStore:
             raise ValueError(f"unknown table {table!r}; allowed: {', '.join(TABLES)}")
         return Path(self.root) / index / day.isoformat() / f"{table}.csv"
 
-    def _lock(self, path: Path):
+    def _lock(self, table: str, index: str, day: dt.date):
+        """The day file's writer lock, named by what it protects: every path that reaches the file (a symlink,
+        another host's mount point) takes the same lock."""
         if self.redis is None:
             raise StorageError(0, "the CSV writer needs Redis for its single-writer lock")
-        return writer_lock(self.redis, f"csv:{path}", timeout_s=self.lock_timeout_s)
+        return writer_lock(self.redis, f"csv:{table}:{index}:{day.isoformat()}", timeout_s=self.lock_timeout_s)
 
     def append_minute(self, table_name: str, index: str, ts: dt.datetime, table: pa.Table) -> int:
         """Append one minute's rows; returns rows written (0 if the minute is already present)."""
@@ -159,9 +228,10 @@ class CsvStore:
         """
         if not parts:
             return 0
-        path = self.path(table_name, index, parts[0][0].astimezone(IST).date())
-        with self._lock(path) as fence:
-            meta = Sidecar.load(path)
+        day = parts[0][0].astimezone(IST).date()
+        path = self.path(table_name, index, day)
+        with self._lock(table_name, index, day) as fence:
+            meta = self._sidecar_for_append(path)
             present = set(meta.minutes)
             fresh = []
             for ts, table in parts:
@@ -170,24 +240,33 @@ class CsvStore:
                     fresh.append((ts, table))
             if not fresh:
                 return 0
-            path.parent.mkdir(parents=True, exist_ok=True)
-            size = path.stat().st_size if path.exists() else 0
-            if size < meta.bytes:
-                raise StorageError(0, f"{path} is shorter ({size} B) than its sidecar says ({meta.bytes} B); "
-                                      "restore it or delete both files to rebuild the day from Parquet")
             table = pa.concat_tables([t for _, t in fresh], promote_options="default")
             if meta.columns is not None:
                 table = _conform(table, meta.columns)
             fence.check()  # the append is in place: prove the lock is ours before touching the file
             try:
-                with open(path, "r+b" if path.exists() else "wb") as fh:
-                    fh.truncate(meta.bytes)  # drop a torn append left by a crash
+                make_dirs(path.parent)
+                created = not path.exists()
+                # never opened to truncate: an existing day file is only appended to, past its sidecar's length
+                with os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), "r+b") as fh:
+                    size = os.fstat(fh.fileno()).st_size
+                    if size < meta.bytes:
+                        raise StorageError(0, f"{path} is shorter ({size} B) than its sidecar says ({meta.bytes} B); "
+                                              "restore it, or delete its .meta.json to rebuild the sidecar from it")
+                    if size > meta.bytes:  # a torn append left by a crash: never acknowledged, so never stored
+                        log.warning("%s: %d B past its sidecar's %d B (an append torn by a crash) cut before "
+                                    "appending", path, size - meta.bytes, meta.bytes)
+                        fh.truncate(meta.bytes)
                     fh.seek(meta.bytes)
                     # streamed into the file: a crash midway leaves bytes past the sidecar, which is a torn append
                     write_csv(table, fh, header=meta.bytes == 0)
                     fh.flush()
                     os.fsync(fh.fileno())
                     end = fh.tell()
+                if created:
+                    fsync_dir(path.parent)
+            except StorageError:
+                raise
             except OSError as exc:  # pyarrow's I/O errors are OSErrors too; the errno may be only in the text
                 raise StorageError(exc.errno or errno.EIO, f"cannot append to {path}: {exc.strerror or exc}; "
                                                            "free space or fix permissions") from exc
@@ -204,24 +283,24 @@ class CsvStore:
 
     write_minutes = append_minutes  # the store interface's name for it
 
-    def _read_range(self, path: Path, meta: Sidecar, start: int, columns: list[str] | None = None) -> pa.Table:
-        """Rows from byte `start` to the sidecar's length, parsed batch by batch as the file streams in: a day's
-        legs (75 MB of text) never sit in memory whole, only the parsed columns asked for."""
-        if meta.bytes <= start or meta.columns is None:
-            return pa.table({})
-        header = ",".join(f'"{c}"' for c in meta.columns).encode() + b"\n" if start > 0 else b""
-        with open(path, "rb", buffering=0) as fh:
-            fh.seek(start)
-            reader = pacsv.open_csv(io.BufferedReader(_Range(fh, header, meta.bytes - start), 1 << 20),
-                                    convert_options=pacsv.ConvertOptions(
-                include_columns=columns,
-                column_types={c: pa.string() for c in meta.columns if c in TS_COLUMNS_SUFFIX or c.endswith("last_trade_time")}))
-            return reader.read_all()
+    @staticmethod
+    def _sidecar_for_append(path: Path) -> Sidecar:
+        """The sidecar, or, when only the day file is there, one rebuilt from its whole rows and saved before the
+        append (the file is never truncated to nothing: an operator may restore CSVs without their sidecars)."""
+        if sidecar_path(path).exists() or not path.exists():
+            return Sidecar.load(path)
+        meta, torn = Sidecar.rebuild(path)
+        log.warning("%s had no sidecar: rebuilt from its %d whole rows (%d minutes)%s", path, meta.rows,
+                    len(meta.minutes), f"; a torn last line of {torn} B is cut" if torn else "")
+        return meta
 
     def read_day(self, table: str, index: str, day: dt.date, columns: list[str] | None = None) -> pa.Table:
         """The day's rows up to the sidecar's length (a torn tail is invisible); `columns` parses only those."""
         path = self.path(table, index, day)
-        return self._read_range(path, Sidecar.load(path), 0, columns)
+        return _read_range(path, Sidecar.load(path), 0, columns)
+
+    def days(self, table: str, index: str) -> list[dt.date]:
+        return [d for d in days_of((Path(self.root) / index).glob("*")) if self.path(table, index, d).exists()]
 
     def meta(self, table: str, index: str, day: dt.date) -> Sidecar:
         return Sidecar.load(self.path(table, index, day))
@@ -234,28 +313,28 @@ class CsvStore:
         path = self.path(table, index, day)
         meta = Sidecar.load(path)
         if not incremental or self.redis is None:
-            return self._read_range(path, meta, 0)
+            return _read_range(path, meta, 0)
         cursor = Cursor.of(self.redis, consumer, "csv", table, index, day.isoformat())
         state = cursor.load()
         if state.get("generation", meta.generation) != meta.generation:
             # the day was rewritten sorted: same rows, new offsets; deliver only minutes not seen yet
-            full = self._read_range(path, meta, 0)
+            full = _read_range(path, meta, 0)
             seen = pa.array(state.get("minutes", []), pa.string())
             fresh = full.filter(pc.invert(pc.is_in(text_minutes_to_iso(full["ts"]), value_set=seen))) if full.num_rows else full
             out = fresh
         else:
-            out = self._read_range(path, meta, state.get("offset", 0))
+            out = _read_range(path, meta, state.get("offset", 0))
         cursor.save({"generation": meta.generation, "offset": meta.bytes, "minutes": list(meta.minutes)})
         return out
 
     def compact(self, table: str, index: str, day: dt.date) -> bool:
         """Rewrite a day that received late minutes, sorted by key; atomic. False when already sorted."""
         path = self.path(table, index, day)
-        with self._lock(path) as fence:
-            meta = Sidecar.load(path)
+        with self._lock(table, index, day) as fence:
+            meta = self._sidecar_for_append(path)
             if meta.sorted or meta.bytes == 0:
                 return False
-            data = self._read_range(path, meta, 0)
+            data = _read_range(path, meta, 0)
             keys = [k for k in ("ts", *TABLES[table]) if k in data.column_names]
             data = data.sort_by([(k, "ascending") for k in dict.fromkeys(keys)])
             buf = io.BytesIO()

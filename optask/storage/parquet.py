@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,8 +35,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from optask.core.timeutils import IST
-from optask.infra.fsutil import fsync_path
-from optask.storage.base import TABLES, StorageError
+from optask.infra.fsutil import commit, fsync_dir, fsync_path, make_dirs, temp_path
+from optask.storage.base import TABLES, StorageError, days_of
 
 DAY_FILE = "day.parquet"
 #: Columns that are partition keys (directory names), never stored inside a file.
@@ -164,17 +162,17 @@ class ParquetStore:
         return Path(self.root) / table / f"index={index}" / f"date={day.isoformat()}"
 
     def _write_atomic(self, table: pa.Table, path: Path, fence=None) -> None:
-        """Temp file, fsync, the writer's fence (it still holds the lock), rename."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        """Temp file, fsync, the writer's fence (it still holds the lock), rename, folder fsync."""
+        tmp = temp_path(path)
         codec = self.compression if path.name == DAY_FILE else self.transient_compression
         try:
+            make_dirs(path.parent)
             body = _without_partitions(table)
             pq.write_table(body, tmp, compression=codec, use_dictionary=_dictionary_columns(body.schema))
             fsync_path(tmp)
             if fence is not None:
                 fence.check()
-            os.replace(tmp, path)
+            commit(tmp, path)
         except StorageError:
             tmp.unlink(missing_ok=True)
             raise
@@ -249,6 +247,10 @@ class ParquetStore:
             return True
         day = ts.astimezone(IST).date()
         return any(_file_minute(p, day) <= ts <= _file_minute(p, day, last=True) for p in d.glob("batch-*.parquet"))
+
+    def days(self, table: str, index: str) -> list[dt.date]:
+        folder = Path(self.root) / table / f"index={index}"
+        return days_of(folder.glob("date=*"), "date=") if table in TABLES else []
 
     def files(self, table: str, index: str, day: dt.date) -> tuple[Path | None, list[Path]]:
         d = self.day_dir(table, index, day)
@@ -393,4 +395,5 @@ class ParquetStore:
             fence.check()
         for p in minutes:
             p.unlink(missing_ok=True)
+        fsync_dir(target.parent)
         return target
