@@ -409,6 +409,27 @@ def test_a_repair_racing_a_late_live_minute_leaves_the_live_minute_alone(short_s
     assert info["live"] is True  # the ledger still says live: the repair did not claim it
 
 
+def test_a_live_minute_asks_the_parquet_files_only_about_itself(tmp_path, redis_url):
+    """The live path's presence check (`among`) answers what the whole-day one does, for the minutes asked."""
+    from optask.pipeline import process_snapshot
+    from optask.providers.simulated import SimulatedProvider
+    from optask.storage.parquet import ParquetStore
+
+    store = ParquetStore(tmp_path, redis=redis.Redis.from_url(redis_url))
+    day = dt.date(2026, 11, 23)
+    minutes = [dt.datetime(2026, 11, 23, 3, 45, tzinfo=dt.UTC) + dt.timedelta(minutes=i) for i in range(12)]
+    sim = SimulatedProvider(strikes_around_atm=2)
+    legs = {i: process_snapshot(sim.snapshot("NIFTY", ts)).legs for i, ts in enumerate(minutes)}
+    store.write_minutes("legs", "NIFTY", [(minutes[i], legs[i]) for i in range(3)])
+    store.compact("legs", "NIFTY", day)  # 0-2 in day.parquet
+    store.write_minutes("legs", "NIFTY", [(minutes[i], legs[i]) for i in (4, 5, 6)])  # a batch file
+    store.write_minutes("legs", "NIFTY", [(minutes[8], legs[8])])  # a minute file
+    full = store.minutes_present("legs", "NIFTY", day)
+    for i in range(12):
+        asked = {minutes[i].isoformat()}
+        assert store.minutes_present("legs", "NIFTY", day, among=asked) == full & asked, i
+
+
 # --- 6. every stored day gets its end of day ---------------------------------------------------------------------
 
 def test_days_left_unclosed_over_an_outage_all_get_their_end_of_day(short_sessions, redis_url, caplog):

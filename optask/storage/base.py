@@ -30,8 +30,9 @@ class Store(Protocol):
     def write_minutes(self, table: str, index: str, parts: list[tuple[dt.datetime, pa.Table]]) -> int:
         """Store minutes of one index and day of one table (ts, rows); returns rows written."""
 
-    def minutes_present(self, table: str, index: str, day: dt.date) -> set[str]:
-        """ISO UTC minutes the store holds for a table, index and day: its own view, not the ledger's."""
+    def minutes_present(self, table: str, index: str, day: dt.date, among: set[str] | None = None) -> set[str]:
+        """ISO UTC minutes the store holds for a table, index and day: its own view, not the ledger's; with
+        `among`, only which of those (a cheaper question for a format that can answer it per minute)."""
 
     def read_day(self, table: str, index: str, day: dt.date, columns: list[str] | None = None) -> pa.Table:
         """The day's rows of a table (at most one per key)."""

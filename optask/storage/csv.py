@@ -80,8 +80,9 @@ class CsvStore:
         """Append one minute's rows; returns rows written (0 if the minute is already present)."""
         return self.append_minutes(table_name, index, [(ts, table)])
 
-    def minutes_present(self, table: str, index: str, day: dt.date) -> set[str]:
-        return set(self.meta(table, index, day).minutes or [])
+    def minutes_present(self, table: str, index: str, day: dt.date, among: set[str] | None = None) -> set[str]:
+        present = set(self.meta(table, index, day).minutes or [])  # the sidecar lists them: `among` saves nothing
+        return present if among is None else present & among
 
     def append_minutes(self, table_name: str, index: str, parts: list[tuple[dt.datetime, pa.Table]]) -> int:
         """Append several minutes of one day in one write, one fsync and one sidecar update (backfill, replay).

@@ -221,10 +221,15 @@ class ParquetStore:
                 pass
         self._write_atomic(body, path, fence)
 
-    def minutes_present(self, table: str, index: str, day: dt.date) -> set[str]:
+    def minutes_present(self, table: str, index: str, day: dt.date, among: set[str] | None = None) -> set[str]:
         """ISO minutes the day's files hold: the union of each file's minutes, read once per process (path,
-        mtime and size name a file's contents), so a day's last batch asks what its first did."""
+        mtime and size name a file's contents), so a day's last batch asks what its first did. With `among`
+        (a live minute asking about itself), only those minutes, from only the files that could hold them."""
         day_file, parts = self.files(table, index, day)
+        if among is not None:
+            wanted = [dt.datetime.fromisoformat(m) for m in among]
+            parts = [p for p in parts if any(_file_minute(p, day) <= m <= _file_minute(p, day, last=True)
+                                             for m in wanted)]
         present: set[str] = set()
         for path in [day_file, *parts] if day_file else parts:
             st = path.stat()
@@ -235,7 +240,7 @@ class ParquetStore:
                 ts = pc.unique(self._read(path, ["ts"])["ts"])
                 _FILE_MINUTES[key] = frozenset(t.isoformat() for t in ts.to_pylist())
             present |= _FILE_MINUTES[key]
-        return present
+        return present if among is None else present & among
 
     def read_day(self, table: str, index: str, day: dt.date, columns: list[str] | None = None) -> pa.Table:
         return self.read_table(table, index, day, columns=columns)

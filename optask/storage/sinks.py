@@ -58,8 +58,9 @@ def write_minute(processed, settings, redis_client: redis.Redis) -> Written:
     parts = {name: split_by_minute(getattr(processed, name)) for name in TABLES}
     day = parts["summary" if processed.summary.num_rows else "legs"][0][0].astimezone(IST).date()
     out = Written()
+    asked = {ts.isoformat() for name in TABLES for ts, _ in parts[name]}
     with writer_lock(redis_client, f"minutes:{index}:{day}"):
-        present = present_minutes(index, day, settings, redis_client)
+        present = present_minutes(index, day, settings, redis_client, among=asked)
 
         def write_store(store: Store) -> dict[str, int]:
             rows = {}
@@ -79,7 +80,6 @@ def write_minute(processed, settings, redis_client: redis.Redis) -> Written:
     out.rows = {k: v for d in done for k, v in d.items()}
     sink = InfluxSink.from_settings(settings)
     if sink is not None and out.minutes:  # InfluxDB overwrites a point with the same series and time
-        asked = {ts.isoformat() for name in TABLES for ts, _ in parts[name]}
         legs, summary = processed.legs, processed.summary
         if out.minutes != asked:
             legs, summary = _only_minutes(legs, out.minutes), _only_minutes(summary, out.minutes)
@@ -93,13 +93,15 @@ def _only_minutes(table: pa.Table, minutes: set[str]) -> pa.Table:
     return table.filter(pc.is_in(table["ts"], value_set=wanted.cast(table["ts"].type))) if table.num_rows else table
 
 
-def present_minutes(index: str, day: dt.date, settings, redis_client: redis.Redis | None = None) -> dict[str, set[str]]:
-    """ISO minutes each table of each store holds for an index-day: the stores' own view, not the ledger's.
-
-    Cheap: Parquet reads only the `ts` column (each file once per process), CSV only its sidecar.
+def present_minutes(index: str, day: dt.date, settings, redis_client: redis.Redis | None = None,
+                    among: set[str] | None = None) -> dict[str, set[str]]:
+    """ISO minutes each table of each store holds for an index-day (with `among`: which of those): the stores' own
+    view, not the ledger's. Cheap: Parquet reads only the `ts` column (each file once per process), CSV only its
+    sidecar.
     """
     targets = stores(settings, redis_client)
-    return {f"{store.name}.{name}": store.minutes_present(name, index, day) for name in TABLES for store in targets}
+    return {f"{store.name}.{name}": store.minutes_present(name, index, day, among) for name in TABLES
+            for store in targets}
 
 
 def stored_days(indices: list[str], settings) -> list[dt.date]:
