@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -163,6 +164,10 @@ def test_sigterm_or_sighup_stops_every_process_of_the_stack(isolated_settings, u
     """As systemd, docker and a closed terminal stop it; with the bundled Redis, which up owns."""
     up = up_factory(up_env())
     up.read_until(is_minute_line)
+    # the bundled server's files (AOF, pid file, server.json, its log) are its owner's only, as its password is
+    owned = [*(isolated_settings / "redis").rglob("*"), isolated_settings / "logs" / "redis.log"]
+    modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in owned if p.is_file()}
+    assert {"server.json", "redis.pid", "redis.log", "password"} <= set(modes) and set(modes.values()) == {"0o600"}, modes
     family = up.family()
     names = {" ".join(p.cmdline()) for p in family}
     assert any("redis-server" in n for n in names) and any(" worker" in n for n in names)
