@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import stat
 import subprocess
 import sys
 
+import psutil
 import pytest
 import redis
+from conftest import need
 
 from optask.core.config import load_settings
 from optask.infra.procutil import free_port
@@ -154,8 +159,6 @@ def test_the_test_redis_itself_has_a_password(redis_server):
 # --- one bundled server per data root, on the machine that runs it; its files are its owner's only -----
 
 def mode_of(path) -> int:
-    import stat
-
     return stat.S_IMODE(path.stat().st_mode)
 
 
@@ -197,12 +200,6 @@ def on_another_machine(*args: str) -> subprocess.CompletedProcess:
 def test_a_second_machine_on_a_shared_data_root_never_starts_a_second_bundled_redis(isolated_settings):
     """Before: a command on another machine without REDIS_URL read the first machine's server.json, could not reach
     its 127.0.0.1, and started a second redis-server on the same AOF folder (split brain, a corrupt AOF)."""
-    import json
-    import shutil
-
-    import psutil
-    from conftest import need
-
     root = isolated_settings
     folder = root / "redis"
     can = shutil.which("unshare") and shutil.which("ip") and subprocess.run(
