@@ -27,7 +27,7 @@ from optask.infra.queues import (
 )
 from optask.infra.redis_client import connect
 from optask.infra.redis_server import url_if_running
-from optask.infra.session_clock import current_day_iso, current_minute_iso
+from optask.infra.session_clock import clock_note, current_day_iso, current_minute_iso
 
 TIMEZONE = "Asia/Kolkata"
 
@@ -58,7 +58,7 @@ def beat_heartbeat(**_) -> None:
             url, _ = url_if_running(get_settings())
             _beat_redis = connect(url) if url else None
         if _beat_redis is not None:
-            heartbeat(_beat_redis, "beat", pid=os.getpid())
+            heartbeat(_beat_redis, "beat", pid=os.getpid(), **clock_note())  # health judges by beat's clock
     except (redis.RedisError, OSError):
         _beat_redis = None  # reconnect next tick; a missing heartbeat is what health reports
 

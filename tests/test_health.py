@@ -18,6 +18,7 @@ import redis
 from conftest import need
 
 from optask.core.config import get_settings, load_settings
+from optask.core.timeutils import IST
 from optask.infra.procutil import free_port
 from optask.ops.health.checks import (
     CRIT,
@@ -119,6 +120,92 @@ def test_checks_are_pure_functions_of_their_inputs():
     dead = check_influx(True, True, None, {"files": 0, "bytes": 0, "dead": 2})
     assert dead.status == CRIT and "influx_dead/" in dead.reason and dead.value == 2
     assert check_influx(True, True, None, {"files": 0, "bytes": 0, "dead": 0}).status == OK
+
+
+# --- CPU: busy with the work alone is no finding ---------------------------------------------------
+
+def test_cpu_is_a_finding_only_when_sustained_and_the_work_suffers():
+    """Before: one 0.2 s sample of CPU decided (`CRIT system.cpu: CPU 100% used` while the stack started)."""
+    from optask.ops.health.checks import check_cpu, work_strain
+
+    mon = load_settings().monitoring
+    assert check_cpu(100.0, None, 300, "broker.optask's oldest task waits 900 s", mon).status == OK  # not sustained yet
+    assert check_cpu(100.0, 99.0, 300, None, mon).status == OK  # sustained, and the work keeps pace
+    assert check_cpu(100.0, 50.0, 300, "x", mon).status == OK  # the work suffers, but not for want of CPU
+    warn = check_cpu(100.0, 90.0, 300, "broker.optask's oldest task waits 130 s", mon)
+    assert warn.status == WARN and "90% over the last 5 min" in warn.reason and "130 s" in warn.reason, warn
+    assert check_cpu(100.0, 99.0, 300, "x", mon).status == CRIT  # past CPU_CRIT_PCT
+    assert work_strain({"optask": 3.0, "process.NIFTY": None}, {"NIFTY": 0.4}, 60.0, mon) is None
+    slow_queue = work_strain({"optask": 3.0, "maintenance": 200.0}, {}, 60.0, mon)
+    assert slow_queue and "maintenance" in slow_queue and "200 s" in slow_queue
+    late = work_strain({}, {"NIFTY": 0.4, "SENSEX": 41.0}, 60.0, mon)
+    assert late and "SENSEX" in late and "41 s after its tick" in late
+    assert work_strain({}, {"SENSEX": 2.0}, 1.2, mon)  # an accelerated clock: ticks every 1.2 s
+
+
+def test_cpu_use_is_averaged_over_minutes_from_the_samples_checks_leave(redis_url):
+    from optask.ops.health.measure import CPU_WINDOW_S, sustained_cpu
+
+    client = redis.Redis.from_url(redis_url)
+    t0 = 1_000_000.0
+    assert sustained_cpu(client, t0, (0.0, 0.0)) is None  # nothing to compare with yet
+    assert sustained_cpu(client, t0 + 60, (120.0, 120.0)) is None  # a busy minute is not sustained
+    # two cores: 2 CPU-seconds a second; busy for a minute, then a quarter busy
+    busy = 120.0 + 0.5 * (CPU_WINDOW_S - 60)
+    assert sustained_cpu(client, t0 + CPU_WINDOW_S, (busy, 2.0 * CPU_WINDOW_S)) == pytest.approx(
+        100 * busy / (2.0 * CPU_WINDOW_S))
+    for i in range(1, 2000):  # a check every second for half an hour keeps a bounded list
+        sustained_cpu(client, t0 + CPU_WINDOW_S + i, (busy + i, 2.0 * (CPU_WINDOW_S + i)))
+    assert client.llen(next(iter(client.scan_iter("optask:health:cpu:*")))) <= 100
+    assert sustained_cpu(client, t0 + CPU_WINDOW_S + 2000, (busy + 2000, 2.0 * (CPU_WINDOW_S + 2000))) == \
+        pytest.approx(50.0, abs=1.0)
+
+
+# --- end of day: the day being played does not need it yet ---------------------------------------
+
+def test_the_session_a_stack_plays_needs_no_end_of_day_yet(isolated_settings, redis_url):
+    """Before: `optask up` outside market hours replays the last closed session, and `optask health` in another
+    shell (no OPTASK_SIMULATED_SESSION_DAY) judged by the wall clock: `WARN eod: <that day> has data but no
+    end-of-day verification` all through the replay. Health now reads the clock beat stamps the minutes with."""
+    from optask.core.calendar import get_calendar
+    from optask.core.clock import WallClock
+    from optask.infra.session_clock import start_session_clock
+    from optask.ops.health import evaluate, measure
+    from optask.ops.stack import Stack
+
+    calendar = get_calendar(isolated_settings / "calendar_overrides.json")
+    day = calendar.last_closed_session(WallClock().now())  # what `up` plays outside market hours
+    (isolated_settings / "parquet" / "summary" / "index=NIFTY" / f"date={day}").mkdir(parents=True)  # minutes stored
+    settings = load_settings()
+    stack = Stack(settings, redis_url, isolated_settings,
+                  extra_env={"OPTASK_SIMULATED_SESSION_DAY": day.isoformat(), "OPTASK_INDICES": "NIFTY"})
+    try:
+        client = redis.Redis.from_url(redis_url)
+        start_session_clock(client, day, 1.0, len(calendar.session_minutes(day)))  # as `up` starts its clock
+        stack.start_beat()  # and its beat, stamping the minutes of `day`
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not client.hexists("optask:heartbeats", "beat"):
+            time.sleep(0.2)
+        m = measure(settings, worker_timeout_s=0.2)
+    finally:
+        stack.stop()
+    assert m.clock_minute.astimezone(IST).date() == day and m.in_session, m.clock_minute
+    eod = {c.name: c for c in evaluate(m, settings)}["eod"]
+    assert eod.status == OK, eod
+
+
+def test_a_session_just_closed_is_given_the_time_its_end_of_day_takes():
+    from optask.core.calendar import MarketCalendar
+    from optask.ops.health.measure import EOD_GRACE_S, eod_due_day
+
+    calendar = MarketCalendar()
+    day = dt.date(2026, 12, 7)
+    close = calendar.session(day).close
+    before = calendar.previous_trading_day(day)
+    assert eod_due_day(calendar, close - dt.timedelta(minutes=5), 1.0) == before  # in session
+    assert eod_due_day(calendar, close + dt.timedelta(minutes=5), 1.0) == before  # end of day runs
+    assert eod_due_day(calendar, close + dt.timedelta(seconds=EOD_GRACE_S + 60), 1.0) == day  # due
+    assert eod_due_day(calendar, close + dt.timedelta(minutes=60), 50.0) == before  # 72 s at 50x: still running
 
 
 # --- alerts --------------------------------------------------------------------------------------

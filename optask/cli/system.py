@@ -67,7 +67,7 @@ def calendar(
 def redis_status() -> None:
     """Say which Redis optask uses and whether it answers."""
     from optask.core.config import mask_url
-    from optask.infra.redis_server import bundled_redis_url, redis_ping
+    from optask.infra.redis_server import RedisElsewhere, bundled_redis_url, redis_ping
 
     settings = get_settings()
     url = settings.redis.effective_url()
@@ -75,7 +75,10 @@ def redis_status() -> None:
         ok = redis_ping(url)
         console.print(f"configured Redis {mask_url(url)}: {'up' if ok else 'DOWN'}")
         raise typer.Exit(0 if ok else 1)
-    url = bundled_redis_url(settings.data.root)
+    try:
+        url = bundled_redis_url(settings.data.root)
+    except RedisElsewhere as exc:
+        fail(str(exc))
     console.print(f"bundled Redis: {mask_url(url) + ' up' if url else 'not running'} (data in {settings.data.root / 'redis'}; "
                   "password in its 0600 file `password` there)")
     raise typer.Exit(0 if url else 1)
@@ -85,7 +88,7 @@ def redis_status() -> None:
 def redis_start() -> None:
     """Start the bundled Redis (or reuse the running one); a configured Redis is only checked."""
     from optask.core.config import mask_url
-    from optask.infra.redis_server import RedisUnavailable, ensure_redis, start_bundled_redis
+    from optask.infra.redis_server import RedisElsewhere, RedisUnavailable, ensure_redis, start_bundled_redis
 
     settings = get_settings()
     try:
@@ -94,19 +97,22 @@ def redis_start() -> None:
             return
         url, started = start_bundled_redis(settings.data.root)
     except RedisUnavailable as exc:
-        fail(str(exc), 1)
+        fail(str(exc), 2 if isinstance(exc, RedisElsewhere) else 1)
     console.print(f"bundled Redis {'started' if started else 'already running'} at {mask_url(url)}")
 
 
 @redis_app.command("stop")
 def redis_stop() -> None:
     """Stop the bundled Redis cleanly (its AOF is flushed); a configured Redis is never touched."""
-    from optask.infra.redis_server import stop_bundled_redis
+    from optask.infra.redis_server import RedisElsewhere, stop_bundled_redis
 
     settings = get_settings()
     if settings.redis.configured:
         fail("Redis is configured (REDIS_URL/REDIS_HOST); optask stops only its bundled server", 1)
-    stopped = stop_bundled_redis(settings.data.root)
+    try:
+        stopped = stop_bundled_redis(settings.data.root)
+    except RedisElsewhere as exc:
+        fail(str(exc))
     console.print("bundled Redis stopped" if stopped else "bundled Redis was not running")
 
 

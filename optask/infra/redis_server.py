@@ -4,10 +4,13 @@ With no Redis configured, optask runs the `redis-server` binary shipped in the r
 wheel, bound to 127.0.0.1 on a free port, with AOF persistence under the data root and a
 password (`requirepass`) generated once into `{data root}/redis/password` (mode 0600, its folder
 0700, the AOF beside it), passed to the server in a config file of the same mode, never on its
-command line. Its address is recorded in `{data root}/redis/server.json` so every optask process
-of the same user finds the same server, and the password beside it. A configured Redis that
-cannot be reached is an error: it is never silently replaced by the bundled one; one reached over
-the network or listening beyond loopback without a password is refused unless
+command line. The server runs under umask 077, so its AOF, log and pid file are 0600 too. Its address
+and the host that runs it are recorded in `{data root}/redis/server.json` (0600) so every optask process
+of the same user on that host finds the same server, and the password beside it. On a data root that
+several machines mount, any other host is refused with one line naming REDIS_URL: the server answers
+only on its own 127.0.0.1, and a second one started elsewhere on the same AOF folder would corrupt it.
+A configured Redis that cannot be reached is an error: it is never silently replaced by the bundled
+one; one reached over the network or listening beyond loopback without a password is refused unless
 `REDIS_ALLOW_NO_AUTH=true`.
 """
 
@@ -19,9 +22,10 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,13 +33,41 @@ import redis
 
 from optask.core.config import Settings, get_settings, is_loopback, mask_url
 from optask.infra.coordination import RedisCoordinator
-from optask.infra.fsutil import atomic_write_bytes
 from optask.infra.procutil import die_with_parent, free_port
 from optask.infra.redis_client import connect
 
 
 class RedisUnavailable(RuntimeError):
     """Redis cannot be reached or started; the message says which server and what to do."""
+
+
+class RedisElsewhere(RedisUnavailable):
+    """The data root's bundled server runs on another host: it cannot be reached from here, nor started twice."""
+
+
+def this_host() -> dict[str, str]:
+    """What server.json records of the host that runs the bundled server: its hostname (each container has its
+    own) and its machine id (two machines that share a name still differ); it survives a reboot, so a host may
+    take its own server back after a crash."""
+    machine_id = ""
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        with contextlib.suppress(OSError):
+            machine_id = Path(path).read_text().strip()
+            break
+    return {"host": socket.gethostname(), "machine_id": machine_id}
+
+
+def server_preexec(die_with_us: bool = True) -> Callable[[], None]:
+    """A `preexec_fn` for redis-server: umask 077, so the AOF, its log and its pid file are created 0600 (the AOF
+    holds the Kite token), and, for a child, PR_SET_PDEATHSIG (`die_with_parent`)."""
+    die = die_with_parent() if die_with_us else None
+
+    def preexec() -> None:
+        os.umask(0o077)
+        if die is not None:
+            die()
+
+    return preexec
 
 
 def redis_server_binary() -> str:
@@ -98,13 +130,31 @@ def bundled_password(directory: Path) -> str:
     return path.read_text().strip()
 
 
+def _write_private(path: Path, data: bytes) -> None:
+    """Written whole (temp file, fsync, rename) and the owner's only from its first byte (0600)."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _tighten(directory: Path) -> None:
+    """Files an older optask let the server create under the user's umask (0644) become the owner's only."""
+    for path in directory.rglob("*"):
+        with contextlib.suppress(FileNotFoundError):  # a rewrite's temp file, gone meanwhile
+            os.chmod(path, 0o700 if path.is_dir() else 0o600)
+
+
 def _auth_config(directory: Path) -> Path:
     """A config file (0600) carrying `requirepass`, so the password is not in `ps` for other users to read."""
     conf = directory / "redis.conf"
-    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(f"requirepass {bundled_password(directory)}\n")
-    os.chmod(conf, 0o600)
+    _write_private(conf, f"requirepass {bundled_password(directory)}\n".encode())
     return conf
 
 
@@ -114,8 +164,9 @@ def local_url(directory: Path, port: int) -> str:
 
 
 def redis_server_args(directory: Path, port: int, daemonize: bool, log_to_stdout: bool = False) -> list[str]:
-    """Command line of a local, persistent, password-protected Redis fit for Celery (noeviction: never drop a task)."""
-    private_dir(directory)
+    """Command line of a local, persistent, password-protected Redis fit for Celery (noeviction: never drop a task).
+    Run it with `server_preexec` (umask 077)."""
+    _tighten(private_dir(directory))
     return [
         redis_server_binary(), str(_auth_config(directory)),
         "--bind", "127.0.0.1", "--port", str(port), "--dir", str(directory),
@@ -142,7 +193,7 @@ class RedisServer:
         private_dir(self.directory)
         self.process = subprocess.Popen(
             redis_server_args(self.directory, self.port, daemonize=False),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent(),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=server_preexec(),
         )
         wait_for_redis(self.url)
         return self
@@ -161,26 +212,40 @@ def _state_file(root: Path) -> Path:
     return root / "redis" / "server.json"
 
 
+def _elsewhere(root: Path, info: dict) -> None:
+    """Refuse a bundled server that server.json says another host runs (a record without a host, from an
+    older optask, is this host's)."""
+    here = this_host()
+    if not any(info.get(k) and here[k] and info[k] != here[k] for k in here):
+        return
+    raise RedisElsewhere(
+        f"the bundled Redis of {root} runs on host {info.get('host')} ({_state_file(root)}) and answers only there; "
+        "set REDIS_URL on this host to a Redis both machines reach (never a second bundled server on the same AOF); "
+        f"if {info.get('host')} no longer runs it, delete that file")
+
+
 def recorded_redis_url(root: Path) -> str | None:
-    """The recorded bundled server's URL, its password from the file beside it, whether it answers or not."""
+    """The recorded bundled server's URL, its password from the file beside it, whether it answers or not.
+    RedisElsewhere when another host runs it."""
     try:
         info = json.loads(_state_file(root).read_text())
+        _elsewhere(root, info)
         return local_url(root / "redis", int(info["port"])) if info.get("auth") else info["url"]
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, AttributeError):
         return None
 
 
 def bundled_redis_url(root: Path) -> str | None:
-    """The recorded bundled server's URL if it answers, else None."""
+    """The recorded bundled server's URL if it answers, else None; RedisElsewhere when another host runs it."""
     url = recorded_redis_url(root)
     return url if url and redis_ping(url) else None
 
 
 def record_bundled_redis(root: Path, url: str, port: int, pid: int | None = None) -> None:
-    """Publish the bundled server's address (not its password: that stays in its 0600 file) so every optask
-    process of this user finds it."""
-    atomic_write_bytes(_state_file(root), json.dumps(
-        {"url": mask_url(url), "port": port, "dir": str(root / "redis"), "pid": pid, "auth": True}).encode())
+    """Publish the bundled server's address and host (not its password: that stays in its 0600 file) so every
+    optask process of this user on this host finds it, and every other host is refused."""
+    _write_private(_state_file(root), json.dumps({"url": mask_url(url), "port": port, "dir": str(root / "redis"),
+                                                 "pid": pid, "auth": True, **this_host()}).encode())
 
 
 def forget_bundled_redis(root: Path) -> None:
@@ -195,7 +260,8 @@ def start_bundled_redis(root: Path) -> tuple[str, bool]:
     directory = private_dir(root / "redis")
     port = free_port()
     url = local_url(directory, port)
-    proc = subprocess.run(redis_server_args(directory, port, daemonize=True), capture_output=True, text=True)
+    proc = subprocess.run(redis_server_args(directory, port, daemonize=True), capture_output=True, text=True,
+                          preexec_fn=server_preexec(die_with_us=False))
     if proc.returncode != 0:
         raise RedisUnavailable(f"bundled redis-server failed to start: {proc.stderr.strip() or proc.stdout.strip()}")
     wait_for_redis(url)
@@ -204,7 +270,8 @@ def start_bundled_redis(root: Path) -> tuple[str, bool]:
 
 
 def stop_bundled_redis(root: Path) -> bool:
-    """Shut the bundled server down, flushing its AOF. False when none was running."""
+    """Shut the bundled server down, flushing its AOF. False when none was running; RedisElsewhere (its record
+    left alone) when another host runs it."""
     url = bundled_redis_url(root)
     _state_file(root).unlink(missing_ok=True)
     if not url:
@@ -289,7 +356,10 @@ def url_if_running(settings: Settings) -> tuple[str | None, str | None]:
     url = settings.redis.effective_url()
     if url:
         return url, None
-    url = bundled_redis_url(settings.data.root)
+    try:
+        url = bundled_redis_url(settings.data.root)
+    except RedisElsewhere as exc:
+        return None, str(exc)
     if url:
         return url, None
     return None, (f"no Redis configured and the bundled one is not running (data root {settings.data.root}): "

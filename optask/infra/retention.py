@@ -56,6 +56,7 @@ FAMILIES = (
     Family("alerts:outbox", "capped", "the last 200 notifications waiting for a channel to come back"),
     Family("health:actions", "capped", "the last 200 self-healing actions"),
     Family("health:depths:*", "capped", "the last 10 depths of a queue"),
+    Family("health:cpu:*", "capped", "the last 100 CPU-time samples of a host (health's CPU average)"),
     Family("parked", "capped", "the last 100 tasks parked after too many deliveries"),
     Family("last_stored:*", "configured", "the newest stored minute of an index"),
     Family("metrics", "configured", "counters by family and label"),

@@ -65,6 +65,28 @@ def get_clock(settings=None) -> WallClock | SessionReplayClock:
     return _REPLAY_CLOCKS[cache_key]
 
 
+def clock_note(settings=None) -> dict:
+    """What a heartbeat says of its process's clock: the simulated session it plays (day, speed, days), or nothing
+    for the wall clock. Beat carries it, so a process started without OPTASK_SIMULATED_SESSION_DAY (`optask
+    health` in a shell beside `optask up` outside market hours) judges by the stack's clock (`clock_of`)."""
+    market = (settings or get_settings()).market
+    if market.simulated_session_day is None:
+        return {}
+    return {"session_day": market.simulated_session_day.isoformat(), "speed": market.simulated_session_speed,
+            "days": market.simulated_session_days}
+
+
+def clock_of(note: dict, client, calendar) -> SessionReplayClock | None:
+    """The clock a heartbeat's `clock_note` names, on its shared anchor; None for the wall clock, or when the
+    anchor is gone (that session's clock expired)."""
+    if not note.get("session_day"):
+        return None
+    day, speed, days = dt.date.fromisoformat(note["session_day"]), float(note["speed"]), int(note.get("days", 1))
+    key = anchor_key(day, speed, days)
+    anchor = client.get(key)
+    return None if anchor is None else SessionReplayClock(day, calendar, speed, float(anchor), client, key, days)
+
+
 def current_minute_iso() -> str:
     """The collection minute beat stamps on `collect_minute` (a second's slack for early wake-ups)."""
     return floor_minute(get_clock().now() + dt.timedelta(seconds=1)).isoformat()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from optask.core.config import Settings
 from optask.infra.procutil import die_with_parent
-from optask.infra.redis_server import redis_server_args
+from optask.infra.redis_server import redis_server_args, server_preexec
 
 CELERY = [sys.executable, "-m", "celery", "-A", "tasks"]
 #: Stop order, by name prefix: nothing new is scheduled, nobody watches, running tasks finish, then the broker goes.
@@ -97,16 +97,18 @@ class Stack:
         env.update(more)
         return env
 
-    def _spawn(self, name: str, args: list[str], **env: str) -> subprocess.Popen:
+    def _spawn(self, name: str, args: list[str], private: bool = False, **env: str) -> subprocess.Popen:
+        """`private`: the bundled Redis, whose log (0600) and files (umask 077) are its owner's only."""
         self.logs.mkdir(parents=True, exist_ok=True)
-        with open(self.logs / f"{name}.log", "ab") as log:
+        fd = os.open(self.logs / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600 if private else 0o644)
+        with os.fdopen(fd, "ab") as log:
             log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {name}\n".encode())
             log.flush()
             # Own session: a terminal's Ctrl-C reaches only the supervisor, which stops children in order.
             proc = subprocess.Popen(args, env=self.env(**env), stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True, preexec_fn=die_with_parent())
+                                    start_new_session=True, preexec_fn=server_preexec() if private else die_with_parent())
         self.procs[name] = proc
-        self.specs[name] = (args, env)
+        self.specs[name] = (args, env, private)
         return proc
 
     def rotate_logs(self) -> list[str]:
@@ -118,14 +120,14 @@ class Stack:
                 if rotate_log(p, int(svc.log_max_mb * 1024 * 1024), svc.log_backups)]
 
     def restart(self, name: str) -> subprocess.Popen:
-        args, env = self.specs[name]
-        return self._spawn(name, args, **env)
+        args, env, private = self.specs[name]
+        return self._spawn(name, args, private, **env)
 
     def start_redis(self, port: int, name: str = "redis") -> subprocess.Popen:
         """The bundled redis-server as a child on `port` (AOF under the data root), not a daemon."""
         directory = self.data_root / "redis"
         directory.mkdir(parents=True, exist_ok=True)
-        return self._spawn(name, redis_server_args(directory, port, daemonize=False, log_to_stdout=True))
+        return self._spawn(name, redis_server_args(directory, port, daemonize=False, log_to_stdout=True), private=True)
 
     def start_worker(self, name: str = "worker", concurrency: int | None = None, queues: list[str] | None = None,
                      **env: str) -> subprocess.Popen:

@@ -57,6 +57,10 @@ from optask.ops.reporter import MinuteReporter
 from optask.ops.restarts import ChildWatch, RestartPolicy
 from optask.ops.stack import ChildFailed, Stack, describe_exit, wait_for_workers
 
+#: up prints health from a report measured after its first stored minute (or after this long, seconds): a
+#: stack still starting (beat not ticked yet, nothing stored yet) is not what a person needs to read first.
+HEALTH_SETTLE_S = 120
+
 
 class AlreadyRunning(RuntimeError):
     """Another `optask up` holds this data root."""
@@ -321,7 +325,7 @@ class Supervisor:
                                "children died with it, and this one takes over[/yellow]", highlight=False)
             alerter.fire("supervisor.up", "WARN", f"optask up restarted after an unclean stop of pid {self.unclean}")
             watch.restarted["up"] = time.monotonic()
-        printed = 0
+        printed, settled = 0, time.time() + HEALTH_SETTLE_S
         health_line, health_read, rotated = "", 0.0, time.monotonic()
         while True:
             try:
@@ -332,11 +336,12 @@ class Supervisor:
             for line in lines:
                 self.console.print(line, highlight=False)
                 printed += 1
+                settled = min(settled, time.time())
             watch.step(time.monotonic())
             if time.monotonic() - health_read > 5:  # one line whenever the health summary changes
                 health_read = time.monotonic()
-                key, line = _health_summary(ledger.redis)
-                if key and key != health_line:
+                key, line, at = _health_summary(ledger.redis)
+                if key and key != health_line and at >= settled:
                     self.console.print(line, highlight=False)
                     health_line = key
             if time.monotonic() - rotated > 30:
@@ -366,15 +371,15 @@ class SafeAlerter:
         return call
 
 
-def _health_summary(client) -> tuple[str, str]:
-    """The last health run as (what changed, one line): the line is printed when the statuses change,
-    not when a measured value moves."""
+def _health_summary(client) -> tuple[str, str, float]:
+    """The last health run as (what changed, one line, when it was measured): the line is printed when the
+    statuses change, not when a measured value moves."""
     try:
         report = last_report(client)
     except (redis.RedisError, OSError):
-        return "", ""
+        return "", "", 0.0
     if not report:
-        return "", ""
+        return "", "", 0.0
     checks = [CheckResult(**c) for c in report["checks"]]
     key = report["status"] + "|" + ",".join(sorted(f"{c.name}={c.status}" for c in checks if c.status != "OK"))
-    return key, HealthReport(report["at"], report["status"], checks).summary()
+    return key, HealthReport(report["at"], report["status"], checks).summary(), report["at"]

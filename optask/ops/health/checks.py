@@ -46,10 +46,40 @@ def _level(value: float, warn: float, crit: float, higher_is_worse: bool = True)
 
 # --- the checks: pure functions of measured inputs ---------------------------------------------
 
-def check_system(cpu_pct: float, mem_pct: float, disk_free_gb: float, where: str, mon) -> list[CheckResult]:
+def work_strain(ages: dict[str, float | None], latency_s: dict[str, float | None], tick_s: float, mon) -> str | None:
+    """How the work suffers, in words, or None: a queue's oldest task waiting QUEUE_AGE_WARN_S or more, or a live
+    minute stored more than half a tick after its tick (`tick_s`: 60 s live, less on an accelerated clock)."""
+    waiting = {q: a for q, a in ages.items() if a is not None and a >= mon.queue_age_warn_s}
+    if waiting:
+        q = max(waiting, key=waiting.__getitem__)
+        return f"{q}'s oldest task waits {waiting[q]:.0f} s"
+    late = {i: s for i, s in latency_s.items() if s is not None and s > tick_s / 2}
+    if late:
+        i = max(late, key=late.__getitem__)
+        return f"{i}'s last minute was stored {late[i]:.0f} s after its tick"
+    return None
+
+
+def check_cpu(now_pct: float, avg_pct: float | None, window_s: float, strain: str | None, mon) -> CheckResult:
+    """CPU busy with the work alone is no finding: a stack at 100% that keeps pace is doing its job, and one that
+    is starting is busy for a minute. CPU_WARN_PCT (CPU_CRIT_PCT) counts only when the use is sustained, averaged
+    over `window_s`, and the work suffers too (`strain`), the CPU then its likely cause."""
+    if avg_pct is None:
+        return CheckResult("system.cpu", OK, f"CPU {now_pct:.0f}% now; its {window_s / 60:.0f}-minute average is "
+                           "not known yet", round(now_pct, 1))
+    text = f"CPU {avg_pct:.0f}% over the last {window_s / 60:.0f} min ({now_pct:.0f}% now)"
+    level = _level(avg_pct, mon.cpu_warn_pct, mon.cpu_crit_pct)
+    if level == OK or strain is None:
+        return CheckResult("system.cpu", OK, text + ("" if level == OK else ", and the work keeps pace"),
+                           round(avg_pct, 1))
+    return CheckResult("system.cpu", level, f"{text}, and {strain}: give this machine more cores or fewer indices "
+                       "(WORKER_INDICES)", round(avg_pct, 1))
+
+
+def check_system(cpu: CheckResult, mem_pct: float, disk_free_gb: float, where: str, mon) -> list[CheckResult]:
     disk = _level(disk_free_gb, mon.disk_warn_free_gb, mon.disk_crit_free_gb, higher_is_worse=False)
     return [
-        CheckResult("system.cpu", _level(cpu_pct, mon.cpu_warn_pct, mon.cpu_crit_pct), f"CPU {cpu_pct:.0f}% used", cpu_pct),
+        cpu,
         CheckResult("system.memory", _level(mem_pct, mon.memory_warn_pct, mon.memory_crit_pct),
                     f"memory {mem_pct:.0f}% used", mem_pct),
         CheckResult("system.disk", disk, f"{disk_free_gb:.1f} GB free under {where}"

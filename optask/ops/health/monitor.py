@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 import psutil
 import redis
 
-from optask.core.clock import clock_speed
 from optask.core.config import Settings, get_settings
 from optask.core.timeutils import UTC
 from optask.infra import counters
@@ -30,6 +29,7 @@ from optask.ops.health.checks import (
     RANK,
     CheckResult,
     check_beat,
+    check_cpu,
     check_eod,
     check_freshness,
     check_influx,
@@ -41,9 +41,10 @@ from optask.ops.health.checks import (
     check_system,
     check_ticker,
     check_workers,
+    work_strain,
     worst,
 )
-from optask.ops.health.measure import Measurements, consumers, measure
+from optask.ops.health.measure import CPU_WINDOW_S, Measurements, consumers, measure
 
 log = logging.getLogger("optask.health")
 
@@ -99,12 +100,14 @@ def evaluate(m: Measurements, settings: Settings | None = None) -> list[CheckRes
     settings = settings or get_settings()
     mon = settings.monitoring
     required = [DEFAULT_QUEUE] + [f"process.{i}" for i in settings.market.indices]  # beat's ticks, then each index
-    results = check_system(m.cpu_pct, m.mem_pct, m.disk_free_gb, m.disk_where, mon)
+    tick_s = beat_interval_s(m.clock_speed)
+    cpu = check_cpu(m.cpu_pct, m.cpu_avg_pct, CPU_WINDOW_S, work_strain(m.ages, m.latency_s, tick_s, mon), mon)
+    results = check_system(cpu, m.mem_pct, m.disk_free_gb, m.disk_where, mon)
     results += check_redis(m.redis_info, m.redis_latency_ms, m.redis_error)
     if m.redis_info is not None:
         results += check_queues(m.depths, m.ages, mon)
         results += check_workers(m.consumers, m.depth_history, required, m.workers_error)
-        results.append(check_beat(m.beat_age_s, beat_interval_s(settings)))
+        results.append(check_beat(m.beat_age_s, tick_s))
         results.append(check_parked(m.parked))
         token = check_kite_token(settings.market.provider, m.kite_token, dt.datetime.fromtimestamp(m.now, UTC),
                                  m.next_open)
@@ -123,9 +126,9 @@ def evaluate(m: Measurements, settings: Settings | None = None) -> list[CheckRes
     return results
 
 
-def beat_interval_s(settings: Settings) -> float:
-    """How often beat ticks: every minute of the clock (at least every second)."""
-    return max(60.0 / clock_speed(settings), 1.0)
+def beat_interval_s(speed: float) -> float:
+    """How often beat ticks on a clock running `speed` x real time: every minute of it (at least every second)."""
+    return max(60.0 / speed, 1.0)
 
 
 @dataclass
