@@ -12,6 +12,7 @@ from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from optask.core.schema import TABLE_KEYS
 from optask.infra.fsutil import StorageError
@@ -19,7 +20,7 @@ from optask.infra.fsutil import StorageError
 #: Every stored table and its key.
 TABLES: dict[str, tuple[str, ...]] = TABLE_KEYS
 
-__all__ = ["TABLES", "StorageError", "Store", "days_of", "split_by_minute"]
+__all__ = ["TABLES", "StorageError", "Store", "days_of", "is_sorted", "same_rows", "split_by_minute"]
 
 
 class Store(Protocol):
@@ -66,3 +67,36 @@ def split_by_minute(table: pa.Table) -> list[tuple[dt.datetime, pa.Table]]:
     starts = np.flatnonzero(np.r_[True, ns[1:] != ns[:-1]])
     ends = np.r_[starts[1:], len(ns)]
     return [(table["ts"][int(a)].as_py(), table.slice(int(a), int(b - a))) for a, b in zip(starts, ends, strict=True)]
+
+
+def is_sorted(t: pa.Table, keys: list[str]) -> bool:
+    """Whether the rows are in ascending order of `keys` (lexicographic; ties allowed). A key with nulls: no."""
+    n = t.num_rows
+    if n < 2:
+        return True
+    tied = pa.repeat(pa.scalar(True), n - 1)
+    for k in keys:
+        col = t[k]
+        if col.null_count:
+            return False
+        prev, nxt = col.slice(0, n - 1), col.slice(1)
+        if pc.any(pc.and_(tied, pc.greater(prev, nxt))).as_py():
+            return False
+        tied = pc.and_(tied, pc.equal(prev, nxt))
+    return True
+
+
+def same_rows(a: pa.Table, b: pa.Table) -> bool:
+    """Row for row the same, a NaN equal to a NaN in the same place (Arrow's `equals` finds a NaN unequal to
+    itself, so a minute with one NaN greek would be rewritten by every redelivery)."""
+    if a.schema != b.schema or a.num_rows != b.num_rows:
+        return False
+    for x, y in zip(a.columns, b.columns, strict=True):
+        if x.equals(y):
+            continue
+        if not pa.types.is_floating(x.type):
+            return False
+        nan_x, nan_y = pc.fill_null(pc.is_nan(x), False), pc.fill_null(pc.is_nan(y), False)
+        if not nan_x.equals(nan_y) or not x.filter(pc.invert(nan_x)).equals(y.filter(pc.invert(nan_y))):
+            return False
+    return True

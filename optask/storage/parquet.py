@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from optask.core.timeutils import IST
 from optask.infra.fsutil import commit, fsync_dir, fsync_path, make_dirs, temp_path
-from optask.storage.base import TABLES, StorageError, days_of
+from optask.storage.base import TABLES, StorageError, days_of, is_sorted, same_rows
 
 DAY_FILE = "day.parquet"
 #: Columns that are partition keys (directory names), never stored inside a file.
@@ -75,39 +75,6 @@ def by_precedence(paths: list[Path]) -> list[Path]:
 def _without_partitions(table: pa.Table) -> pa.Table:
     drop = [c for c in PARTITION_COLUMNS if c in table.column_names]
     return table.drop_columns(drop) if drop else table
-
-
-def is_sorted(t: pa.Table, keys: list[str]) -> bool:
-    """Whether the rows are in ascending order of `keys` (lexicographic; ties allowed). A key with nulls: no."""
-    n = t.num_rows
-    if n < 2:
-        return True
-    tied = pa.repeat(pa.scalar(True), n - 1)
-    for k in keys:
-        col = t[k]
-        if col.null_count:
-            return False
-        prev, nxt = col.slice(0, n - 1), col.slice(1)
-        if pc.any(pc.and_(tied, pc.greater(prev, nxt))).as_py():
-            return False
-        tied = pc.and_(tied, pc.equal(prev, nxt))
-    return True
-
-
-def same_rows(a: pa.Table, b: pa.Table) -> bool:
-    """Row for row the same, a NaN equal to a NaN in the same place (Arrow's `equals` finds a NaN unequal to
-    itself, so a minute with one NaN greek would be rewritten by every redelivery)."""
-    if a.schema != b.schema or a.num_rows != b.num_rows:
-        return False
-    for x, y in zip(a.columns, b.columns, strict=True):
-        if x.equals(y):
-            continue
-        if not pa.types.is_floating(x.type):
-            return False
-        nan_x, nan_y = pc.fill_null(pc.is_nan(x), False), pc.fill_null(pc.is_nan(y), False)
-        if not nan_x.equals(nan_y) or not x.filter(pc.invert(nan_x)).equals(y.filter(pc.invert(nan_y))):
-            return False
-    return True
 
 
 def _dictionary_columns(schema: pa.Schema) -> list[str]:
