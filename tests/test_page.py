@@ -12,13 +12,18 @@ import httpx
 import pytest
 from api_session import DAY2
 from playwright.sync_api import sync_playwright
-from test_stream import api  # noqa: F401 - the module's own server, on its own stores
+from support.api import served
 
 from optask.core.timeutils import IST
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = Path(os.environ.get("OPTASK_SCREENSHOTS", "")) if os.environ.get("OPTASK_SCREENSHOTS") else None
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (make test-servers)")
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    yield from served(tmp_path_factory.mktemp("page"), API_PUSH_QUEUE="8")
 
 
 def number(text: str) -> float:
@@ -52,7 +57,7 @@ def showing(page, ts: str) -> None:
                            timeout=30_000)
 
 
-def test_the_page_shows_the_apis_numbers_follows_each_new_minute_and_goes_back_in_time(api, tmp_path):  # noqa: F811
+def test_the_page_shows_the_apis_numbers_follows_each_new_minute_and_goes_back_in_time(api, tmp_path):
     chain = lambda **q: httpx.get(f"{api.url}/v1/chain/NIFTY", params={"atm_window": 15, **q},  # noqa: E731
                                   headers=api.h, timeout=30).json()
     shots = SHOTS or tmp_path
@@ -109,3 +114,4 @@ def test_the_page_shows_the_apis_numbers_follows_each_new_minute_and_goes_back_i
         assert wide <= 390, wide  # the table scrolls inside its box, the page does not
         browser.close()
     assert not problems, problems
+
