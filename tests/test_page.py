@@ -115,3 +115,28 @@ def test_the_page_shows_the_apis_numbers_follows_each_new_minute_and_goes_back_i
         browser.close()
     assert not problems, problems
 
+
+def test_live_mode_never_goes_back_in_time_and_a_repair_refreshes_the_series_in_place(api):
+    """An `event: repaired` of an older minute of the day adds that minute to the day's series without moving the
+    view; one of a past day (a backfill) moves nothing."""
+    newest = dt.datetime.combine(DAY2, dt.time(9, 45), IST).astimezone(dt.UTC).isoformat()
+    count = "() => Number(document.getElementById('minute').max) + 1"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1366, "height": 768})
+        page.goto(f"{api.url}/")
+        page.fill("#token", api.tok)
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#chain tbody tr")
+        api.session("minute", "09:45")
+        showing(page, newest)
+        minutes = page.evaluate(count)
+        api.session("repair", "09:44")  # a gap of the day, filled by in-session repair
+        page.wait_for_function(f"(n) => ({count})() === n", arg=minutes + 1, timeout=30_000)
+        assert page.get_attribute("#minute-shown", "data-value") == newest
+        assert page.get_attribute("#live", "aria-pressed") == "true"
+        api.session("repair", "15:21", "2026-11-20")  # a backfill of last week
+        api.session("minute", "09:46")
+        showing(page, dt.datetime.combine(DAY2, dt.time(9, 46), IST).astimezone(dt.UTC).isoformat())
+        assert page.evaluate(count) == minutes + 2
+        browser.close()
