@@ -137,7 +137,8 @@ def test_websocket_subscribe_resume_unsubscribe_and_refusals(api):
             await ws.send("not json")
             assert json.loads(await ws.recv())["type"] == "error"
             await ws.send(json.dumps({"action": "subscribe", "indices": ["nifty"], "what": "summary"}))
-            assert json.loads(await ws.recv()) == {"type": "subscribed", "indices": ["NIFTY"], "what": "summary"}
+            assert json.loads(await ws.recv()) == {"type": "subscribed", "indices": ["NIFTY"], "what": "summary",
+                                                   "atm_window": None}
             await asyncio.to_thread(api.session, "minute", "09:32")
             event = json.loads(await asyncio.wait_for(ws.recv(), 30))
             assert event["type"] == "minute" and event["index"] == "NIFTY" and "summary" in event

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from optask.api.formats import iso_column
 from optask.core.schema import TABLE_KEYS
@@ -138,6 +139,39 @@ class Catalog:
             return pa.concat_tables([old, fresh.select(old.column_names).cast(old.schema)])
         except (KeyError, pa.ArrowInvalid, pa.ArrowTypeError):  # files of another version: read the day whole
             return self.store.read_table(table, index, day)
+
+    def holds(self, table: str, index: str, day: dt.date) -> bool:
+        """Whether the day's table is in memory (reading it again costs no disk)."""
+        with self._lock:
+            return (table, index, day) in self._days
+
+    def read_closed(self, table: str, index: str, day: dt.date, columns: list[str], filtered_on: list[str],
+                    keep) -> pa.Table | None:
+        """A closed day's rows (one day.parquet, no minute or batch file) that `keep` selects, with `columns` and
+        `filtered_on`, in the file's (key) order; never cached. The columns the filter needs are read first and the
+        others only for the rows kept (one open file: both reads see the same rows). None when the day is not
+        closed, or its file went while being read."""
+        day_file, parts = self.store.files(table, index, day)
+        if day_file is None or parts:
+            return None
+        try:
+            with pq.ParquetFile(day_file, memory_map=self.store.memory_map) as f:
+                stored = set(f.schema_arrow.names)
+                first = f.read(columns=[c for c in filtered_on if c in stored])
+                first = keep(first.append_column("_row", pa.array(np.arange(first.num_rows))))
+                rest = [c for c in columns if c in stored and c not in first.column_names]
+                if rest and first.num_rows:
+                    more = f.read(columns=rest).take(first["_row"])
+                    for name in rest:
+                        first = first.append_column(name, more[name])
+        except (FileNotFoundError, OSError, pa.ArrowInvalid):
+            return None
+        first = first.drop_columns(["_row"])
+        if "index" in columns:
+            first = first.append_column("index", pa.repeat(pa.scalar(index, pa.string()), first.num_rows))
+        if not first.num_rows:
+            return first.select([c for c in dict.fromkeys([*filtered_on, *columns]) if c in first.column_names])
+        return first
 
     def changed(self, index: str) -> None:
         """An index stored (or repaired) a minute: list its days' files again on the next read."""

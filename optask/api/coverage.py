@@ -29,7 +29,8 @@ def gaps_of(session: pd.DatetimeIndex, have: set[str]) -> list[list[str]]:
 
 
 def eod_of(settings, day: dt.date, index: str) -> dict | None:
-    """The end-of-day verdict of the day's verification report, or None when end of day has not run."""
+    """The end-of-day verdict of the day's verification report, or None when end of day has not run; the report's
+    path as it is under the data root (where the server keeps its data is nobody else's business)."""
     path = settings.data.reports_root / "eod" / day.isoformat() / "verification.json"
     try:
         doc = json.loads(path.read_text())
@@ -41,7 +42,8 @@ def eod_of(settings, day: dt.date, index: str) -> dict | None:
     before = doc.get("before_repair", {}).get("indices", {}).get(index)
     return {"score": mine.get("score"), "status": mine.get("status"),
             "score_before_repair": before.get("score") if before else None,
-            "findings_by_kind": mine.get("findings_by_kind", {}), "report": str(path.with_name("report.html"))}
+            "findings_by_kind": mine.get("findings_by_kind", {}),
+            "report": path.with_name("report.html").relative_to(settings.data.root).as_posix()}
 
 
 def day_coverage(settings, calendar: MarketCalendar, ledger: Ledger, index: str, day: dt.date) -> dict:
