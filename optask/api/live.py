@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ log = logging.getLogger("optask.api")
 PUSHED = ("minute", "repaired")  # an `again` event (a redelivered minute stored again) changes nothing
 WHAT = ("summary", "chain")
 KEPT_PAYLOADS = 256
+REPLAY_REST = 3.0  # a replayed payload's build is followed by a rest this many times as long (see Hub._build)
 #: atm_window of the push, rounded up to one of these: subscribers asking nearly the same share one payload.
 ATM_WINDOWS = (0, 1, 2, 3, 5, 10, 15, 20, 25, 30, 40, 50, 75, 100, 150, 200, 300, 500)
 #: WebSocket close codes for why the hub let a subscriber go (SSE gets the reason in `event: close`).
@@ -180,10 +182,15 @@ class Hub:
         return await asyncio.shield(task)
 
     async def _build(self, event: Event, ask: Ask, replayed: bool) -> bytes:
-        if replayed:
-            async with self.replay_builds:
-                return await self._built(event, ask)
-        return await self._built(event, ask)
+        """A live event's payload at once; a replayed one's in turn, one at a time, each followed by a rest
+        REPLAY_REST times as long as it took: however many replay at once, replays take a quarter of one core."""
+        if not replayed:
+            return await self._built(event, ask)
+        async with self.replay_builds:
+            started = time.perf_counter()
+            payload = await self._built(event, ask)
+            await asyncio.sleep((time.perf_counter() - started) * REPLAY_REST)
+            return payload
 
     async def _built(self, event: Event, ask: Ask) -> bytes:
         from_chain = {"expiry": ask.expiry, "atm_window": 0 if ask.what == "summary" else ask.atm_window,
@@ -218,10 +225,9 @@ class Hub:
         (which the caller has added to it)."""
         last = after
         if after is not None:
-            events, notice = await replay.window(self.redis, after, self.replay_max)
+            source, notice = await replay.window(self.redis, after, self.replay_max)
             if notice is not None:
                 yield [(None, notice)]
-            source = _listed(events)
             while last is not None and not sub.closed:  # replay until one pass ends without the live queue overflowing
                 sub.replaying, sub.overflowed = True, False
                 async for got in self._replayed(sub, source):
@@ -255,11 +261,6 @@ class Hub:
                 yield batch
             if event is None:
                 return
-
-
-async def _listed(items: list) -> AsyncIterator:
-    for item in items:
-        yield item
 
 
 def _head(event: Event) -> dict:

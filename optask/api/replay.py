@@ -15,7 +15,23 @@ from optask.api.params import ApiError
 from optask.core.timeutils import parse_ts
 from optask.infra.ledger import EVENTS, EVENTS_KEPT
 
-CHUNK = 500
+CHUNK = 25  # events read from Redis at once: each read is parsed on the event loop, so a small one
+#: Where a replay after ARGV[1] starts when more than ARGV[2] events follow it, found inside Redis (the events
+#: themselves are not sent here, a replay reads them CHUNK at a time): {0} when all follow, else {1, the first
+#: event kept, the ts of the first and the last event left out}.
+WINDOW = """
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '(' .. ARGV[1], 'COUNT', ARGV[2])
+if #newest < tonumber(ARGV[2]) then return {0} end
+local first_kept = newest[#newest][1]
+local skipped = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '(' .. first_kept, 'COUNT', 1)
+if #skipped == 0 then return {0} end
+local last = redis.call('XREVRANGE', KEYS[1], '(' .. first_kept, '(' .. ARGV[1], 'COUNT', 1)
+local function ts(entry)
+  for i = 1, #entry[2], 2 do if entry[2][i] == 'ts' then return entry[2][i + 1] end end
+  return ''
+end
+return {1, first_kept, ts(skipped[1]), ts(last[1])}
+"""
 _EVENT_ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")
 _MAX_PART = 2**64 - 1  # Redis stream ids are two unsigned 64-bit numbers
 
@@ -41,9 +57,9 @@ def decoded(entry) -> tuple[str, dict]:
     return eid.decode(), {k.decode(): v.decode() for k, v in raw.items()}
 
 
-async def entries_after(redis, after: str) -> AsyncIterator[tuple[str, dict]]:
-    """Every event after `after`, oldest first, read CHUNK at a time."""
-    start = f"({after}"
+async def entries_after(redis, after: str, inclusive: bool = False) -> AsyncIterator[tuple[str, dict]]:
+    """Every event after `after` (or from it, `inclusive`), oldest first, read CHUNK at a time."""
+    start = after if inclusive else f"({after}"
     while True:
         chunk = await redis.xrange(EVENTS, min=start, max="+", count=CHUNK)
         for entry in chunk:
@@ -62,19 +78,16 @@ async def lost_since(redis, after: str) -> str | None:
     return None
 
 
-async def window(redis, after: str, most: int) -> tuple[list[tuple[str, dict]], bytes | None]:
-    """The events after `after` to replay, oldest first (at most `most`: the newest), and the notice for the
-    subscriber when some are left out (trimmed from the stream, or more than `most`), else None."""
-    newest = await redis.xrevrange(EVENTS, max="+", min=f"({after}", count=most)
-    events = [decoded(e) for e in reversed(newest)]
-    if len(events) == most:
-        first_kept = events[0][0]
-        skipped = await redis.xrange(EVENTS, min=f"({after}", max=f"({first_kept}", count=1)
-        if skipped:
-            last = await redis.xrevrange(EVENTS, max=f"({first_kept}", min=f"({after}", count=1)
-            return events, _too_many(after, first_kept, decoded(skipped[0])[1], decoded(last[0])[1], most)
+async def window(redis, after: str, most: int) -> tuple[AsyncIterator[tuple[str, dict]], bytes | None]:
+    """The events after `after` to replay, oldest first (at most `most`: the newest), read as they are consumed;
+    and the notice for the subscriber when some are left out (trimmed from the stream, or more than `most`)."""
+    found = await redis.eval(WINDOW, 1, EVENTS, after, most)
+    if int(found[0]):
+        first_kept = found[1].decode()
+        times = {"ts": found[2].decode()}, {"ts": found[3].decode()}
+        return entries_after(redis, first_kept, inclusive=True), _too_many(after, first_kept, *times, most)
     why = await lost_since(redis, after)
-    return events, None if why is None else orjson.dumps({"type": "lost", "message": why})
+    return entries_after(redis, after), None if why is None else orjson.dumps({"type": "lost", "message": why})
 
 
 def _too_many(after: str, first_kept: str, first: dict, last: dict, most: int) -> bytes:
