@@ -26,6 +26,7 @@ from optask.infra.coordination import PREFIX
 from optask.infra.ledger import EVENTS
 
 log = logging.getLogger("optask.api")
+HEALTH_S = 1.0
 
 
 @dataclass
@@ -45,6 +46,7 @@ class ServerState:
     hub: Hub | None = None  # the push subscribers (live.Hub)
     heavy: object = None  # routes.Turns: heavy answers take turns
     following: str | None = "not yet"  # why the event stream is not being followed now, or None while it is
+    redis_state: str = "not yet asked"  # "ok", or why Redis does not answer (asked every HEALTH_S)
 
     def load_latest(self) -> None:
         for index in self.indices:
@@ -89,11 +91,24 @@ class ServerState:
                 self.following = f"cannot read the stored-minute events: {exc}"
                 await asyncio.sleep(2)
 
+    async def watch_redis(self, client: redis.asyncio.Redis) -> None:
+        """Every HEALTH_S, whether Redis answers (on the events' client, not the requests' pool): /healthz reads
+        the answer and waits on nothing."""
+        while True:
+            try:
+                await asyncio.wait_for(client.ping(), HEALTH_S * 2)
+                self.redis_state = "ok"
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure to answer is "down", with what it was
+                self.redis_state = f"down: {exc or type(exc).__name__}"
+            await asyncio.sleep(HEALTH_S)
+
     def warm_calendar(self) -> None:
-        """Every year a request may name (params.year_range), and the one before, built now in a worker thread:
-        a request's calendar question is then a lookup on the event loop."""
+        """Every year a request may name (params.year_range), and the one before, built now in a thread of its own
+        (about a second, newest first): a request's calendar question is then a lookup on the event loop."""
         first, last = year_range()
-        for year in range(first - 1, last + 1):
+        for year in range(last, first - 2, -1):
             self.calendar.is_trading_day(dt.date(year, 6, 1))
 
     async def start_cursor(self) -> None:
