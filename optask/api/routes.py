@@ -156,7 +156,7 @@ def chain_doc(state: ServerState, name: str, ts: dt.datetime, n_minutes: int | N
                        nearest_before=iso(before), nearest_after=iso(after))
     prev_minutes = cat.minutes(name, cal.previous_trading_day(day))
     prev_ts = dt.datetime.fromtimestamp(prev_minutes[-1] / 1e9, dt.UTC) if len(prev_minutes) else None
-    prev = (prev_ts, cat.minute_legs(name, prev_ts) if prev_ts else None)
+    prev = (prev_ts, cat.minute_oi(name, prev_ts) if prev_ts else None)
     n_ts = n_legs = None
     if n_minutes:
         n_ts = ts - dt.timedelta(minutes=n_minutes)
