@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -215,15 +216,18 @@ def main() -> None:
     tokens = [Tokens(client).create(f"honest-{i}") for i in range(HONEST)]
     sub, abuser = Tokens(client).create("subscribers"), Tokens(client).create("abuser")
     figures: dict[str, list[float]] = {}
-    for r in range(REPEATS):
-        with serving(env, ROOT) as (api, url):
-            httpx.get(url + "/v1/chain/NIFTY", headers={"Authorization": f"Bearer {tokens[0]}"}, timeout=60)
-            print(f"run {r + 1}:", flush=True)
-            one_run(url, api.pid, client, tokens, sub, abuser, figures)
-        if left := client.keys("optask:api:session*") + client.keys("optask:api:rate*"):
-            client.delete(*left)  # the next repeat starts from the same keys
-    report(figures, settings)
-    server.stop()
+    try:
+        for r in range(REPEATS):
+            with serving(env, ROOT) as (api, url):
+                httpx.get(url + "/v1/chain/NIFTY", headers={"Authorization": f"Bearer {tokens[0]}"}, timeout=60)
+                print(f"run {r + 1}:", flush=True)
+                one_run(url, api.pid, client, tokens, sub, abuser, figures)
+            if left := client.keys("optask:api:session*") + client.keys("optask:api:rate*"):
+                client.delete(*left)  # the next repeat starts from the same keys
+        report(figures, settings)
+    finally:
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)  # 1.5 GB of stored days
 
 
 def report(figures: dict, settings) -> None:
