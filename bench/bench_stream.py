@@ -132,7 +132,7 @@ def main() -> None:
     data = work / "data"
     env = {**os.environ, "BASE_DATA_DIR": str(data), "REDIS_URL": server.url, "INFLUXDB_URL": "",
            "OPTASK_STRIKES_AROUND_ATM": str(FULL_ATM), "OPTASK_INDICES": ",".join(INDICES),
-           "API_RATE_LIMIT": "100000000", "API_PUSH_QUEUE": "256"}
+           "API_RATE_LIMIT": "100000000", "API_PUSH_QUEUE": "256", "API_STREAMS_PER_TOKEN": str(SSE + WS + 100)}
     os.environ.update({k: v for k, v in env.items() if k != "PYTHONPATH"})
     from optask.core.config import get_settings
 

@@ -5,7 +5,8 @@ environment the test gives it: its own data root and Redis).
                                              Mon 2026-11-23 09:15-09:26; NIFTY's 09:20 comes from a repair
     python tests/api_session.py minute HH:MM one more live minute of 2026-11-23, every index
     python tests/api_session.py minutes HH:MM N   N live minutes of 2026-11-23 from HH:MM, every index
-    python tests/api_session.py repair HH:MM  NIFTY's minute HH:MM of 2026-11-23 stored by a repair (not live)
+    python tests/api_session.py repair HH:MM [DAY]  NIFTY's minute HH:MM of 2026-11-23 (or DAY) stored by a repair
+                                             (not live), as in-session repair or a backfill stores it
     python tests/api_session.py compact      fold 2026-11-23 into day.parquet
 """
 
@@ -46,7 +47,8 @@ if __name__ == "__main__":
         build()
     elif what in ("minute", "minutes", "repair"):
         hh, mm = (int(x) for x in sys.argv[2].split(":"))
-        first = dt.datetime.combine(DAY2, dt.time(hh, mm), IST)
+        day = dt.date.fromisoformat(sys.argv[3]) if what == "repair" and len(sys.argv) > 3 else DAY2
+        first = dt.datetime.combine(day, dt.time(hh, mm), IST)
         if what == "repair":
             store_minutes("NIFTY", [first.isoformat()])
         for i in range(int(sys.argv[3]) if what == "minutes" else 1 if what == "minute" else 0):

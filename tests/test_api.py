@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -18,98 +14,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from api_session import DAY1, DAY1_MINUTES, DAY2, DAY2_MINUTES, REPAIRED
-
-from optask.infra.procutil import free_port
-from optask.infra.redis_server import RedisServer
-
-ROOT = Path(__file__).resolve().parents[1]
-SESSION = ROOT / "tests" / "api_session.py"
-OPTASK = [sys.executable, "-m", "optask.cli"]
-IST = dt.timezone(dt.timedelta(hours=5, minutes=30))
-
-
-class Api:
-    def __init__(self, tmp: Path, redis_url: str) -> None:
-        self.data = tmp / "data"
-        self.env = {**os.environ, "BASE_DATA_DIR": str(self.data), "REDIS_URL": redis_url,
-                    "OPTASK_INDICES": "NIFTY,BANKNIFTY", "OPTASK_PROVIDER": "simulated", "INFLUXDB_URL": "",
-                    "PYTHONPATH": str(ROOT)}
-        for var in ("CSV_DATA_ROOT", "JSON_SNAPSHOTS_ROOT", "REDIS_HOST"):
-            self.env.pop(var, None)
-        self.servers: list[subprocess.Popen] = []
-
-    def run(self, *args: str, **env: str) -> subprocess.CompletedProcess:
-        return subprocess.run(args, env={**self.env, **env}, capture_output=True, text=True, timeout=300, cwd=ROOT)
-
-    def session(self, *args: str) -> None:
-        out = self.run(sys.executable, str(SESSION), *args)
-        assert out.returncode == 0, out.stderr[-3000:]
-
-    def token(self, name: str) -> str:
-        out = self.run(*OPTASK, "api", "token", "create", name)
-        assert out.returncode == 0, out.stderr
-        return out.stdout.strip().splitlines()[-1]
-
-    def serve(self, **env: str) -> str:
-        port = free_port()
-        log = (self.data.parent / f"serve-{port}.log").open("w")
-        proc = subprocess.Popen([*OPTASK, "serve", "--port", str(port)], env={**self.env, **env}, cwd=ROOT,
-                                stdout=log, stderr=subprocess.STDOUT, text=True)
-        proc.log = log.name
-        self.servers.append(proc)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    return url
-            except httpx.HTTPError:
-                time.sleep(0.2)
-            assert proc.poll() is None, Path(proc.log).read_text()
-        raise AssertionError("optask serve did not answer within 30 s")
-
-    def server_log(self, i: int) -> str:
-        return Path(self.servers[i].log).read_text()
-
-    def parquet(self, table: str, index: str) -> pd.DataFrame:
-        """The table as any reader sees it, minute files winning over day.parquet (the store's documented rule)."""
-        parts = []
-        for d in sorted((self.data / "parquet" / table / f"index={index}").glob("date=*")):
-            day_file = d / "day.parquet"
-            minutes = [pd.read_parquet(p) for p in sorted(d.glob("minute-*.parquet"))]
-            if day_file.exists():
-                whole = pd.read_parquet(day_file)
-                taken = set(pd.concat(minutes)["ts"]) if minutes else set()
-                parts.append(whole[~whole["ts"].isin(taken)])
-            parts.extend(minutes)
-        df = pd.concat(parts, ignore_index=True)
-        keys = ["ts", "expiry", "strike", "side"] if table == "legs" else ["ts", "expiry"]
-        return df.sort_values(keys).reset_index(drop=True)
-
-
-def served(tmp: Path, **env: str):
-    """A module's API: its own Redis, the short session stored, a token, `optask serve` with `env`; on teardown
-    each server is stopped with SIGTERM, as systemd and docker stop it, and must exit 0."""
-    redis = RedisServer(tmp / "redis").start()
-    a = Api(tmp, redis.url)
-    a.session("build")
-    a.tok = a.token("tests")
-    a.url = a.serve(API_RATE_LIMIT="100000", **env)
-    a.h = {"Authorization": f"Bearer {a.tok}"}
-    yield a
-    for i, p in enumerate(a.servers):
-        p.terminate()
-        assert p.wait(15) == 0, a.server_log(i)
-    redis.stop()
+from support import wait_until
+from support.api import IST, OPTASK, get, served
 
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory):
     yield from served(tmp_path_factory.mktemp("api"), API_ROW_LIMIT="3000")
-
-
-def get(api: Api, path: str, headers: dict | None = None, **params) -> httpx.Response:
-    return httpx.get(f"{api.url}{path}", params=params, headers={**api.h, **(headers or {})}, timeout=60)
 
 
 def ms(ts) -> pd.Timestamp:
@@ -470,10 +381,8 @@ def test_since_returns_only_what_was_stored_after_the_cursor(api):
     assert get(api, "/v1/summary/NIFTY", since=cursor, format="arrow").headers["X-Rows"] == "0"
     api.session("minute", "09:27")
     new = dt.datetime(2026, 11, 23, 9, 27, tzinfo=IST)
-    deadline = time.time() + 20
-    while ms(get(api, "/v1/chain/NIFTY").json().get("ts", DAY2_MINUTES[0])) != ms(new):  # it follows the ledger's events
-        assert time.time() < deadline, f"the new minute never became the latest: {get(api, '/v1/chain/NIFTY').text}"
-        time.sleep(0.2)
+    wait_until(lambda: ms(get(api, "/v1/chain/NIFTY").json().get("ts", DAY2_MINUTES[0])) == ms(new), 20, every=0.2,
+               what="the new minute becoming the latest")  # it follows the ledger's events
     fresh = pa.ipc.open_stream(get(api, "/v1/summary/NIFTY", since=cursor, format="arrow").content).read_all()
     assert set(fresh["ts"].to_pylist()) == {ms(new).to_pydatetime()} and fresh.num_rows >= 3
     assert get(api, "/v1/summary/NIFTY", headers={"If-None-Match": first.headers["ETag"]}).status_code == 200

@@ -12,13 +12,18 @@ import httpx
 import pytest
 from api_session import DAY2
 from playwright.sync_api import sync_playwright
-from test_stream import api  # noqa: F401 - the module's own server, on its own stores
+from support.api import served
 
 from optask.core.timeutils import IST
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = Path(os.environ.get("OPTASK_SCREENSHOTS", "")) if os.environ.get("OPTASK_SCREENSHOTS") else None
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (make test-servers)")
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    yield from served(tmp_path_factory.mktemp("page"), API_PUSH_QUEUE="8")
 
 
 def number(text: str) -> float:
@@ -52,7 +57,7 @@ def showing(page, ts: str) -> None:
                            timeout=30_000)
 
 
-def test_the_page_shows_the_apis_numbers_follows_each_new_minute_and_goes_back_in_time(api, tmp_path):  # noqa: F811
+def test_the_page_shows_the_apis_numbers_follows_each_new_minute_and_goes_back_in_time(api, tmp_path):
     chain = lambda **q: httpx.get(f"{api.url}/v1/chain/NIFTY", params={"atm_window": 15, **q},  # noqa: E731
                                   headers=api.h, timeout=30).json()
     shots = SHOTS or tmp_path
@@ -109,3 +114,29 @@ def test_the_page_shows_the_apis_numbers_follows_each_new_minute_and_goes_back_i
         assert wide <= 390, wide  # the table scrolls inside its box, the page does not
         browser.close()
     assert not problems, problems
+
+
+def test_live_mode_never_goes_back_in_time_and_a_repair_refreshes_the_series_in_place(api):
+    """An `event: repaired` of an older minute of the day adds that minute to the day's series without moving the
+    view; one of a past day (a backfill) moves nothing."""
+    newest = dt.datetime.combine(DAY2, dt.time(9, 45), IST).astimezone(dt.UTC).isoformat()
+    count = "() => Number(document.getElementById('minute').max) + 1"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1366, "height": 768})
+        page.goto(f"{api.url}/")
+        page.fill("#token", api.tok)
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#chain tbody tr")
+        api.session("minute", "09:45")
+        showing(page, newest)
+        minutes = page.evaluate(count)
+        api.session("repair", "09:44")  # a gap of the day, filled by in-session repair
+        page.wait_for_function(f"(n) => ({count})() === n", arg=minutes + 1, timeout=30_000)
+        assert page.get_attribute("#minute-shown", "data-value") == newest
+        assert page.get_attribute("#live", "aria-pressed") == "true"
+        api.session("repair", "15:21", "2026-11-20")  # a backfill of last week
+        api.session("minute", "09:46")
+        showing(page, dt.datetime.combine(DAY2, dt.time(9, 46), IST).astimezone(dt.UTC).isoformat())
+        assert page.evaluate(count) == minutes + 2
+        browser.close()

@@ -7,7 +7,6 @@ import asyncio
 import datetime as dt
 import json
 import socket
-import threading
 import time
 
 import httpx
@@ -16,7 +15,7 @@ import pandas as pd
 import pytest
 import websockets
 from api_session import DAY2
-from test_api import OPTASK, served
+from support.api import OPTASK, Listener, served
 
 from optask.core.timeutils import IST
 
@@ -24,48 +23,6 @@ from optask.core.timeutils import IST
 @pytest.fixture(scope="module")
 def api(tmp_path_factory):
     yield from served(tmp_path_factory.mktemp("stream"), API_PUSH_QUEUE="8")
-
-
-class Listener:
-    """An SSE subscriber in a thread: the frames it received, parsed, as they come."""
-
-    def __init__(self, url: str, headers: dict, **params) -> None:
-        self.events: list[dict] = []
-        self.frames: list[str] = []
-        self.open = threading.Event()
-        self.stop = False
-        self.thread = threading.Thread(target=self._run, args=(url, headers, params), daemon=True)
-        self.thread.start()
-        assert self.open.wait(10), "the stream did not open"
-
-    def _run(self, url, headers, params) -> None:
-        with httpx.stream("GET", f"{url}/v1/stream", params=params, headers=headers, timeout=60) as r:
-            assert r.status_code == 200, r.read()
-            assert r.headers["content-type"].startswith("text/event-stream") and r.headers["x-accel-buffering"] == "no"
-            self.open.set()
-            frame: dict = {}
-            for line in r.iter_lines():
-                if self.stop:
-                    return
-                if not line:
-                    if "data" in frame:
-                        self.frames.append(frame.get("event", "message"))
-                        self.events.append({**orjson.loads(frame["data"]), "_id": frame.get("id"),
-                                            "_event": frame.get("event"), "_at": time.time()})
-                    frame = {}
-                elif not line.startswith(":"):
-                    key, _, value = line.partition(": ")
-                    frame[key] = value
-
-    def wait_for(self, n: int, timeout: float = 60) -> list[dict]:
-        deadline = time.time() + timeout
-        while len(self.events) < n and time.time() < deadline:
-            time.sleep(0.05)
-        assert len(self.events) >= n, f"{len(self.events)} events of {n} within {timeout} s"
-        return self.events
-
-    def close(self) -> None:
-        self.stop = True
 
 
 def minute(hh: int, mm: int) -> dt.datetime:
@@ -180,7 +137,8 @@ def test_websocket_subscribe_resume_unsubscribe_and_refusals(api):
             await ws.send("not json")
             assert json.loads(await ws.recv())["type"] == "error"
             await ws.send(json.dumps({"action": "subscribe", "indices": ["nifty"], "what": "summary"}))
-            assert json.loads(await ws.recv()) == {"type": "subscribed", "indices": ["NIFTY"], "what": "summary"}
+            assert json.loads(await ws.recv()) == {"type": "subscribed", "indices": ["NIFTY"], "what": "summary",
+                                                   "atm_window": None}
             await asyncio.to_thread(api.session, "minute", "09:32")
             event = json.loads(await asyncio.wait_for(ws.recv(), 30))
             assert event["type"] == "minute" and event["index"] == "NIFTY" and "summary" in event

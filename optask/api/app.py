@@ -7,7 +7,9 @@ import asyncio
 import contextlib
 import functools
 import logging
+import signal
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import FastAPI, Request
@@ -20,10 +22,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from optask import __version__
 from optask.api import page, routes, stream
 from optask.api.catalog import Catalog
+from optask.api.gate import TokenGate
 from optask.api.live import Hub
 from optask.api.params import ApiError
 from optask.api.state import ServerState
-from optask.api.tokens import AUTHORIZE, Sessions, TokenLedger, credential
+from optask.api.tokens import AUTHORIZE, Sessions, TokenLedger
 from optask.core.calendar import get_calendar
 from optask.core.config import Settings, get_settings
 from optask.infra.redis_client import connect_async
@@ -34,96 +37,11 @@ BUILDERS = 2
 
 
 def _error(status: int, parameter: str | None, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse(ApiError(status, parameter, message).body(), status_code=status, headers=headers)
-
-
-class TokenGate:
-    """The ASGI app uvicorn runs: in front of FastAPI, every /v1 request (and WebSocket) needs a known token within
-    its rate limit, else 401 or 429 (one Redis round trip, tokens.AUTHORIZE); the limit's headers go on every
-    answer. The token comes as `Authorization: Bearer`, or from the page's session cookie. A chain asked again
-    before its index changed is answered here from the kept bytes."""
-
-    def __init__(self, app: FastAPI, settings: Settings) -> None:
-        self.app, self.limit, self.window = app, settings.api.rate_limit, settings.api.rate_window_s
-
-    async def __call__(self, scope, receive, send) -> None:
-        kind = scope["type"]
-        if kind not in ("http", "websocket") or not scope["path"].startswith("/v1") or scope.get("method") == "OPTIONS" \
-                or (scope["path"] == "/v1/session" and scope["method"] == "GET"):
-            return await self.app(scope, receive, send)  # lifespan, the page and its login check, docs, CORS preflight
-        state: ServerState = self.app.state.optask
-        headers = dict(scope["headers"])
-        refuse = _refuse_socket if kind == "websocket" else _refuse_http
-        sha, by_cookie = await credential(headers, state.sessions)
-        if sha is None:
-            return await refuse(scope, receive, send, 401, "an API token is needed: send 'Authorization: Bearer "
-                                "TOKEN' (make one with `optask api token create NAME`), or log in on the page",
-                                {"WWW-Authenticate": "Bearer"})
-        if by_cookie and kind == "websocket" and not _same_origin(headers):
-            return await refuse(scope, receive, send, 403, "a WebSocket opened with the page's session must come "
-                                "from the page's own origin")
-        try:
-            verdict = await state.tokens.check_digest(sha)
-        except Exception as exc:  # noqa: BLE001 - Redis away: refuse plainly rather than serve unauthenticated
-            log.warning("cannot check a token: %s", exc)
-            return await refuse(scope, receive, send, 503, "the API cannot reach its Redis to check tokens; try "
-                                "again shortly", {"Retry-After": "5"})
-        if not verdict.known:
-            return await refuse(scope, receive, send, 401, "this token is not known (revoked, or never made here)",
-                                {"WWW-Authenticate": 'Bearer error="invalid_token"'})
-        left = max(0, self.limit - verdict.count)
-        extra = [(b"x-ratelimit-limit", str(self.limit).encode()), (b"x-ratelimit-remaining", str(left).encode()),
-                 (b"x-ratelimit-reset", str(verdict.reset_s).encode())]
-        if verdict.count > self.limit:
-            limits = {k.decode(): v.decode() for k, v in extra} | {"Retry-After": str(verdict.reset_s)}
-            return await refuse(scope, receive, send, 429, f"token {verdict.name!r} made more than {self.limit} "
-                                f"requests in {self.window} s; retry after {verdict.reset_s} s", limits)
-        scope.setdefault("state", {}).update(token=verdict.name, token_sha=sha)
-        if kind == "websocket":
-            return await self.app(scope, receive, send)
-
-        kept = state.kept_answer(scope["path"], scope["query_string"].decode("latin-1"))
-        if kept is not None:  # the same question since the index last changed: skip routing and parsing
-            return await _send_kept(headers, send, state, *kept, extra)
-
-        async def send_with_limits(message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *extra]
-            await send(message)
-
-        return await self.app(scope, receive, send_with_limits)
-
-
-def _same_origin(headers: dict) -> bool:
-    origin = headers.get(b"origin", b"").decode("latin-1")
-    return not origin or origin.split("://", 1)[-1] == headers.get(b"host", b"").decode("latin-1")
-
-
-async def _refuse_http(scope, receive, send, status: int, message: str, headers: dict | None = None) -> None:
-    await _error(status, None if status in (403, 429, 503) else "Authorization", message, headers)(scope, receive, send)
-
-
-async def _refuse_socket(scope, receive, send, status: int, message: str, headers: dict | None = None) -> None:
-    """A WebSocket refused with a close code of 4000 + the HTTP status and the reason (browsers cannot read the
-    body of a refused handshake)."""
-    if (await receive())["type"] != "websocket.connect":
-        return
-    await send({"type": "websocket.accept"})
-    await send({"type": "websocket.close", "code": 4000 + status, "reason": message[:120]})
-
-
-async def _send_kept(headers: dict, send, state: ServerState, etag: str, body: bytes, extra: list) -> None:
-    fresh = routes.holds(headers.get(b"if-none-match", b"").decode("latin-1"), etag)
-    out = [(b"etag", etag.encode()), (b"x-stored-cursor", state.last_event_id.encode()),
-           (b"cache-control", b"no-cache"), *extra]
-    if not fresh:
-        out += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": 304 if fresh else 200, "headers": out})
-    await send({"type": "http.response.body", "body": b"" if fresh else body})
+    return ApiError(status, parameter, message).response(headers)
 
 
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status)
+    return exc.response()
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -155,39 +73,14 @@ def _openapi_without_422(app: FastAPI, build):
     return app.openapi_schema
 
 
-def create_app(settings: Settings | None = None) -> TokenGate:
+def create_app(settings: Settings | None = None):
+    """The ASGI app uvicorn runs: CORS (when configured) outside the token gate, so that its own refusals carry
+    the CORS headers too; the gate outside FastAPI."""
     settings = settings or get_settings()
     url, why = url_if_running(settings)
     if url is None:
         raise RuntimeError(why)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI):
-        # Answers are built in two threads (reads release the GIL, building holds it): more would only take turns
-        # on the GIL, and a shorter switch interval keeps the event loop answering kept answers meanwhile.
-        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(BUILDERS, thread_name_prefix="build"))
-        sys.setswitchinterval(0.001)
-        client, events = connect_async(url), connect_async(url, timeout_s=15.0)  # events: its read blocks 5 s
-        state = ServerState(Catalog.from_settings(settings), get_calendar(settings.data.calendar_overrides), client,
-                            tuple(settings.market.indices), sync_redis=client_for(settings), settings=settings)
-        state.tokens = TokenLedger(client, settings.api.rate_window_s, await client.script_load(AUTHORIZE))
-        state.sessions = Sessions(client, settings.api.session_hours * 3600)
-        state.hub = Hub(client, functools.partial(routes.chain_of, state), settings.api.push_queue)
-        await state.start_cursor()
-        await asyncio.to_thread(state.load_latest)
-        app.state.optask = state
-        chores = [asyncio.create_task(state.follow(events)), asyncio.create_task(state.tokens.flush_forever())]
-        try:
-            yield
-        finally:
-            for task in chores:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            await client.aclose()
-            await events.aclose()
-
-    app = FastAPIOffline(title="optask", version=__version__, lifespan=lifespan,
+    app = FastAPIOffline(title="optask", version=__version__, lifespan=functools.partial(_lifespan, settings, url),
                          description="Every stored minute of Indian index-option chains: the chain as of any "
                          "minute, history, series and coverage. Every /v1 call needs 'Authorization: Bearer TOKEN' "
                          "(`optask api token create NAME`).")
@@ -198,22 +91,78 @@ def create_app(settings: Settings | None = None) -> TokenGate:
     app.include_router(routes.router)
     app.include_router(stream.router)
     page.mount(app)
-
-    @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> dict:
-        """For supervisors and probes: no token, no data; the newest stored-minute event this process saw, and how many
-        push subscribers it has (and has dropped)."""
-        state = app.state.optask
-        return {"ok": True, "stored_cursor": state.last_event_id, "subscribers": len(state.hub.subscribers),
-                "subscribers_dropped": state.hub.dropped}
-
-    if settings.api.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=list(settings.api.cors_origins), allow_methods=["GET"],
-                           allow_headers=["Authorization", "If-None-Match"],
-                           expose_headers=["ETag", "X-Stored-Cursor", "X-Next-Cursor", "X-RateLimit-Limit",
-                                           "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After"])
+    app.add_api_route("/healthz", _healthz, include_in_schema=False)
     app.openapi = functools.partial(_openapi_without_422, app, app.openapi)
-    return TokenGate(app, settings)
+    gate = TokenGate(app, settings)
+    if not settings.api.cors_origins:
+        return gate
+    return CORSMiddleware(gate, allow_origins=list(settings.api.cors_origins), allow_methods=["GET"],
+                          allow_headers=["Authorization", "If-None-Match"],
+                          expose_headers=["ETag", "X-Stored-Cursor", "X-Next-Cursor", "X-Rows", "X-RateLimit-Limit",
+                                          "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After"])
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(settings: Settings, url: str, app: FastAPI):
+    # Answers are built in two threads (reads release the GIL, building holds it): more would only take turns on
+    # the GIL, and a shorter switch interval keeps the event loop answering kept answers meanwhile.
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(BUILDERS, thread_name_prefix="build"))
+    sys.setswitchinterval(0.001)
+    client, events = connect_async(url), connect_async(url, timeout_s=15.0)  # events: its read blocks 5 s
+    api = settings.api
+    state = ServerState(Catalog.from_settings(settings), get_calendar(settings.data.calendar_overrides), client,
+                        tuple(settings.market.indices), sync_redis=client_for(settings), settings=settings)
+    state.tokens = TokenLedger(client, api.rate_window_s, await client.script_load(AUTHORIZE), api.rate_limit)
+    state.sessions = Sessions(client, api.session_hours * 3600, api.sessions_per_token)
+    state.hub = Hub(client, functools.partial(routes.chain_of, state), api.push_queue, api.replay_max,
+                    lambda index: state.latest_day(index))
+    state.heavy = routes.Turns(api.heavy_concurrency)
+    await state.start_cursor()
+    state.redis_state = "ok"  # it just answered
+    await asyncio.to_thread(state.load_latest)
+    app.state.optask = state
+    threading.Thread(target=state.warm_calendar, name="calendar", daemon=True).start()  # not a builder's time
+    chores = [asyncio.create_task(c) for c in (state.follow(events), state.watch_redis(events), stream.watch(state),
+                                               state.tokens.flush_forever())]
+    _close_streams_on_exit_signals(state)
+    try:
+        yield
+    finally:
+        for task in chores:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await client.aclose()
+        await events.aclose()
+
+
+def _close_streams_on_exit_signals(state: ServerState) -> None:
+    """On SIGTERM or SIGINT, before uvicorn's own handler starts its graceful shutdown, tell every push subscriber
+    the server is stopping and end its stream: an open stream never holds the process (it is a chain of handlers:
+    uvicorn's, in every worker process, comes next)."""
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        before = signal.getsignal(signum)
+
+        def handler(sig, frame, before=before) -> None:
+            loop.call_soon_threadsafe(state.hub.close_all, "the server is shutting down; reconnect shortly")
+            if callable(before):
+                before(sig, frame)
+
+        with contextlib.suppress(ValueError):  # not the main thread (an app run by a test client): nothing to do
+            signal.signal(signum, handler)
+
+
+async def _healthz(request: Request) -> JSONResponse:
+    """For supervisors, probes and proxies: no token, no data. 200 while Redis answers (asked every second) and
+    the stored-minute events are followed, else 503 saying which is down; the newest event seen, the push
+    subscribers. Answered from what the process knows: it waits on nothing."""
+    state: ServerState = request.app.state.optask
+    events = "following" if state.following is None else state.following
+    ok = state.redis_state == "ok" and state.following is None
+    return JSONResponse({"ok": ok, "redis": state.redis_state, "events": events, "stored_cursor": state.last_event_id,
+                         "subscribers": len(state.hub.subscribers), "subscribers_dropped": state.hub.dropped},
+                        status_code=200 if ok else 503)
 
 
 def app_from_env() -> TokenGate:

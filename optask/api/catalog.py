@@ -21,11 +21,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from optask.api.formats import iso_column
 from optask.core.schema import TABLE_KEYS
 from optask.core.timeutils import IST
-from optask.storage.parquet import DAY_FILE, ParquetStore, is_batch
+from optask.storage.parquet import DAY_FILE, ParquetStore, is_batch, is_sorted
 
 UTC = dt.UTC
 _READ_TRIES = 4
@@ -69,6 +70,7 @@ class Catalog:
     _minutes: dict = field(default_factory=dict)  # (index, day) -> (summary table, its sorted minutes)
     _ts: dict = field(default_factory=dict)  # (table, index, day) -> (day table, its ts as int64 ns)
     _columns: dict = field(default_factory=dict)  # (table, index, day) -> Columns of the cached day table
+    _oi: OrderedDict = field(default_factory=OrderedDict)  # (index, ts) -> a minute's contracts and OI (minute_oi)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
@@ -114,8 +116,9 @@ class Catalog:
                 data = self._read_changed(table, index, day, stamps, hit)
             except (FileNotFoundError, OSError, pa.ArrowInvalid):
                 continue  # a file was replaced or folded in meanwhile: list again
-            if data.num_columns and data.num_rows:
-                data = data.sort_by(sort_keys(table, data))
+            if data.num_columns and data.num_rows:  # in one piece (numpy views of it are then free), in key order
+                keys = sort_keys(table, data)
+                data = data.combine_chunks() if is_sorted(data, [k for k, _ in keys]) else data.sort_by(keys)
             self._remember(key, stamps, data)
             with self._lock:
                 self._checked[key] = listed  # fresh as of the listing it was read from
@@ -138,6 +141,40 @@ class Catalog:
             return pa.concat_tables([old, fresh.select(old.column_names).cast(old.schema)])
         except (KeyError, pa.ArrowInvalid, pa.ArrowTypeError):  # files of another version: read the day whole
             return self.store.read_table(table, index, day)
+
+    def holds(self, table: str, index: str, day: dt.date) -> bool:
+        """Whether the day's table is in memory (reading it again costs no disk)."""
+        with self._lock:
+            return (table, index, day) in self._days
+
+    def read_closed(self, table: str, index: str, day: dt.date, columns: list[str], filtered_on: list[str],
+                    keep) -> pa.Table | None:
+        """A closed day's rows (one day.parquet, no minute or batch file) that `keep` selects, with `columns` and
+        `filtered_on`, in the file's (key) order; never cached. The columns the filter needs are read first and the
+        others only for the rows kept (one open file: both reads see the same rows). None when the day is not
+        closed, or its file went while being read. Decoded in the calling thread only (not Arrow's pool): a long
+        range is one request's work, at that request's thread's priority."""
+        day_file, parts = self.store.files(table, index, day)
+        if day_file is None or parts:
+            return None
+        try:
+            with pq.ParquetFile(day_file, memory_map=self.store.memory_map) as f:
+                stored = set(f.schema_arrow.names)
+                first = f.read(columns=[c for c in filtered_on if c in stored], use_threads=False)
+                first = keep(first.append_column("_row", pa.array(np.arange(first.num_rows))))
+                rest = [c for c in columns if c in stored and c not in first.column_names]
+                if rest and first.num_rows:
+                    more = f.read(columns=rest, use_threads=False).take(first["_row"])
+                    for name in rest:
+                        first = first.append_column(name, more[name])
+        except (FileNotFoundError, OSError, pa.ArrowInvalid):
+            return None
+        first = first.drop_columns(["_row"])
+        if "index" in columns:
+            first = first.append_column("index", pa.repeat(pa.scalar(index, pa.string()), first.num_rows))
+        if not first.num_rows:
+            return first.select([c for c in dict.fromkeys([*filtered_on, *columns]) if c in first.column_names])
+        return first
 
     def changed(self, index: str) -> None:
         """An index stored (or repaired) a minute: list its days' files again on the next read."""
@@ -178,6 +215,27 @@ class Catalog:
         target = int(ts.timestamp() * 1e9)
         lo, hi = np.searchsorted(ns, target, "left"), np.searchsorted(ns, target, "right")
         return (cols, np.arange(lo, hi)) if hi > lo else None
+
+    def minute_oi(self, index: str, ts: dt.datetime) -> tuple[Columns, np.ndarray] | None:
+        """A minute's contracts and their OI, what an OI change is measured against (the previous session's last
+        minute): from its day when that is in memory, else read for those five columns only (not the whole day
+        into the cache, for one minute of it) and kept."""
+        day = ts.astimezone(IST).date()
+        if self.holds("legs", index, day):
+            return self.minute_legs(index, ts)
+        key = (index, ts)
+        with self._lock:
+            if key in self._oi:
+                return self._oi[key]
+        t = self.store.read_table("legs", index, day, columns=["ts", "expiry", "strike", "side", "oi"])
+        if t.num_rows:
+            t = t.filter(pc.equal(t["ts"], pa.scalar(ts, t["ts"].type))).combine_chunks()
+        got = (Columns(t), np.arange(t.num_rows)) if t.num_rows else None
+        with self._lock:
+            self._oi[key] = got
+            while len(self._oi) > 64:
+                self._oi.popitem(last=False)
+        return got
 
     def minute_rows(self, table: str, index: str, ts: dt.datetime) -> pa.Table:
         """One minute's rows: its own file when there is one (a small read), else a slice of the day."""
@@ -247,10 +305,28 @@ class Catalog:
         return before, after
 
 
+class Coded:
+    """A text column as numpy codes into its few distinct values: indexed by rows it gives those rows' strings
+    (None where null), and never holds a Python string per row of the day (a day of legs has 237,000)."""
+
+    dtype = np.dtype(object)
+
+    def __init__(self, col: pa.ChunkedArray) -> None:
+        enc = pc.dictionary_encode(col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col)
+        self.codes = enc.indices.fill_null(-1).to_numpy()
+        self.values = np.array([*enc.dictionary.to_pylist(), None], dtype=object)  # code -1: the None at the end
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, rows) -> np.ndarray:
+        return self.values[self.codes[rows]]
+
+
 class Columns:
     """A table's columns as numpy arrays, each converted once, when first asked for: the chain of any minute of a
     cached day is then numpy indexing, with no Arrow call per request. Integers keep their nulls apart (a mask),
-    strings are object arrays, timestamps int64 ns."""
+    strings are codes (Coded), timestamps int64 ns."""
 
     def __init__(self, table: pa.Table) -> None:
         self.table, self._np, self._nulls = table, {}, {}
@@ -270,6 +346,8 @@ class Columns:
                 got = col.fill_null(0).to_numpy()
             elif pa.types.is_date(col.type):
                 got = col.cast(pa.int32()).to_numpy()
+            elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+                got = Coded(col)
             else:
                 got = col.to_numpy(zero_copy_only=False)
             self._np[name] = got
@@ -279,13 +357,9 @@ class Columns:
         self(name)
         return self._nulls.get(name)
 
-    def iso(self, name: str, tz: dt.tzinfo) -> np.ndarray:
-        """A timestamp column as ISO text in `tz` (None where null), formatted once for the whole table."""
-        key = f"{name}@{tz}"
-        got = self._np.get(key)
-        if got is None:
-            got = self._np[key] = iso_column(self.table[name], tz).to_numpy(zero_copy_only=False)
-        return got
+    def iso(self, name: str, tz: dt.tzinfo, rows: np.ndarray) -> np.ndarray:
+        """A timestamp column's `rows` as ISO text in `tz` (None where null)."""
+        return iso_column(self.table[name].take(pa.array(rows)), tz).to_numpy(zero_copy_only=False)
 
 
 def sort_keys(table: str, data: pa.Table) -> list[tuple[str, str]]:

@@ -117,7 +117,7 @@ def _side_rows(cols: Columns, rows: np.ndarray, slots: np.ndarray, n: int, field
         if f in derived:
             values.append(_as_json_values(derived[f], None, f != "ltp_change"))
         elif f == "last_trade_time":
-            values.append(cols.iso(f, tz)[rows].tolist())
+            values.append(cols.iso(f, tz, rows).tolist())
         else:
             nulls = cols.nulls(f)
             values.append(_as_json_values(cols(f)[rows], None if nulls is None else nulls[rows],

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+import numpy as np
 import pandas as pd
 
 from optask.core.calendar import MarketCalendar
@@ -17,19 +18,22 @@ from optask.storage.sinks import present_minutes
 
 
 def gaps_of(session: pd.DatetimeIndex, have: set[str]) -> list[list[str]]:
-    """Runs of session minutes a store lacks, as [first, last] in IST."""
-    missing = [t for t in session if t.isoformat() not in have]
-    runs: list[list[pd.Timestamp]] = []
-    for t in missing:
-        if runs and t - runs[-1][1] == pd.Timedelta(minutes=1):
-            runs[-1][1] = t
-        else:
-            runs.append([t, t])
-    return [[a.tz_convert(IST).isoformat(), b.tz_convert(IST).isoformat()] for a, b in runs]
+    """Runs of session minutes a store lacks, as [first, last] in IST (numpy on the minutes, a run at a time)."""
+    if have:
+        held = pd.to_datetime(list(have), utc=True, format="ISO8601").as_unit("ns").asi8
+        session = session[~np.isin(session.as_unit("ns").asi8, held)]
+    if not len(session):
+        return []
+    ns = session.as_unit("ns").asi8
+    breaks = np.flatnonzero(np.diff(ns) != 60 * 10**9)
+    ist = session.tz_convert(IST)
+    return [[ist[a].isoformat(), ist[b].isoformat()] for a, b in zip(np.r_[0, breaks + 1], np.r_[breaks, len(ns) - 1],
+                                                                      strict=True)]
 
 
 def eod_of(settings, day: dt.date, index: str) -> dict | None:
-    """The end-of-day verdict of the day's verification report, or None when end of day has not run."""
+    """The end-of-day verdict of the day's verification report, or None when end of day has not run; the report's
+    path as it is under the data root (where the server keeps its data is nobody else's business)."""
     path = settings.data.reports_root / "eod" / day.isoformat() / "verification.json"
     try:
         doc = json.loads(path.read_text())
@@ -41,7 +45,8 @@ def eod_of(settings, day: dt.date, index: str) -> dict | None:
     before = doc.get("before_repair", {}).get("indices", {}).get(index)
     return {"score": mine.get("score"), "status": mine.get("status"),
             "score_before_repair": before.get("score") if before else None,
-            "findings_by_kind": mine.get("findings_by_kind", {}), "report": str(path.with_name("report.html"))}
+            "findings_by_kind": mine.get("findings_by_kind", {}),
+            "report": path.with_name("report.html").relative_to(settings.data.root).as_posix()}
 
 
 def day_coverage(settings, calendar: MarketCalendar, ledger: Ledger, index: str, day: dt.date) -> dict:
@@ -51,7 +56,7 @@ def day_coverage(settings, calendar: MarketCalendar, ledger: Ledger, index: str,
     stored = ledger.stored(index, day)
     by_batch = sum(1 for info in stored.values() if info.get("live") is False)
     summary = present.get("parquet.summary", set())
-    due = {t.isoformat() for t in session}
+    due = {t.isoformat() for t in session} if any(present.values()) else set()  # a day with nothing: no per-minute work
     return {
         "day": day.isoformat(), "session_minutes": len(calendar.session_minutes(day)), "minutes_due": len(session),
         "stored": {name: len(minutes & due) for name, minutes in present.items()},

@@ -3,9 +3,10 @@
 The process follows the ledger's stored-minute event stream once (ServerState.follow) and the hub fans each
 event out to the subscribers of its index: a bounded queue each, filled without waiting, so a subscriber that
 does not keep up is dropped (with the reason) and never slows the others. What an event carries — the chain
-or the summary in the shape of /v1/chain — is built once per (event, what was asked) and shared. A subscriber
-that comes back with the last id it saw is replayed what it missed from the stream in Redis, then goes live:
-nothing missed, nothing twice, within the stream's retention (EVENTS_KEPT events, about three weeks).
+or the summary in the shape of /v1/chain — is built once per (event, what was asked), in a worker thread, and
+shared. A subscriber that comes back with the last id it saw is replayed what it missed from the stream in Redis
+(replay.window: at most API_REPLAY_MAX events, each charged to its token's rate limit), then goes live: nothing
+missed, nothing twice. A repair of a past day (a backfill) is not pushed: `since=` reads find it.
 """
 
 from __future__ import annotations
@@ -13,37 +14,30 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import re
-from collections import OrderedDict
-from collections.abc import AsyncIterator
+import time
+from collections import Counter, OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import orjson
 
+from optask.api import replay
 from optask.api.params import ApiError
-from optask.core.timeutils import parse_ts
-from optask.infra.ledger import EVENTS, EVENTS_KEPT
+from optask.core.timeutils import IST, parse_ts
 
 log = logging.getLogger("optask.api")
 PUSHED = ("minute", "repaired")  # an `again` event (a redelivered minute stored again) changes nothing
 WHAT = ("summary", "chain")
-REPLAY_CHUNK = 500
 KEPT_PAYLOADS = 256
-_EVENT_ID = re.compile(r"^\d+-\d+$")
+REPLAY_REST = 3.0  # a replayed payload's build is followed by a rest this many times as long (see Hub._build)
+#: atm_window of the push, rounded up to one of these: subscribers asking nearly the same share one payload.
+ATM_WINDOWS = (0, 1, 2, 3, 5, 10, 15, 20, 25, 30, 40, 50, 75, 100, 150, 200, 300, 500)
+#: WebSocket close codes for why the hub let a subscriber go (SSE gets the reason in `event: close`).
+BEHIND, REVOKED, LIMITED, SHUTDOWN = 1013, 4401, 4429, 1001
 
 
-def event_key(event_id: str) -> tuple[int, int]:
-    ms, seq = event_id.split("-")
-    return int(ms), int(seq)
-
-
-def checked_event_id(value: str | None, parameter: str) -> str | None:
-    if value is None or value == "":
-        return None
-    if not _EVENT_ID.match(value):
-        raise ApiError(400, parameter, f"{parameter}={value!r} is not an event id (like 1764489300000-0): pass the "
-                       "id of the last event received, or an earlier answer's X-Stored-Cursor header")
-    return value
+def rounded_window(atm_window: int | None) -> int | None:
+    return None if atm_window is None else next(w for w in ATM_WINDOWS if w >= atm_window)
 
 
 @dataclass(frozen=True)
@@ -73,30 +67,66 @@ class Ask:
     atm_window: int | None = None
 
 
+#: Charge n replayed events to the subscriber's token: None, or (close code, reason) to end its stream.
+Charge = Callable[[int], Awaitable[tuple[int, str] | None]]
+
+
 @dataclass(eq=False)
 class Subscriber:
     indices: set[str]
     ask: Ask
     label: str  # who, for the log: the token's name and the transport
+    sha: str | None = None  # the token's digest, for the stream caps and the recheck
+    session: str | None = None  # the session cookie it came with (its digest), if it came with one
+    charge: Charge | None = None
     queue: asyncio.Queue | None = None  # made by Hub.add, of the hub's size
     replaying: bool = True
     overflowed: bool = False
-    closed: str | None = None  # why the hub dropped it
+    closed: str | None = None  # why the hub let it go
+    code: int = BEHIND  # ... as a WebSocket close code
     gone: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Hub:
-    """The subscribers of one API process and the payloads built for them."""
+    """The subscribers of one API process, the streams it has open and the payloads built for them."""
 
-    def __init__(self, redis, build, queue_size: int = 64) -> None:
+    def __init__(self, redis, build, queue_size: int = 64, replay_max: int = 2000,
+                 live_day: Callable[[str], dt.date | None] = lambda index: None) -> None:
         self.redis, self.build = redis, build  # build(index, ts, ask, ledger info) -> the /v1/chain document
         self.queue_size = queue_size  # events a subscriber may fall behind before it is dropped (API_PUSH_QUEUE)
+        self.replay_max, self.live_day = replay_max, live_day
         self.subscribers: set[Subscriber] = set()
         self.payloads: OrderedDict[tuple, asyncio.Task] = OrderedDict()
+        self.replay_builds = asyncio.Semaphore(1)  # a replay's payloads one at a time: live ones never queue behind
+        self.streams: Counter[str | None] = Counter()  # open streams per token digest
         self.dropped = 0  # since the process started (in /healthz)
+
+    def open_stream(self, sha: str | None, per_token: int, most: int) -> tuple[int, str] | None:
+        """Count a stream about to open, or say why it may not: (HTTP status, message)."""
+        if self.streams[sha] >= per_token:
+            return 429, (f"this token has {per_token} streams open here (API_STREAMS_PER_TOKEN): close one first; "
+                         "one stream can follow every index")
+        if sum(self.streams.values()) >= most:
+            return 503, f"this API process has {most} streams open (API_STREAMS_MAX); try again later"
+        self.streams[sha] += 1
+        return None
+
+    def close_stream(self, sha: str | None) -> None:
+        self.streams[sha] -= 1
+        if self.streams[sha] <= 0:
+            del self.streams[sha]
+
+    def shows(self, event: Event) -> bool:
+        """Whether live subscribers are sent the event: not a repair of a day before the index's current one."""
+        if event.kind not in PUSHED:
+            return False
+        today = self.live_day(event.index)
+        return event.kind == "minute" or today is None or event.ts.astimezone(IST).date() >= today
 
     def publish(self, event: Event) -> None:
         """Hand an event to each subscriber of its index, never waiting: a full queue drops its subscriber."""
+        if not self.shows(event):
+            return
         for sub in list(self.subscribers):
             if event.index not in sub.indices or sub.closed:
                 continue
@@ -108,15 +138,28 @@ class Hub:
                 else:
                     self.drop(sub, f"{self.queue_size} events behind: it does not read as fast as minutes are stored")
 
-    def drop(self, sub: Subscriber, reason: str) -> None:
-        sub.closed = reason
+    def drop(self, sub: Subscriber, reason: str, code: int = BEHIND, quiet: bool = False) -> None:
+        """Let a subscriber go: its stream says why (SSE `event: close`, WebSocket close `code`) and ends."""
+        if sub.closed:
+            return
+        sub.closed, sub.code = reason, code
         self.subscribers.discard(sub)
-        self.dropped += 1
         while not sub.queue.empty():
             sub.queue.get_nowait()
         sub.queue.put_nowait(None)
         sub.gone.set()
-        log.warning("dropped a subscriber (%s): %s", sub.label, reason)
+        if code == BEHIND:
+            self.dropped += 1
+        if not quiet:
+            log.warning("dropped a subscriber (%s): %s", sub.label, reason)
+
+    def close_all(self, reason: str, code: int = SHUTDOWN) -> None:
+        """Every subscriber told `reason` (a shutdown), one log line for them all."""
+        subs = list(self.subscribers)
+        for sub in subs:
+            self.drop(sub, reason, code, quiet=True)
+        if subs:
+            log.info("closed %d streams: %s", len(subs), reason)
 
     def add(self, sub: Subscriber) -> None:
         sub.queue = asyncio.Queue(self.queue_size)
@@ -125,20 +168,31 @@ class Hub:
     def remove(self, sub: Subscriber) -> None:
         self.subscribers.discard(sub)
 
-    async def payload(self, event: Event, ask: Ask) -> bytes:
+    async def payload(self, event: Event, ask: Ask, replayed: bool = False) -> bytes:
         """The event as JSON, built once (in a task of its own, so that a subscriber leaving meanwhile cancels
         nothing) for every subscriber that asked the same."""
         key = (event.id, event.index, ask)
         task = self.payloads.get(key)
         if task is None:
-            task = self.payloads[key] = asyncio.create_task(self._build(event, ask))
+            task = self.payloads[key] = asyncio.create_task(self._build(event, ask, replayed))
             while len(self.payloads) > KEPT_PAYLOADS:
                 self.payloads.popitem(last=False)
         if task.done():  # every subscriber after the first: no wrapper, no wake-up
             return task.result()
         return await asyncio.shield(task)
 
-    async def _build(self, event: Event, ask: Ask) -> bytes:
+    async def _build(self, event: Event, ask: Ask, replayed: bool) -> bytes:
+        """A live event's payload at once; a replayed one's in turn, one at a time, each followed by a rest
+        REPLAY_REST times as long as it took: however many replay at once, replays take a quarter of one core."""
+        if not replayed:
+            return await self._built(event, ask)
+        async with self.replay_builds:
+            started = time.perf_counter()
+            payload = await self._built(event, ask)
+            await asyncio.sleep((time.perf_counter() - started) * REPLAY_REST)
+            return payload
+
+    async def _built(self, event: Event, ask: Ask) -> bytes:
         from_chain = {"expiry": ask.expiry, "atm_window": 0 if ask.what == "summary" else ask.atm_window,
                       "strikes": None, "greeks": True, "columns": None, "tz": dt.UTC}
         info = {"stored_at": event.stored_at, "live": event.kind == "minute"}
@@ -150,37 +204,46 @@ class Hub:
             doc = {k: v for k, v in doc.items() if k not in ("strikes", "columns", "oi_change_base")}
         return orjson.dumps(_head(event) | {ask.what: doc}, option=orjson.OPT_SERIALIZE_NUMPY)
 
-    async def _replay(self, after: str) -> AsyncIterator[Event]:
-        start = f"({after}"
-        while True:
-            chunk = await self.redis.xrange(EVENTS, min=start, max="+", count=REPLAY_CHUNK)
-            for eid, raw in chunk:
-                event = Event.of(eid.decode(), {k.decode(): v.decode() for k, v in raw.items()})
-                if event is not None:
-                    yield event
-            if len(chunk) < REPLAY_CHUNK:
+    async def _replayed(self, sub: Subscriber, entries) -> AsyncIterator[tuple[Event, bytes] | str]:
+        """The subscriber's events among `entries` with their payloads, each charged to its token's rate limit
+        before it is built (a local count, synced with Redis every 0.1 s); the id of each event that is not the
+        subscriber's, as a str (so that the caller knows how far it read)."""
+        async for eid, fields in entries:
+            event = Event.of(eid, fields)
+            if event is None or event.index not in sub.indices or not self.shows(event):
+                yield eid
+                continue
+            if sub.charge is not None and (stop := await sub.charge(1)) is not None:
+                self.drop(sub, stop[1], stop[0])
                 return
-            start = f"({chunk[-1][0].decode()}"
+            yield event, await self.payload(event, sub.ask, replayed=True)
 
     async def batches(self, sub: Subscriber, after: str | None) -> AsyncIterator[list[tuple[Event | None, bytes]]]:
         """The subscriber's events with their payloads, in batches (what queued up while it was sending: one write
-        for several): first those stored after `after` (from Redis), then live ones; each once, in order. A first
-        (None, notice) when the stream no longer holds all of them. Ends when the hub drops the subscriber (which
-        the caller has added to it)."""
+        for several): first those stored after `after` (from Redis, at most replay_max), then live ones; each
+        once, in order. A first (None, notice) when some are left out. Ends when the hub lets the subscriber go
+        (which the caller has added to it)."""
         last = after
-        if after is not None and (why := await lost_since(self.redis, after)) is not None:
-            yield [(None, orjson.dumps({"type": "lost", "message": why}))]
-        while last is not None:  # replay until one pass ends without the live queue overflowing
-            sub.replaying, sub.overflowed = True, False
-            async for event in self._replay(last):
-                last = event.id
-                if event.kind in PUSHED and event.index in sub.indices:
-                    yield [(event, await self.payload(event, sub.ask))]
-            if not sub.overflowed:
-                break
-            while not sub.queue.empty():
-                sub.queue.get_nowait()
+        if after is not None:
+            source, notice = await replay.window(self.redis, after, self.replay_max)
+            if notice is not None:
+                yield [(None, notice)]
+            while last is not None and not sub.closed:  # replay until one pass ends without the live queue overflowing
+                sub.replaying, sub.overflowed = True, False
+                async for got in self._replayed(sub, source):
+                    last = got if isinstance(got, str) else got[0].id
+                    if not isinstance(got, str):
+                        yield [got]
+                if not sub.overflowed:
+                    break
+                while not sub.queue.empty():
+                    sub.queue.get_nowait()
+                source = replay.entries_after(self.redis, last)
         sub.replaying = False
+        async for batch in self._live(sub, last):
+            yield batch
+
+    async def _live(self, sub: Subscriber, last: str | None) -> AsyncIterator[list[tuple[Event, bytes]]]:
         while True:
             queued = [await sub.queue.get()]
             while not sub.queue.empty():
@@ -189,7 +252,7 @@ class Hub:
             for event in queued:
                 if event is None:
                     break
-                if (last is not None and event_key(event.id) <= event_key(last)) or event.kind not in PUSHED \
+                if (last is not None and replay.event_key(event.id) <= replay.event_key(last)) \
                         or event.index not in sub.indices:
                     continue
                 last = event.id
@@ -198,15 +261,6 @@ class Hub:
                 yield batch
             if event is None:
                 return
-
-
-async def lost_since(redis, after: str) -> str | None:
-    """Why events after `after` cannot all be given (the stream was trimmed past it), or None."""
-    first = await redis.xrange(EVENTS, count=1)
-    if first and event_key(after) < event_key(first[0][0].decode()) and await redis.xlen(EVENTS) >= EVENTS_KEPT * 0.9:
-        return (f"events after {after} are no longer all kept (the oldest kept is {first[0][0].decode()}): read "
-                "the range again without since= (/v1/summary, /v1/legs)")
-    return None
 
 
 def _head(event: Event) -> dict:

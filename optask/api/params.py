@@ -7,8 +7,10 @@ import datetime as dt
 from dataclasses import dataclass
 
 import pandas as pd
+from starlette.responses import JSONResponse
 
 from optask.core.calendar import MarketCalendar
+from optask.core.clock import WallClock
 from optask.core.schema import EXPIRY_KINDS, SIDES
 from optask.core.timeutils import IST, floor_minute
 
@@ -16,14 +18,31 @@ UTC = dt.UTC
 
 
 class ApiError(Exception):
-    """A request the API refuses: HTTP status, the parameter at fault, and a message meant for the caller."""
+    """A request the API refuses: HTTP status, the parameter at fault, and a message meant for the caller (and
+    headers for it, such as Retry-After)."""
 
-    def __init__(self, status: int, parameter: str | None, message: str, **extra) -> None:
+    def __init__(self, status: int, parameter: str | None, message: str, headers: dict | None = None,
+                 **extra) -> None:
         super().__init__(message)
         self.status, self.parameter, self.message, self.extra = status, parameter, message, extra
+        self.headers = headers
 
     def body(self) -> dict:
         return {"error": {"status": self.status, "parameter": self.parameter, "message": self.message, **self.extra}}
+
+    def response(self, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=headers or self.headers)
+
+
+def year_range() -> tuple[int, int]:
+    """The years a time may name: from 2000 (before any option data optask reads) to next year."""
+    return 2000, WallClock().now().year + 1
+
+
+def checked_year(day: dt.date | dt.datetime, parameter: str, text: str) -> None:
+    first, last = year_range()
+    if not first <= day.year <= last:
+        raise ApiError(400, parameter, f"{parameter}={text[:40]!r}: the year must be {first} to {last}")
 
 
 def checked_index(index: str, configured: tuple[str, ...]) -> str:
@@ -40,6 +59,7 @@ def parse_time(text: str, parameter: str) -> dt.datetime:
     except ValueError:
         raise ApiError(400, parameter, f"{parameter}={text!r} is not an ISO time; use e.g. 2026-11-23T10:30+05:30 "
                        "or 2026-11-23T05:00Z") from None
+    checked_year(t, parameter, text)  # before any time arithmetic: year 1 or 9999 would overflow it
     if t.tzinfo is None:
         t = t.replace(tzinfo=IST)
     return floor_minute(t)
@@ -53,6 +73,7 @@ def parse_bound(text: str | None, parameter: str, end: bool) -> dt.datetime | No
         day = dt.date.fromisoformat(text.strip())
     except ValueError:
         return parse_time(text, parameter)
+    checked_year(day, parameter, text)
     start = dt.datetime.combine(day, dt.time(0, 0), IST)
     return start + dt.timedelta(days=1) - dt.timedelta(minutes=1) if end else start
 
@@ -65,14 +86,19 @@ class Range:
     last: dt.datetime
 
     def days(self) -> list[dt.date]:
-        a, b = self.first.astimezone(IST).date(), self.last.astimezone(IST).date()
-        return [a + dt.timedelta(days=i) for i in range((b - a).days + 1)]
+        a = self.first.astimezone(IST).date()
+        return [a + dt.timedelta(days=i) for i in range(self.n_days)]
+
+    @property
+    def n_days(self) -> int:
+        return (self.last.astimezone(IST).date() - self.first.astimezone(IST).date()).days + 1
 
 
 def checked_range(start: str | None, stop: str | None, default_day: dt.date | None, calendar: MarketCalendar,
                   max_days: int) -> Range:
-    """from/to, each defaulting to the latest stored day; `from` after `to`, too many days, or a single day
-    that is not a session are refused."""
+    """from/to, each defaulting to the latest stored day; `from` after `to`, too many days (counted by subtraction,
+    before any list of days is made), or a single day that is not a session are refused. On the event loop: the
+    calendar has every year from year_range() ready (ServerState.warm_calendar)."""
     first, last = parse_bound(start, "from", end=False), parse_bound(stop, "to", end=True)
     if first is None or last is None:
         if default_day is None:
@@ -84,12 +110,12 @@ def checked_range(start: str | None, stop: str | None, default_day: dt.date | No
         raise ApiError(400, "from", f"from={first.astimezone(IST).isoformat()} is after to="
                        f"{last.astimezone(IST).isoformat()}; give from <= to")
     span = Range(first.astimezone(UTC), last.astimezone(UTC))
-    days = span.days()
-    if len(days) > max_days:
-        raise ApiError(400, "to", f"the range covers {len(days)} days; at most {max_days} per request: "
+    n = (last.astimezone(IST).date() - first.astimezone(IST).date()).days + 1
+    if n > max_days:
+        raise ApiError(400, "to", f"the range covers {n:,} days; at most {max_days} per request: "
                        "ask for fewer days at a time")
-    sessions = [d for d in days if calendar.is_trading_day(d)]
-    if not sessions:
+    days = span.days()
+    if not any(calendar.is_trading_day(d) for d in days):
         what = days[0].isoformat() if len(days) == 1 else f"{days[0]}..{days[-1]}"
         raise ApiError(400, "from", f"{what} has no market session (weekend or exchange holiday); "
                        f"the previous session was {calendar.previous_trading_day(days[0])}")

@@ -18,7 +18,7 @@ from optask.api.chain import LEG_COLUMNS, build_chain
 from optask.api.coverage import coverage
 from optask.api.formats import MEDIA, arrow_length, body, negotiate
 from optask.api.history import Query as RowQuery
-from optask.api.history import columns_of, page_batches, plan_page, schema_of
+from optask.api.history import columns_of, decode_cursor, page_batches, plan_page, schema_of
 from optask.api.params import (
     ApiError,
     checked_columns,
@@ -44,6 +44,8 @@ ERRORS = {status: {"description": what, "content": {"application/json": {"exampl
 #: The bearer token, declared for the docs (their Authorize button); TokenGate in front of the app checks it.
 router = APIRouter(prefix="/v1", dependencies=[Security(HTTPBearer(auto_error=False))], responses=ERRORS)
 MAX_DAYS = 400
+HEAVY_ROWS = 20_000  # a page of more rows than this takes a heavy turn (Turns)
+HEAVY_WAIT_S = 10.0
 
 
 def _state(request: Request) -> ServerState:
@@ -154,7 +156,7 @@ def chain_doc(state: ServerState, name: str, ts: dt.datetime, n_minutes: int | N
                        nearest_before=iso(before), nearest_after=iso(after))
     prev_minutes = cat.minutes(name, cal.previous_trading_day(day))
     prev_ts = dt.datetime.fromtimestamp(prev_minutes[-1] / 1e9, dt.UTC) if len(prev_minutes) else None
-    prev = (prev_ts, cat.minute_legs(name, prev_ts) if prev_ts else None)
+    prev = (prev_ts, cat.minute_oi(name, prev_ts) if prev_ts else None)
     n_ts = n_legs = None
     if n_minutes:
         n_ts = ts - dt.timedelta(minutes=n_minutes)
@@ -169,8 +171,48 @@ def chain_doc(state: ServerState, name: str, ts: dt.datetime, n_minutes: int | N
 
 
 async def chain_of(state: ServerState, name: str, ts: dt.datetime, ask: dict, info: dict | None) -> dict:
-    """The /v1/chain document of a stored minute (for the push: live.Hub builds each event with it)."""
-    return await _built(lambda: chain_doc(state, name, ts, None, ask, info))
+    """The /v1/chain document of a stored minute, for the push (live.Hub builds each event with it): always in a
+    worker thread, cached day or not, so that a replay of thousands of events never holds the event loop."""
+    return await asyncio.to_thread(chain_doc, state, name, ts, None, ask, info)
+
+
+class Turns:
+    """At most API_HEAVY_CONCURRENCY heavy answers (a range over several days, or over HEAVY_ROWS rows) built at
+    once in this process; one that cannot have its turn within HEAVY_WAIT_S is a 503 with Retry-After."""
+
+    def __init__(self, n: int, wait_s: float = HEAVY_WAIT_S) -> None:
+        self.n, self.wait_s, self.free = n, wait_s, asyncio.Semaphore(n)
+
+    async def take(self):
+        """Wait for a turn; the function that gives it back (once)."""
+        try:
+            await asyncio.wait_for(self.free.acquire(), self.wait_s)
+        except TimeoutError:
+            raise ApiError(503, None, f"this API process is already building {self.n} large answers "
+                           "(API_HEAVY_CONCURRENCY); try again shortly, or ask for fewer days or rows",
+                           headers={"Retry-After": "5"}) from None
+        given = []
+
+        def give() -> None:
+            if not given:
+                given.append(True)
+                self.free.release()
+        return give
+
+
+class TurnedResponse(StreamingResponse):
+    """A streamed answer that gives its heavy turn back when it ends, whether it was sent whole or not."""
+
+    def __init__(self, *args, give=None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.give = give
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self.give is not None:
+                self.give()
 
 
 async def _rows(request: Request, table: str, index: str, start: str | None, stop: str | None, expiry: str | None,
@@ -182,29 +224,49 @@ async def _rows(request: Request, table: str, index: str, start: str | None, sto
     cols = checked_columns(columns, columns_of(table), always=("ts", "index"))
     latest = state.latest.get(name)
     span = checked_range(start, stop, latest.astimezone(IST).date() if latest else None, state.calendar, MAX_DAYS)
-    row_limit = state.settings.api.row_limit
-    lim = checked_limit(limit, row_limit)
+    lim = checked_limit(limit, state.settings.api.row_limit)
+    after = decode_cursor(cursor, span)
     only = await state.minutes_since(since, name) if since else None
     q = RowQuery(table, name, span, checked_expiry(expiry), checked_numbers(strike, "strike"), checked_side(side),
                  cols, only)
-    page = await asyncio.to_thread(plan_page, state.catalog, q, lim, cursor)
-    if page.next_cursor and limit is None and cursor is None:
+    give = await state.heavy.take() if span.n_days > 1 else None
+    try:
+        page = await asyncio.to_thread(plan_page, state.catalog, q, lim, after)
+        if give is None and page.rows > HEAVY_ROWS:
+            give = await state.heavy.take()
+        answer = await _answer(request, state, q, page, after, kind, tz, limit is None and cursor is None)
+        if isinstance(answer, TurnedResponse):
+            answer.give, give = give, None  # it gives the turn back when sent
+        return answer
+    finally:
+        if give is not None:
+            give()
+
+
+async def _answer(request: Request, state: ServerState, q: RowQuery, page, after, kind: str, tz: str | None,
+                  whole: bool) -> Response:
+    """The planned page as `kind`: a 413 when a range asked whole holds more than the row limit, a 304 when the
+    caller holds it, else streamed a few thousand rows at a time."""
+    row_limit = state.settings.api.row_limit
+    if page.next_cursor and whole:
         raise ApiError(413, "limit", f"this range holds more than {row_limit} rows, this server's row limit (API_ROW_LIMIT): "
                        f"page through it with limit={row_limit} (or less) and pass each page's next_cursor as cursor=, "
                        "or ask for fewer days", row_limit=row_limit)
-    etag = _tag(page.fingerprint, kind, request.url.query, since and state.last_event_id)
+    etag = _tag(page.fingerprint, kind, request.url.query, q.only_minutes is not None and state.last_event_id)
     extra = {"X-Rows": str(page.rows)} | ({"X-Next-Cursor": page.next_cursor} if page.next_cursor else {})
     if _fresh(request, etag):
         return Response(status_code=304, headers=_headers(state, etag, **extra))
-    meta = {"index": name, "from": iso(span.first, tz_of(tz)), "to": iso(span.last, tz_of(tz)), "rows": page.rows,
+    span, zone, schema = q.span, tz_of(tz), schema_of(q.table, q.columns)
+    meta = {"index": q.index, "from": iso(span.first, zone), "to": iso(span.last, zone), "rows": page.rows,
             "next_cursor": page.next_cursor}
     if kind in ("arrow", "parquet"):
-        extra["Content-Disposition"] = f'attachment; filename="{name}-{table}.{kind}"'
-    if kind == "arrow":
-        size = await asyncio.to_thread(arrow_length, page_batches(state.catalog, q, page, cursor), schema_of(table, cols))
+        extra["Content-Disposition"] = f'attachment; filename="{q.index}-{q.table}.{kind}"'
+    if kind == "arrow" and all(state.catalog.holds(q.table, q.index, day) for day, _, _ in page.plan):
+        # every day in memory: its length costs no read (else the answer goes out chunked, read once)
+        size = await asyncio.to_thread(arrow_length, page_batches(state.catalog, q, page, after), schema)
         extra["Content-Length"] = str(size)
-    stream = body(kind, page_batches(state.catalog, q, page, cursor), schema_of(table, cols), tz_of(tz), meta)
-    return StreamingResponse(stream, media_type=MEDIA[kind], headers=_headers(state, etag, **extra))
+    stream = body(kind, page_batches(state.catalog, q, page, after), schema, zone, meta)
+    return TurnedResponse(stream, media_type=MEDIA[kind], headers=_headers(state, etag, **extra))
 
 
 @router.get("/summary/{index}", summary="The summary series per minute (ATM IV, PCR, max pain, OI totals)")
@@ -232,7 +294,12 @@ async def coverage_of(request: Request, index: str, from_: str | None = Query(No
     name = checked_index(index, state.indices)
     latest = state.latest.get(name)
     span = checked_range(from_, to, latest.astimezone(IST).date() if latest else None, state.calendar, MAX_DAYS)
-    doc = await asyncio.to_thread(coverage, state.settings, state.calendar, Ledger(state.sync_redis), name, span.days())
+    give = await state.heavy.take() if span.n_days > 1 else None  # a long range reads every day's stores
+    try:
+        doc = await asyncio.to_thread(coverage, state.settings, state.calendar, Ledger(state.sync_redis), name,
+                                      span.days())
+    finally:
+        if give is not None:
+            give()
     content = orjson.dumps(doc)
     return _send(request, state, _tag(content), content)
-

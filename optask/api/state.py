@@ -12,18 +12,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
+import pandas as pd
 import redis
 import redis.asyncio
 
 from optask.api.catalog import Catalog
-from optask.api.live import Event, Hub, checked_event_id, lost_since
-from optask.api.params import ApiError
+from optask.api.live import Event, Hub
+from optask.api.params import ApiError, year_range
+from optask.api.replay import checked_event_id, lost_since
 from optask.core.calendar import MarketCalendar
 from optask.core.timeutils import IST, parse_ts
 from optask.infra.coordination import PREFIX
 from optask.infra.ledger import EVENTS
 
 log = logging.getLogger("optask.api")
+HEALTH_S = 1.0
 
 
 @dataclass
@@ -41,11 +44,19 @@ class ServerState:
     last_event_id: str = "0-0"
     answers: OrderedDict = field(default_factory=OrderedDict)  # (index, gen, url) -> (etag, body)
     hub: Hub | None = None  # the push subscribers (live.Hub)
+    heavy: object = None  # routes.Turns: heavy answers take turns
+    following: str | None = "not yet"  # why the event stream is not being followed now, or None while it is
+    redis_state: str = "not yet asked"  # "ok", or why Redis does not answer (asked every HEALTH_S)
 
     def load_latest(self) -> None:
         for index in self.indices:
             self.latest[index] = self.catalog.latest_minute(index)
             self.generation.setdefault(index, 0)
+
+    def latest_day(self, index: str) -> dt.date | None:
+        """The IST day of the newest minute the index has stored: the day live subscribers are shown."""
+        latest = self.latest.get(index)
+        return latest.astimezone(IST).date() if latest is not None else None
 
     def on_event(self, event_id: str, fields: dict) -> None:
         index, ts = fields.get("index"), fields.get("ts")
@@ -62,9 +73,12 @@ class ServerState:
 
     async def follow(self, client: redis.asyncio.Redis) -> None:
         """Follow the stored-minute events for as long as the server runs (on its own client, whose timeout
-        outlasts the blocking read); a lost Redis is retried."""
+        outlasts the blocking read); a lost Redis is retried, and /healthz says so meanwhile."""
         while True:
             try:
+                if self.following is not None:
+                    await client.ping()  # back: say so now, not after the next blocking read
+                    self.following = None
                 out = await client.xread({EVENTS: self.last_event_id}, block=5000, count=1000) or []
                 for _, entries in out:
                     for eid, raw in entries:
@@ -72,8 +86,30 @@ class ServerState:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - Redis away: keep serving what is on disk, retry
-                log.warning("cannot follow the stored-minute events (%s); retrying in 2 s", exc)
+                if self.following is None:
+                    log.warning("cannot follow the stored-minute events (%s); retrying every 2 s", exc)
+                self.following = f"cannot read the stored-minute events: {exc}"
                 await asyncio.sleep(2)
+
+    async def watch_redis(self, client: redis.asyncio.Redis) -> None:
+        """Every HEALTH_S, whether Redis answers (on the events' client, not the requests' pool): /healthz reads
+        the answer and waits on nothing."""
+        while True:
+            try:
+                await asyncio.wait_for(client.ping(), HEALTH_S * 2)
+                self.redis_state = "ok"
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure to answer is "down", with what it was
+                self.redis_state = f"down: {exc or type(exc).__name__}"
+            await asyncio.sleep(HEALTH_S)
+
+    def warm_calendar(self) -> None:
+        """Every year a request may name (params.year_range), and the one before, built now in a thread of its own
+        (about a second, newest first): a request's calendar question is then a lookup on the event loop."""
+        first, last = year_range()
+        for year in range(last, first - 2, -1):
+            self.calendar.is_trading_day(dt.date(year, 6, 1))
 
     async def start_cursor(self) -> None:
         last = await self.redis.xrevrange(EVENTS, count=1)
@@ -108,19 +144,21 @@ class ServerState:
         return orjson.loads(raw) if raw else None
 
     async def minutes_since(self, since: str, index: str) -> np.ndarray:
-        """since=: the minutes of `index` stored (or stored again) after event `since`, up to now (int64 ns)."""
+        """since=: the minutes of `index` stored (or stored again) after event `since`, up to now (int64 ns); the
+        stream is read and parsed in a worker thread."""
         checked_event_id(since, "since")
         if (why := await lost_since(self.redis, since)) is not None:
             raise ApiError(410, "since", why)
-        out: set[int] = set()
-        start = f"({since}"
+        return await asyncio.to_thread(self._minutes_since, since, index)
+
+    def _minutes_since(self, since: str, index: str) -> np.ndarray:
+        mine, start, name = [], f"({since}", index.encode()
         while True:
-            chunk = await self.redis.xrange(EVENTS, min=start, max="+", count=10_000)
-            for _eid, raw in chunk:
-                if raw.get(b"index", b"").decode() == index:
-                    out.add(int(parse_ts(raw[b"ts"].decode()).timestamp() * 1e9))
+            chunk = self.sync_redis.xrange(EVENTS, min=start, max="+", count=10_000)
+            mine += [raw[b"ts"].decode() for _eid, raw in chunk if raw.get(b"index") == name and b"ts" in raw]
             if len(chunk) < 10_000:
                 break
             start = f"({chunk[-1][0].decode()}"
-        return np.array(sorted(out), dtype=np.int64)
-
+        if not mine:
+            return np.array([], dtype=np.int64)
+        return np.unique(pd.to_datetime(pd.Series(mine), utc=True, format="ISO8601").dt.as_unit("ns").astype("int64"))

@@ -23,8 +23,8 @@ def bench(
 ) -> None:
     """Run every benchmark (bench/bench_*.py, from a clone) and print one table: each measure, optask's
     figure and the baseline measured in the same run as median (min-max), their ratio, the goal, and whether
-    every repeat meets it. Takes about 50 minutes on 2 cores (bench_ticker.py alone plays six sessions through
-    the stack, 17 minutes; bench_api.py 11, bench_stream.py 6). Exit 1 when a script failed."""
+    every repeat meets it. Takes about 55 minutes on 2 cores (bench_ticker.py alone plays six sessions through
+    the stack, 17 minutes; bench_api.py 11, bench_stream.py 6, bench_abuse.py 5). Exit 1 when a script failed."""
     import os
 
     from optask.testkit.bench_report import BENCH_DIR, SCRIPTS, fmt, goal_text, run_all

@@ -315,8 +315,13 @@ class ApiSettings(BaseSettings):
     nice: int = Field(10, ge=0, le=19, description="CPU priority the API gives up (nice): the collectors come first.")
     push_queue: int = Field(64, ge=1, le=100_000, description="Events a push subscriber may fall behind before it is dropped.")
     session_hours: int = Field(12, ge=1, le=24 * 30, description="How long the page's login lasts (its session cookie).")
-    cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
-        (), description="Comma-separated origins allowed by CORS (empty: CORS off).")
+    sessions_per_token: int = Field(20, ge=1, le=10_000, description="Page logins a token keeps; a new one ends the oldest.")
+    replay_max: int = Field(2000, ge=1, le=1_000_000, description="Most events a resuming push subscriber is replayed.")
+    streams_per_token: int = Field(100, ge=1, le=10**6, description="Open push streams per token per API process (429).")
+    streams_max: int = Field(1000, ge=1, le=10**6, description="Open push streams per API process (past it, 503).")
+    heavy_concurrency: int = Field(2, ge=1, le=64, description="Heavy row answers built at once per API process.")
+    forwarded_allow_ips: str = Field("127.0.0.1,::1", description="Proxies whose X-Forwarded-Proto/-For are believed (or *).")
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = Field((), description="Comma-separated origins allowed by CORS (empty: off).")
 
     @field_validator("cors_origins", mode="before")
     @classmethod

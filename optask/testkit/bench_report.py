@@ -24,7 +24,7 @@ from pathlib import Path
 OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 BENCH_DIR = Path(__file__).resolve().parents[2] / "bench"
 SCRIPTS = ("bench_providers.py", "bench_processing.py", "bench_storage.py", "bench_pipeline.py", "bench_verify.py",
-           "bench_kite.py", "bench_ticker.py", "bench_api.py", "bench_stream.py")
+           "bench_kite.py", "bench_ticker.py", "bench_api.py", "bench_stream.py", "bench_abuse.py")
 
 
 @dataclass

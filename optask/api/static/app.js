@@ -160,10 +160,13 @@
     const onEvent = (ev) => {
       const doc = JSON.parse(ev.data);
       if (doc.index !== view.index || !doc.chain) return;
-      if (view.live) {
+      const newer = !view.chain || Date.parse(doc.chain.ts) >= Date.parse(view.chain.ts);
+      if (view.live && newer) {  // live shows only minutes newer than the one shown (or that one, repaired)
         render(doc.chain);
         if (dayOf(doc.chain.ts) !== view.day) { refreshDays().then(() => loadSeries(dayOf(doc.chain.ts))); return; }
-        addPoint(doc.chain);
+        addPoint(doc.chain, true);
+      } else if (view.live && dayOf(doc.chain.ts) === view.day) {
+        addPoint(doc.chain, false);  // an earlier minute of the day, repaired: its point in the series, the view stays
       } else if (dayOf(doc.chain.ts) === view.day && !view.minutes.includes(doc.chain.ts)) {
         view.minutes.push(doc.chain.ts); view.minutes.sort();
         $("minute").max = String(view.minutes.length - 1);
@@ -179,14 +182,14 @@
 
   function closeStream() { if (view.source) { view.source.close(); view.source = null; } }
 
-  function addPoint(chain) {
+  function addPoint(chain, move) {  // a minute's point in the day's series (and the time control on it, if `move`)
     if (!view.minutes.includes(chain.ts)) view.minutes.push(chain.ts);
     view.minutes.sort();
     view.series = view.series.filter((r) => r.ts !== chain.ts);
     view.series.push({ ts: chain.ts, expiry: chain.expiry, spot: chain.spot, atm_iv: chain.summary.atm_iv, pcr_oi: chain.summary.pcr_oi });
     view.series.sort((a, b) => (a.ts < b.ts ? -1 : 1));
     $("minute").max = String(view.minutes.length - 1);
-    $("minute").value = String(view.minutes.indexOf(chain.ts));
+    $("minute").value = String(view.minutes.indexOf(move ? chain.ts : view.chain.ts));
     drawDay();
   }
 
