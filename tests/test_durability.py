@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 import redis
+from support import wait_until
 
 from optask.core.config import get_settings, load_settings
 from optask.core.schema import LEG_KEY
@@ -344,10 +345,7 @@ def test_a_collect_minute_killed_after_archiving_stores_the_first_payload_on_red
             kite_server.minute = ts + dt.timedelta(minutes=7)  # the venue has moved on: a refetch differs
             stack.procs.clear()
             stack.start_worker(concurrency=1)
-            deadline = time.monotonic() + 60
-            while not ledger.is_stored("NIFTY", ts.isoformat()):
-                assert time.monotonic() < deadline, "the redelivered minute was never stored"
-                time.sleep(0.2)
+            wait_until(lambda: ledger.is_stored("NIFTY", ts.isoformat()), 60, 0.2, "the redelivered minute stored")
         finally:
             stack.stop()
             client.close()
