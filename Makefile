@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test chaos install test-servers lint bench clean
+.PHONY: run test chaos install test-servers lint bench docs screenshot clean
 
 run: install
 	$(BIN)/optask up
@@ -50,8 +50,20 @@ lint: install
 	$(BIN)/ruff check optask tasks tests bench beat_schedule.py
 	$(BIN)/lint-imports
 
+# The docs site (mkdocs.yml, docs/): the reference pages written from the code, then the site built into site/,
+# strict (a broken link or a missing page fails). `make test` checks both (tests/test_docs.py).
+docs: install
+	$(BIN)/optask docs --out docs/reference
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# docs/img/page.png (the README's and the site's picture of the page): taken by the browser test, which plays
+# a simulated morning through the real pipeline and `optask serve`, then logs in with Debian's Chromium.
+screenshot: install test-servers
+	OPTASK_SCREENSHOTS=$(CURDIR)/site/screenshots $(BIN)/pytest -q -p no:cacheprovider tests/test_page.py -k shows_the_apis
+	cp site/screenshots/page-1366.png docs/img/page.png
+
 bench: install
 	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache site

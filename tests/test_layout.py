@@ -1,5 +1,5 @@
 """The house's rules that import-linter does not check: small product modules and functions, and the package
-tree the README's "Layout" section shows is the one on disk."""
+tree the docs' Layout page shows is the one on disk."""
 
 from __future__ import annotations
 
@@ -34,15 +34,16 @@ def test_no_product_function_over_80_lines():
     assert not long, f"split these functions (over {MAX_FUNCTION_LINES} lines): {long}"
 
 
-def test_readme_layout_matches_the_packages():
-    """Every package under optask/ is in the README's Layout tree, and every package the tree names exists."""
-    readme = (ROOT / "README.md").read_text()
-    tree = readme.split("## Layout", 1)[1].split("```", 2)[1]
+def test_the_layout_page_matches_the_packages():
+    """Every package under optask/ is in the Layout page's tree (docs/layout.md), and every package the tree names
+    exists."""
+    page = (ROOT / "docs" / "layout.md").read_text()
+    tree = page.split("```", 2)[1]
     named = set(re.findall(r"\b(\w+)/", tree))
     on_disk = {p.parent.name for p in (ROOT / "optask").rglob("__init__.py") if p.parent != ROOT / "optask"}
-    assert on_disk <= named, f"packages missing from the README's Layout: {sorted(on_disk - named)}"
-    assert named - {"optask", "tasks", "tests", "bench", "deploy", "data"} <= on_disk, \
-        f"the README's Layout names packages that do not exist: {sorted(named - on_disk)}"
+    assert on_disk <= named, f"packages missing from docs/layout.md: {sorted(on_disk - named)}"
+    assert named - {"optask", "tasks", "tests", "bench", "deploy", "docs", "data"} <= on_disk, \
+        f"docs/layout.md names packages that do not exist: {sorted(named - on_disk)}"
 
 
 def _product_lines(pattern: str) -> dict[str, int]:

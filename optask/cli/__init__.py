@@ -1,6 +1,6 @@
 """The `optask` command: one verb per job; each verb parses, calls one library function, renders.
 
-One module per group of verbs (`system`, `data`, `health`, `run`, `drills`); importing this
+One module per group of verbs (`system`, `data`, `health`, `run`, `drills`, `api`, `docs`); importing this
 package registers them all on `app`. Heavy imports live inside the verbs so `optask --help` stays fast.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from optask.cli import api, data, drills, health, run, system  # noqa: F401 - each registers its verbs on `app`
+from optask.cli import api, data, docs, drills, health, run, system  # noqa: F401 - each registers its verbs on `app`
 from optask.cli.app import app, err
 from optask.cli.health import run_health
 from optask.core.config import SettingsError

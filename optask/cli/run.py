@@ -48,6 +48,10 @@ def up() -> None:
     and die with it even if it is killed. Exit status: 0 stopped by a signal, 2 a child failed to
     start or died past its restart limit (the reason in one line), or another `up` runs on this data root.
     """
+    from optask.infra.procutil import unsupported_platform
+
+    if why := unsupported_platform():  # before the supervisor's imports, some of which are POSIX-only
+        fail(why)
     from optask.infra.redis_server import RedisUnavailable
     from optask.ops.supervisor import run_up
 

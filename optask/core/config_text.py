@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -26,11 +27,21 @@ def ignored_settings(settings: Settings) -> list[str]:
     return out
 
 
-def env_example_text() -> str:
-    """The documented `.env.example`: every variable with its description and default, by group."""
-    lines = ["# optask settings: copy to .env and edit. Every variable is optional; shown with its default.", ""]
+@dataclass(frozen=True)
+class DocumentedSetting:
+    group: str
+    group_doc: str  # the first line of the group's docstring
+    variable: str
+    default: str  # as written in .env.example: empty for none
+    description: str
+
+
+def documented_settings() -> list[DocumentedSetting]:
+    """Every setting, by group, with its default and description: the one source of `.env.example` and of the
+    docs' settings reference."""
+    out = []
     for group_name, cls in _GROUPS.items():
-        lines.append(f"# --- {group_name}: {(cls.__doc__ or '').strip().splitlines()[0]}")
+        group_doc = (cls.__doc__ or "").strip().splitlines()[0]
         for field_name, info in cls.model_fields.items():
             default = info.default
             if isinstance(default, SecretStr):
@@ -39,7 +50,23 @@ def env_example_text() -> str:
                 default = ",".join(default)
             elif isinstance(default, Path):
                 default = str(default)
-            lines.append(f"# {info.description}")
-            lines.append(f"{env_name(cls, field_name)}={'' if default is None else default}")
-        lines.append("")
+            out.append(DocumentedSetting(group_name, group_doc, env_name(cls, field_name),
+                                         "" if default is None else str(default), info.description or ""))
+    return out
+
+
+def env_example_text() -> str:
+    """The documented `.env.example`: every variable with its description and default, by group."""
+    lines = ["# optask settings: copy to .env and edit. Every variable is optional; shown with its default.",
+             ""]
+    group = None
+    for s in documented_settings():
+        if s.group != group:
+            if group is not None:
+                lines.append("")
+            group = s.group
+            lines.append(f"# --- {s.group}: {s.group_doc}")
+        lines.append(f"# {s.description}")
+        lines.append(f"{s.variable}={s.default}")
+    lines.append("")
     return "\n".join(lines)

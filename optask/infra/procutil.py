@@ -1,4 +1,5 @@
-"""Process plumbing: children that die with their parent, a free local port, freed memory given back."""
+"""Process plumbing: children that die with their parent, a free local port, freed memory given back, and the
+platforms a supervisor of Celery processes can run on."""
 
 from __future__ import annotations
 
@@ -46,3 +47,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def unsupported_platform(platform: str = "") -> str | None:
+    """Why `optask up` cannot run on this platform (`sys.platform` unless given), or None when it can.
+
+    Celery has had no native Windows support since 4.0 (its prefork pool and warm shutdown need POSIX signals
+    and fork), so the supervisor of its processes stops at once there, with the two ways that work."""
+    if (platform or sys.platform) == "win32":
+        return ("optask up does not run on native Windows (Celery has no Windows support since 4.0): "
+                "run it in WSL2 or with Docker Desktop (docker compose up), see docs/platforms.md")
+    return None

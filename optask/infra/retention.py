@@ -1,8 +1,8 @@
 """Every Redis key optask writes, what bounds it, and the daily sweep that drops old days.
 
 Redis runs with `noeviction`: a key family that grows without end would one day stop the pipeline. So each
-family is bounded in one of four ways, listed here (and in the README) and checked by a test that scans a
-Redis after several simulated days:
+family is bounded in one of four ways, listed here (the docs' Redis keys page is generated from this list) and
+checked by a test that scans a Redis after several simulated days:
 
 - per day: one key per (.., day), or a field per day of one hash, dropped by `prune` once the day is
   LEDGER_RETENTION_DAYS old by the clock (the ledger is a cache of the stores: an older day is asked of them);
@@ -48,8 +48,10 @@ FAMILIES = (
     Family("clock:*:*", "expiring", "a simulated session's shared clock anchor (2 days)"),
     Family("lock:*", "expiring", "writer locks (their timeout)"),
     Family("deliveries:*", "expiring", "deliveries of one task attempt (3 days)"),
-    Family("api:rate:*", "expiring", "requests of a token in one rate-limit window"),
-    Family("api:session:*", "expiring", "a page login (API_SESSION_HOURS)"),
+    Family("api:rate:*", "expiring",
+           "requests of a token in one rate-limit window; its page logins of the last minute"),
+    Family("api:session:*", "expiring",
+           "a page login (API_SESSION_HOURS); a token's newest logins, at most API_SESSIONS_PER_TOKEN"),
     Family("ticker", "expiring", "the ticker's state"),
     Family("events", "capped", "stored-minute events, about 50,000 (three weeks of six indices)"),
     Family("alerts:history", "capped", "the last 500 alerts raised and resolved"),
