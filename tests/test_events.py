@@ -93,6 +93,9 @@ def test_the_sync_reader_pages_through_every_event_in_order(client):
     assert [eid for eid, _ in stream.entries_after(ids[9], inclusive=True, page=4)] == ids[9:]
     assert [f["ts"] for _, f in stream.read(ids[27], block_ms=10)] == MINUTES[28:]
     assert stream.read("$", block_ms=10) == []  # only new ones: none came
+    stored(client, MINUTES[:3], index="SENSEX")
+    assert stream.minutes_after(ids[19], "NIFTY", page=4) == MINUTES[20:]
+    assert stream.minutes_after(NONE, "SENSEX", page=4) == MINUTES[:3]
 
 
 def test_the_async_reader_gives_what_the_sync_reader_gives(client, redis_url):

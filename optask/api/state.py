@@ -154,8 +154,7 @@ class ServerState:
         return await asyncio.to_thread(self._minutes_since, since, index)
 
     def _minutes_since(self, since: str, index: str) -> np.ndarray:
-        mine = [fields["ts"] for _, fields in EventStream(self.sync_redis).entries_after(since)
-                if fields.get("index") == index and "ts" in fields]
+        mine = EventStream(self.sync_redis).minutes_after(since, index)
         if not mine:
             return np.array([], dtype=np.int64)
         return np.unique(pd.to_datetime(pd.Series(mine), utc=True, format="ISO8601").dt.as_unit("ns").astype("int64"))
