@@ -75,7 +75,7 @@ def test_the_page_shows_the_apis_numbers_follows_each_new_minute_and_goes_back_i
         page.wait_for_selector("#chain tbody tr")
         shown(page, chain())
         assert page.get_attribute("#tab-NIFTY", "aria-selected") == "true"
-        page.wait_for_function("document.getElementById('day-status').textContent !== '\u2013'")  # its own fetch
+        page.wait_for_function("() => document.getElementById('day-status').textContent !== '\u2013'")  # its own fetch
         assert "verified" in page.inner_text("#day-status") or "score" in page.inner_text("#day-status")
         page.screenshot(path=str(shots / "page-1366.png"), full_page=True)
 
