@@ -205,6 +205,7 @@ def main() -> None:
     import redis
 
     from optask.api.tokens import Tokens
+    from optask.infra.events import EventStream
 
     client = redis.Redis.from_url(server.url)
     print(f"machine: {machine()}; {SECONDS:.0f} s per load, {HONEST} clients, {SUBSCRIBERS} subscribers, "
@@ -212,7 +213,7 @@ def main() -> None:
     t0 = time.perf_counter()
     build(settings, client)
     print(f"stored a full-universe day and 4 more NIFTY days in {time.perf_counter() - t0:.0f} s "
-          f"({client.xlen('optask:events')} stored-minute events)", flush=True)
+          f"({EventStream(client).length()} stored-minute events)", flush=True)
     tokens = [Tokens(client).create(f"honest-{i}") for i in range(HONEST)]
     sub, abuser = Tokens(client).create("subscribers"), Tokens(client).create("abuser")
     figures: dict[str, list[float]] = {}

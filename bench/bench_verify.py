@@ -97,10 +97,10 @@ def main() -> None:
         print(f"verify_day peak RSS in a fresh process: median {statistics.median(p for _, p in peaks):.0f} MB "
               f"(min {min(p for _, p in peaks):.0f}, max {max(p for _, p in peaks):.0f}; the imports alone "
               f"{statistics.median(b for b, _ in peaks):.0f} MB); goal < 300 MB")
-        legs = sum(c["present"] for i in r["indices"].values() for c in [i["completeness"]["parquet.legs"]])
-        rows = sum(len(i["legs_per_minute"]) and sum(i["legs_per_minute"].values()) for i in r["indices"].values())
-        print(f"verify_day, full universe ({rows:,} legs per store in {legs:,} index-minutes), {r['overall_status']} "
-              f"{r['summary']['data_quality_score']}: {spread(runs)}; {2 * rows / statistics.median(runs) / 1e6:.2f}M "
+        legs = sum(i.completeness["parquet.legs"].present for i in r.indices.values())
+        rows = sum(len(i.legs_per_minute) and sum(i.legs_per_minute.values()) for i in r.indices.values())
+        print(f"verify_day, full universe ({rows:,} legs per store in {legs:,} index-minutes), {r.overall_status} "
+              f"{r.score}: {spread(runs)}; {2 * rows / statistics.median(runs) / 1e6:.2f}M "
               f"leg rows/s (Parquet + CSV); goal < 3 s: {statistics.median(runs) / 3:.2f}x of the budget")
 
         plan = plan_backfill(list(INDICES), DAY, DAY, settings=settings)
@@ -136,7 +136,7 @@ def main() -> None:
               f"{total / statistics.median(worker_runs):.0f} index-minutes/s; goal < 10 s")
         print(f"  baseline, one process here (--here): {spread(here_runs)}; "
               f"speed-up {statistics.median(here_runs) / statistics.median(worker_runs):.2f}x")
-        print(f"  after the backfill: {check['overall_status']} {check['summary']['data_quality_score']}")
+        print(f"  after the backfill: {check.overall_status} {check.score}")
         record("verify_day, a full-universe day (Parquet + CSV)", "s", runs, goal=("ours", "<", 3.0))
         record("verify_day peak RSS, a full-universe day, fresh process", "MB", [p for _, p in peaks],
                goal=("ours", "<", 300.0), note="imports included")

@@ -1,9 +1,18 @@
-"""Health: moved to `optask.ops.health`; this path (the seed's `get_enhanced_monitor`) keeps working, and so
-does `python -m optask.health --status|--check|--alerts|--start`, the same as `optask health`."""
+"""Health: moved to `optask.ops.health`; this path (the seed's `get_enhanced_monitor`, and its
+`EnhancedHealthMonitor`, the name it gave `optask.ops.health.HealthMonitor`) keeps working, and so does
+`python -m optask.health --status|--check|--alerts|--start`, the same as `optask health`."""
 
-from optask.ops.health import EnhancedHealthMonitor, get_enhanced_monitor
+from optask.core.config import Settings
+from optask.ops.health import HealthMonitor
+
+EnhancedHealthMonitor = HealthMonitor
 
 __all__ = ["EnhancedHealthMonitor", "get_enhanced_monitor", "main"]
+
+
+def get_enhanced_monitor(settings: Settings | None = None) -> HealthMonitor:
+    """The seed's: `get_enhanced_monitor().start_monitoring()`."""
+    return HealthMonitor(settings)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,8 @@
-"""End-of-day verification: moved to `optask.quality`; this path (the seed's `EODDataVerificationSystem`)
-keeps working."""
+"""End-of-day verification: moved to `optask.quality`; this path (the seed's `EODDataVerificationSystem`, the name
+it gave `optask.quality.verify.DayVerifier`) keeps working."""
 
-from optask.quality.verify import EODDataVerificationSystem, missing_minutes, verify_day
+from optask.quality.verify import DayVerifier, verify_day
 
-__all__ = ["EODDataVerificationSystem", "missing_minutes", "verify_day"]
+EODDataVerificationSystem = DayVerifier
+
+__all__ = ["EODDataVerificationSystem", "verify_day"]

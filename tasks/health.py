@@ -7,12 +7,12 @@ The one task that reaches above `optask.jobs`: health lives in `optask.ops` (imp
 from __future__ import annotations
 
 from optask.infra.queues import HEALTH_EXPIRES_S
-from optask.ops.health.monitor import get_enhanced_monitor
+from optask.ops.health.monitor import HealthMonitor
 from tasks.application import app
 
 
 @app.task(name="tasks.health_check", ignore_result=True, expires=HEALTH_EXPIRES_S)
 def health_check() -> dict:
     """Checks, alerts and self-healing actions."""
-    report = get_enhanced_monitor().run_once()
+    report = HealthMonitor().run_once()
     return {"status": report.status, "actions": len(report.actions)}

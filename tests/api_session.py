@@ -19,7 +19,7 @@ from optask.core.config import get_settings
 from optask.core.timeutils import IST
 from optask.jobs.batch import store_minutes
 from optask.jobs.minute import store_minute
-from optask.quality.verify import EODDataVerificationSystem
+from optask.quality.verify import DayVerifier
 from optask.storage.sinks import compact_day
 
 DAY1, DAY2 = dt.date(2026, 11, 20), dt.date(2026, 11, 23)
@@ -37,8 +37,8 @@ def build() -> None:
     store_minutes("NIFTY", [REPAIRED.isoformat()])  # what in-session repair runs
     for index in settings.market.indices:
         compact_day(index, DAY1, settings)
-    system = EODDataVerificationSystem(settings)
-    system.save_verification_report(system.run_eod_verification(DAY1))
+    verifier = DayVerifier(settings)
+    verifier.save(verifier.verify(DAY1))
 
 
 if __name__ == "__main__":

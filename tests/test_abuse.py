@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
-import functools
 import json
 import secrets
 import socket
@@ -26,7 +25,7 @@ from api_session import DAY1, DAY2
 from support import wait_until
 from support.api import IST, OPTASK, Api, Listener, get, served
 
-from optask.infra.ledger import EVENTS
+from optask.infra.events import STREAM
 from optask.infra.redis_server import RedisServer
 
 
@@ -84,8 +83,8 @@ def close_code(url: str, headers: dict, messages: list[dict]) -> tuple[int, str,
 def test_a_replay_gives_at_most_api_replay_max_events_and_names_the_rest_as_lost(api):
     url = api.serve(API_REPLAY_MAX="5")
     client = redis.Redis.from_url(api.env["REDIS_URL"])
-    assert client.xlen(EVENTS) > 10
-    newest = pushed_ids(client, reversed(client.xrevrange(EVENTS, count=5)))
+    assert client.xlen(STREAM) > 10
+    newest = pushed_ids(client, reversed(client.xrevrange(STREAM, count=5)))
     listener = Listener(url, api.h, last_event_id="0-0")
     listener.wait_for(1 + len(newest), 30)
     time.sleep(1)  # and nothing more
@@ -99,7 +98,7 @@ def test_a_replay_is_charged_to_the_token_by_the_events_it_replays(api):
     url = api.serve(API_RATE_LIMIT="20", API_RATE_WINDOW_S="3600")
     token = api.token("replayer")
     client = redis.Redis.from_url(api.env["REDIS_URL"])
-    assert len(pushed_ids(client, client.xrange(EVENTS))) > 25
+    assert len(pushed_ids(client, client.xrange(STREAM))) > 25
     listener = Listener(url, bearer(token), last_event_id="0-0")
     listener.ended.wait(20)
     listener.close()
@@ -113,7 +112,7 @@ def test_a_replay_is_charged_to_the_token_by_the_events_it_replays(api):
 def test_pushed_payloads_are_built_off_the_event_loop(api, stores, monkeypatch):
     """Every event's payload is built in a worker thread, even when its day is cached (a replay of thousands of
     them on the event loop froze /healthz for seconds)."""
-    from optask.api import routes
+    from optask.api import chain
     from optask.api.catalog import Catalog
     from optask.api.live import Ask, Event, Hub
     from optask.api.state import ServerState
@@ -121,16 +120,16 @@ def test_pushed_payloads_are_built_off_the_event_loop(api, stores, monkeypatch):
     from optask.infra.redis_client import connect_async
 
     built_in: list[threading.Thread] = []
-    real = routes.build_chain
-    monkeypatch.setattr(routes, "build_chain", lambda *a, **k: built_in.append(threading.current_thread()) or real(*a, **k))
+    real = chain.build_chain
+    monkeypatch.setattr(chain, "build_chain", lambda *a, **k: built_in.append(threading.current_thread()) or real(*a, **k))
 
     async def replay() -> int:
         client = connect_async(stores.redis.effective_url())
         state = ServerState(Catalog.from_settings(stores), get_calendar(stores.data.calendar_overrides), client,
                             ("NIFTY", "BANKNIFTY"), settings=stores)
-        hub = Hub(client, functools.partial(routes.chain_of, state))
+        hub = Hub(client, state.chains.pushed)
         events = [Event.of(eid.decode(), {k.decode(): v.decode() for k, v in f.items()})
-                  for eid, f in await client.xrange(EVENTS)]
+                  for eid, f in await client.xrange(STREAM)]
         for event in events:  # the first of each day reads it; the rest find it cached
             await hub.payload(event, Ask("chain", None, 5))
         await client.aclose()
@@ -149,7 +148,7 @@ def test_websocket_messages_are_limited_per_connection(api):
 
 def test_the_stream_rounds_atm_window_so_that_payloads_are_shared(api):
     client = redis.Redis.from_url(api.env["REDIS_URL"])
-    before_last = client.xrevrange(EVENTS, count=2)[-1][0].decode()
+    before_last = client.xrevrange(STREAM, count=2)[-1][0].decode()
     listener = Listener(api.url, api.h, what="chain", atm_window=7, last_event_id=before_last)
     event = listener.wait_for(1, 30)[0]
     listener.close()

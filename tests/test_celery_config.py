@@ -12,6 +12,7 @@ import pyarrow as pa
 import pytest
 
 from optask.core.config import load_settings
+from optask.infra.events import EventStream
 from optask.infra.ledger import Ledger
 from optask.jobs.minute import plan_minute
 from tasks.celeryconfig import celery_config, route_task
@@ -149,5 +150,5 @@ def test_ledger_stored_and_missed(redis_url):
     assert ledger.is_stored("NIFTY", ts) and ledger.last_stored("NIFTY") == ts
     ledger.mark_missed("NIFTY", ts, "late duplicate")  # a stored minute is never marked missed
     assert ledger.missed("NIFTY", dt.date(2026, 11, 23)) == {}
-    events = ledger.events("0", block_ms=10)
+    events = EventStream(ledger.redis).read("0", block_ms=10)
     assert events and events[-1][1]["ts"] == ts

@@ -56,7 +56,7 @@ def unique_keys(table: pa.Table, keys=LEG_KEY) -> int:
     return table.group_by(list(keys)).aggregate([]).num_rows
 
 
-def verify(settings, day: dt.date) -> dict:
+def verify(settings, day: dt.date):
     from optask.quality.verify import verify_day
 
     return verify_day(day, ["NIFTY"], settings)
@@ -113,7 +113,7 @@ def test_two_writers_reaching_one_root_by_two_spellings_lose_no_minute(short_ses
     assert all(rows[f"csv.{t}"] == rows[f"parquet.{t}"] > 0 for t in TABLES), rows
     compact_day("NIFTY", day, settings, redis.Redis.from_url(redis_url))
     result = verify(settings, day)
-    assert result["overall_status"] == "PASS" and result["findings"] == [], result["summary"]
+    assert result.overall_status == "PASS" and result.findings == [], result.summary
 
 
 def test_writer_locks_are_named_by_what_they_protect_never_by_a_path():

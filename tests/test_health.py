@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,7 @@ from optask.ops.health.checks import (
     check_ticker,
     check_workers,
 )
+from optask.quality.results import DayVerification, VerificationSummary
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -111,9 +113,9 @@ def test_checks_are_pure_functions_of_their_inputs():
     assert check_ticker(True, True, up, now, 0).status == OK and "2750" in check_ticker(True, True, up, now, 0).reason
     assert check_eod(None, dt.date(2026, 11, 23), last_session_has_data=False).status == OK
     assert check_eod(None, dt.date(2026, 11, 23), last_session_has_data=True).status == WARN
-    passed = {"day": "2026-11-23", "overall_status": "PASS", "summary": {"data_quality_score": 100.0}}
+    passed = DayVerification("2026-11-23", 0.0, {}, {}, {}, [], "PASS", VerificationSummary(100.0, 0, 0, {}, {}, {}, 0.0))
     assert check_eod(passed, dt.date(2026, 11, 23), True).status == OK
-    assert check_eod({**passed, "overall_status": "FAIL"}, dt.date(2026, 11, 23), True).status == CRIT
+    assert check_eod(replace(passed, overall_status="FAIL"), dt.date(2026, 11, 23), True).status == CRIT
     no_aof = {c.name: c for c in check_redis({"used_memory": 10, "maxmemory": 0, "aof_enabled": 0}, 0.3, None)}
     assert no_aof["redis.aof"].status == WARN
     assert check_redis(None, None, "refused")[0].status == CRIT

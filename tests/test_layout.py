@@ -93,3 +93,20 @@ print("ok")
     assert out.stdout.strip() == "ok", out.stderr
     help_ = subprocess.run([sys.executable, "-m", "optask.health", "--help"], capture_output=True, text=True, timeout=60)
     assert help_.returncode == 0 and "--status" in help_.stdout, help_.stderr
+
+
+def test_the_seeds_names_are_aliases_in_the_seeds_paths_not_the_classes_names():
+    """`EODDataVerificationSystem` and `EnhancedHealthMonitor` (and `get_enhanced_monitor`) are kept where the seed
+    had them, as other names for classes whose own names say what they are; no product module but those two
+    paths defines or names them."""
+    from optask.health import EnhancedHealthMonitor, get_enhanced_monitor
+    from optask.ops.health import HealthMonitor
+    from optask.quality.verify import DayVerifier
+    from optask.verify import EODDataVerificationSystem
+
+    assert EODDataVerificationSystem is DayVerifier and DayVerifier.__name__ == "DayVerifier"
+    assert EnhancedHealthMonitor is HealthMonitor and HealthMonitor.__name__ == "HealthMonitor"
+    assert type(get_enhanced_monitor()) is HealthMonitor
+    seed = r"(EODDataVerificationSystem|EnhancedHealthMonitor|get_enhanced_monitor)\b"
+    named = _product_lines(rf"^\s*(class|def) {seed}|^\s*{seed}\s*=|^\s*from .* import .*{seed}")
+    assert sorted(k.split(":")[0] for k in named) == ["optask/health.py"] * 2 + ["optask/verify.py"], named

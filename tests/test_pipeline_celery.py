@@ -14,6 +14,7 @@ import redis
 from optask.core.calendar import MarketCalendar
 from optask.core.config import get_settings, load_settings
 from optask.infra.celery_client import celery_client
+from optask.infra.events import EventStream
 from optask.infra.ledger import Ledger
 from optask.ops.stack import Stack, wait_for_workers
 
@@ -159,7 +160,7 @@ def test_worker_process_killed_whole(redis_url, pipeline_env, isolated_settings)
 
 def events_per_key(ledger: Ledger) -> dict[tuple[str, str], int]:
     counts: dict[tuple[str, str], int] = {}
-    for _, ev in ledger.events("0", block_ms=10, count=100_000):
+    for _, ev in EventStream(ledger.redis).read("0", block_ms=10, count=100_000):
         key = (ev["index"], ev["ts"])
         counts[key] = counts.get(key, 0) + 1
     return counts

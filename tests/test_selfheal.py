@@ -93,7 +93,7 @@ def test_killed_redis_is_restarted_alerted_resolved_and_given_up_past_the_limit(
 def test_an_index_whose_worker_stops_goes_warn_then_crit_and_its_minutes_are_repaired(
         isolated_settings, redis_url, monkeypatch):
     from optask.infra.ledger import Ledger
-    from optask.ops.health.monitor import get_enhanced_monitor
+    from optask.ops.health.monitor import HealthMonitor
     from optask.ops.stack import Stack
 
     env = {"OPTASK_INDICES": "NIFTY,SENSEX", "OPTASK_STRIKES_AROUND_ATM": "2", "OPTASK_PROVIDER": "simulated",
@@ -105,7 +105,7 @@ def test_an_index_whose_worker_stops_goes_warn_then_crit_and_its_minutes_are_rep
     settings = load_settings()
     ledger = Ledger(redis.Redis.from_url(redis_url))
     stack = Stack(settings, redis_url, isolated_settings, extra_env=env)
-    monitor = get_enhanced_monitor(settings)
+    monitor = HealthMonitor(settings)
 
     def freshness() -> str:
         return {c.name: c.status for c in monitor.check().checks}["freshness.SENSEX"]

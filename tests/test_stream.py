@@ -81,12 +81,13 @@ def test_a_minute_stored_again_unchanged_is_no_event(api):
     """A redelivered minute that reaches the ledger again is an `again` event in Redis, which no subscriber gets."""
     import redis
 
-    from optask.infra.ledger import EVENTS, Ledger
+    from optask.infra.events import STREAM
+    from optask.infra.ledger import Ledger
 
     listener = Listener(api.url, api.h, indices="NIFTY")
     client = redis.Redis.from_url(api.env["REDIS_URL"])
     Ledger(client).mark_stored("NIFTY", minute(9, 27).astimezone(dt.UTC).isoformat(), legs=1, stages_ms={})  # again
-    assert client.xrevrange(EVENTS, count=1)[0][1][b"kind"] == b"again"
+    assert client.xrevrange(STREAM, count=1)[0][1][b"kind"] == b"again"
     api.session("minute", "09:35")
     first = listener.wait_for(1)[0]
     assert first["ts"] == minute(9, 35).astimezone(dt.UTC).isoformat(), first["ts"]

@@ -92,9 +92,10 @@ def build(settings, redis_url, faults=None, influx_skip: tuple[int, ...] = ()) -
 
 
 def verify(settings) -> dict:
+    """The day's results as the report file and `optask verify --json` hold them."""
     from optask.quality.verify import verify_day
 
-    return verify_day(DAY, settings=settings)
+    return verify_day(DAY, settings=settings).as_dict()
 
 
 def kinds(results: dict, index: str = "NIFTY") -> dict[str, int]:
@@ -326,7 +327,7 @@ def test_end_of_day_repairs_20_deleted_minutes_to_100(session, redis_url, ledger
 def test_the_report_renders_in_headless_chromium(session, redis_url, tmp_path):
     exe = shutil.which("chromium")
     need(exe is not None, "chromium missing: `apt-get install chromium` (make test-servers does)")
-    from optask.quality.verify import EODDataVerificationSystem
+    from optask.verify import EODDataVerificationSystem  # the seed's entry points, as its users call them
 
     build(session, redis_url)
     plant_iv_outlier(session)

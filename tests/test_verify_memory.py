@@ -26,8 +26,8 @@ def hwm():
 settings = get_settings()
 base = hwm()
 r = verify_day(dt.date(2026, 11, 23), sys.argv[1].split(","), settings)
-print(json.dumps({"base": base, "peak": hwm(), "score": r["summary"]["data_quality_score"],
-                  "rows": sum(sum(i["legs_per_minute"].values()) for i in r["indices"].values())}))
+print(json.dumps({"base": base, "peak": hwm(), "score": r.summary.data_quality_score,
+                  "rows": sum(sum(i.legs_per_minute.values()) for i in r.indices.values())}))
 """
 
 

@@ -114,8 +114,7 @@ async def _lifespan(settings: Settings, url: str, app: FastAPI):
                         tuple(settings.market.indices), sync_redis=client_for(settings), settings=settings)
     state.tokens = TokenLedger(client, api.rate_window_s, await client.script_load(AUTHORIZE), api.rate_limit)
     state.sessions = Sessions(client, api.session_hours * 3600, api.sessions_per_token)
-    state.hub = Hub(client, functools.partial(routes.chain_of, state), api.push_queue, api.replay_max,
-                    lambda index: state.latest_day(index))
+    state.hub = Hub(client, state.chains.pushed, api.push_queue, api.replay_max, lambda index: state.latest_day(index))
     state.heavy = routes.Turns(api.heavy_concurrency)
     await state.start_cursor()
     state.redis_state = "ok"  # it just answered

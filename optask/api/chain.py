@@ -1,22 +1,28 @@
-"""The option chain of one minute as a consumer reads it: pure functions from stored rows to the response.
+"""The option chain of one minute as a consumer reads it, built in this one place for /v1/chain and the push.
 
 One row per strike with the CE and PE legs side by side, the minute's summary and provenance at the top, and
 per leg what the stores do not hold but a trader asks first: the LTP's change against the previous close,
 the OI's change against the previous session's last stored minute and against N minutes earlier. A value
-whose base minute is not stored is null, never guessed.
+whose base minute is not stored is null, never guessed. `build_chain` and its parts are pure functions from
+stored rows to the response; `StoredChains` reads those rows from the catalog and holds the rules of which
+minute is asked (the latest by default, a session's minute, the nearest stored named when it is not there).
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
-from optask.api.catalog import Columns
+from optask.api.catalog import Catalog, Columns
 from optask.api.params import ApiError, iso
+from optask.core.calendar import MarketCalendar
 from optask.core.pricing import year_fraction
 from optask.core.schema import PER_SIDE_COLUMNS
+from optask.core.timeutils import IST
 from optask.pipeline import parity_forwards
 
 GREEKS = ("delta", "gamma", "theta", "vega")
@@ -180,3 +186,61 @@ def build_chain(index: str, ts: dt.datetime, legs, summary: pa.Table, *, expiry=
         "columns": fields,
         "strikes": [{"strike": k, "ce": c, "pe": p} for k, c, p in zip(chosen.tolist(), *sides, strict=True)],
     }
+
+
+def asked_minute(index: str, latest: dt.datetime | None, at: dt.datetime | None) -> dt.datetime:
+    """The minute a chain is asked of: `at`, else the index's latest stored minute (a 404 when it has none)."""
+    ts = latest if at is None else at
+    if ts is None:
+        raise ApiError(404, "at", f"nothing is stored for {index} yet")
+    return ts
+
+
+@dataclass(frozen=True)
+class StoredChains:
+    """The chain of any stored minute of the catalog: the session's rules, then `build_chain` on what is stored."""
+
+    catalog: Catalog
+    calendar: MarketCalendar
+    settings: object = None  # the market's settings (risk-free rate), when the server has them
+
+    def at(self, index: str, ts: dt.datetime, ask: dict, info: dict | None = None,
+           oi_change_minutes: int | None = None) -> dict:
+        """The /v1/chain document of minute `ts` (`ask`: build_chain's keyword arguments as the request gave them;
+        `info`: what the ledger recorded when the minute was stored). A 400 for a day with no session, a 404
+        naming the nearest stored minutes for a minute not stored."""
+        cat, cal = self.catalog, self.calendar
+        day = ts.astimezone(IST).date()
+        if not cal.is_trading_day(day):
+            raise ApiError(400, "at", f"{day} has no market session (weekend or exchange holiday); the previous "
+                           f"session was {cal.previous_trading_day(day)}")
+        if not cat.has_minute(index, ts):
+            before, after = cat.nearest(index, ts)
+            raise ApiError(404, "at", f"{index} has no stored minute at {iso(ts, IST)}; the nearest stored are "
+                           f"{iso(before, IST) or 'none'} before and {iso(after, IST) or 'none'} after",
+                           nearest_before=iso(before), nearest_after=iso(after))
+        prev, earlier = self.previous_session(index, day), self.earlier(index, ts, oi_change_minutes)
+        legs = cat.minute_legs(index, ts)
+        if legs is None:
+            raise ApiError(404, "at", f"{index} has a summary but no legs stored at {iso(ts, IST)}")
+        return build_chain(index, ts, legs, cat.minute_rows("summary", index, ts), prev=prev, earlier=earlier,
+                           ledger_info=info, rate=self.settings.market.risk_free_rate if self.settings else 0.065,
+                           **ask)
+
+    def previous_session(self, index: str, day: dt.date) -> tuple:
+        """(the previous session's last stored minute, its OI) or (None, None): the base of `oi_change`."""
+        minutes = self.catalog.minutes(index, self.calendar.previous_trading_day(day))
+        prev_ts = dt.datetime.fromtimestamp(minutes[-1] / 1e9, dt.UTC) if len(minutes) else None
+        return prev_ts, self.catalog.minute_oi(index, prev_ts) if prev_ts else None
+
+    def earlier(self, index: str, ts: dt.datetime, n_minutes: int | None) -> tuple:
+        """(n, the minute n before `ts`, its legs when stored): the base of `oi_change_n`."""
+        if not n_minutes:
+            return n_minutes, None, None
+        n_ts = ts - dt.timedelta(minutes=n_minutes)
+        return n_minutes, n_ts, self.catalog.minute_legs(index, n_ts) if self.catalog.has_minute(index, n_ts) else None
+
+    async def pushed(self, index: str, ts: dt.datetime, ask: dict, info: dict | None) -> dict:
+        """The chain of a stored minute for the push (live.Hub builds each event with it): always in a worker
+        thread, cached day or not, so that a replay of thousands of events never holds the event loop."""
+        return await asyncio.to_thread(self.at, index, ts, ask, info)

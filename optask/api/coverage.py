@@ -5,7 +5,6 @@ ledger adds only what it alone knows: which minutes a repair or backfill wrote).
 from __future__ import annotations
 
 import datetime as dt
-import json
 
 import numpy as np
 import pandas as pd
@@ -14,6 +13,7 @@ from optask.core.calendar import MarketCalendar
 from optask.core.clock import WallClock
 from optask.core.timeutils import IST
 from optask.infra.ledger import Ledger
+from optask.quality.report import load_verification, report_json
 from optask.storage.sinks import present_minutes
 
 
@@ -34,19 +34,14 @@ def gaps_of(session: pd.DatetimeIndex, have: set[str]) -> list[list[str]]:
 def eod_of(settings, day: dt.date, index: str) -> dict | None:
     """The end-of-day verdict of the day's verification report, or None when end of day has not run; the report's
     path as it is under the data root (where the server keeps its data is nobody else's business)."""
-    path = settings.data.reports_root / "eod" / day.isoformat() / "verification.json"
-    try:
-        doc = json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-    mine = doc.get("indices", {}).get(index)
+    results = load_verification(settings, day)
+    mine = results.indices.get(index) if results is not None else None
     if mine is None:
         return None
-    before = doc.get("before_repair", {}).get("indices", {}).get(index)
-    return {"score": mine.get("score"), "status": mine.get("status"),
-            "score_before_repair": before.get("score") if before else None,
-            "findings_by_kind": mine.get("findings_by_kind", {}),
-            "report": path.with_name("report.html").relative_to(settings.data.root).as_posix()}
+    before = results.before_repair.indices.get(index) if results.before_repair is not None else None
+    return {"score": mine.score, "status": mine.status, "score_before_repair": before.score if before else None,
+            "findings_by_kind": mine.findings_by_kind,
+            "report": report_json(settings, day).with_name("report.html").relative_to(settings.data.root).as_posix()}
 
 
 def day_coverage(settings, calendar: MarketCalendar, ledger: Ledger, index: str, day: dt.date) -> dict:

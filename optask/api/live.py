@@ -23,7 +23,8 @@ import orjson
 
 from optask.api import replay
 from optask.api.params import ApiError
-from optask.core.timeutils import IST, parse_ts
+from optask.core.timeutils import IST
+from optask.infra.events import AsyncEventStream, Event, event_key
 
 log = logging.getLogger("optask.api")
 PUSHED = ("minute", "repaired")  # an `again` event (a redelivered minute stored again) changes nothing
@@ -38,24 +39,6 @@ BEHIND, REVOKED, LIMITED, SHUTDOWN = 1013, 4401, 4429, 1001
 
 def rounded_window(atm_window: int | None) -> int | None:
     return None if atm_window is None else next(w for w in ATM_WINDOWS if w >= atm_window)
-
-
-@dataclass(frozen=True)
-class Event:
-    id: str
-    index: str
-    ts: dt.datetime
-    kind: str
-    stored_at: float
-
-    @classmethod
-    def of(cls, event_id: str, fields: dict) -> Event | None:
-        """The event as pushed, or None for one no subscriber is sent (an `again`, or a malformed entry)."""
-        kind = fields.get("kind", "minute")  # events written before kinds existed were live minutes
-        try:
-            return cls(event_id, fields["index"], parse_ts(fields["ts"]), kind, float(fields["stored_at"]))
-        except (KeyError, ValueError):
-            return None
 
 
 @dataclass(frozen=True)
@@ -238,7 +221,7 @@ class Hub:
                     break
                 while not sub.queue.empty():
                     sub.queue.get_nowait()
-                source = replay.entries_after(self.redis, last)
+                source = AsyncEventStream(self.redis).entries_after(last)
         sub.replaying = False
         async for batch in self._live(sub, last):
             yield batch
@@ -252,7 +235,7 @@ class Hub:
             for event in queued:
                 if event is None:
                     break
-                if (last is not None and replay.event_key(event.id) <= replay.event_key(last)) \
+                if (last is not None and event_key(event.id) <= event_key(last)) \
                         or event.index not in sub.indices:
                     continue
                 last = event.id

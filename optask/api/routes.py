@@ -14,7 +14,7 @@ from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPBearer
 
 from optask.api.catalog import CACHED_ONLY, NotCached
-from optask.api.chain import LEG_COLUMNS, build_chain
+from optask.api.chain import LEG_COLUMNS, asked_minute
 from optask.api.coverage import coverage
 from optask.api.formats import MEDIA, arrow_length, body, negotiate
 from optask.api.history import Query as RowQuery
@@ -133,47 +133,11 @@ async def chain(request: Request, index: str, at: str | None = None,
     key = state.chain_key(name, str(request.url.query))
     if (hit := state.cached(key)) is not None:
         return _send(request, state, *hit)
-    ts = state.latest.get(name) if at is None else parse_time(at, "at")
-    if ts is None:
-        raise ApiError(404, "at", f"nothing is stored for {name} yet")
+    ts = asked_minute(name, state.latest.get(name), None if at is None else parse_time(at, "at"))
     ask = {"expiry": checked_expiry(expiry), "atm_window": atm_window, "strikes": checked_numbers(strikes, "strikes"),
            "greeks": greeks, "columns": checked_columns(columns, list(LEG_COLUMNS)), "tz": tz_of(tz)}
     info = await state.stored_info(name, ts)
-    return await _json(request, state, key, lambda: chain_doc(state, name, ts, oi_change_minutes, ask, info))
-
-
-def chain_doc(state: ServerState, name: str, ts: dt.datetime, n_minutes: int | None, ask: dict,
-              info: dict | None = None) -> dict:
-    cat, cal = state.catalog, state.calendar
-    day = ts.astimezone(IST).date()
-    if not cal.is_trading_day(day):
-        raise ApiError(400, "at", f"{day} has no market session (weekend or exchange holiday); the previous "
-                       f"session was {cal.previous_trading_day(day)}")
-    if not cat.has_minute(name, ts):
-        before, after = cat.nearest(name, ts)
-        raise ApiError(404, "at", f"{name} has no stored minute at {iso(ts, IST)}; the nearest stored are "
-                       f"{iso(before, IST) or 'none'} before and {iso(after, IST) or 'none'} after",
-                       nearest_before=iso(before), nearest_after=iso(after))
-    prev_minutes = cat.minutes(name, cal.previous_trading_day(day))
-    prev_ts = dt.datetime.fromtimestamp(prev_minutes[-1] / 1e9, dt.UTC) if len(prev_minutes) else None
-    prev = (prev_ts, cat.minute_oi(name, prev_ts) if prev_ts else None)
-    n_ts = n_legs = None
-    if n_minutes:
-        n_ts = ts - dt.timedelta(minutes=n_minutes)
-        if cat.has_minute(name, n_ts):
-            n_legs = cat.minute_legs(name, n_ts)
-    legs = cat.minute_legs(name, ts)
-    if legs is None:
-        raise ApiError(404, "at", f"{name} has a summary but no legs stored at {iso(ts, IST)}")
-    return build_chain(name, ts, legs, cat.minute_rows("summary", name, ts),
-                       prev=prev, earlier=(n_minutes, n_ts, n_legs), ledger_info=info,
-                       rate=state.settings.market.risk_free_rate if state.settings else 0.065, **ask)
-
-
-async def chain_of(state: ServerState, name: str, ts: dt.datetime, ask: dict, info: dict | None) -> dict:
-    """The /v1/chain document of a stored minute, for the push (live.Hub builds each event with it): always in a
-    worker thread, cached day or not, so that a replay of thousands of events never holds the event loop."""
-    return await asyncio.to_thread(chain_doc, state, name, ts, None, ask, info)
+    return await _json(request, state, key, lambda: state.chains.at(name, ts, ask, info, oi_change_minutes))
 
 
 class Turns:

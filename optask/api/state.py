@@ -17,13 +17,14 @@ import redis
 import redis.asyncio
 
 from optask.api.catalog import Catalog
-from optask.api.live import Event, Hub
+from optask.api.chain import StoredChains
+from optask.api.live import Hub
 from optask.api.params import ApiError, year_range
 from optask.api.replay import checked_event_id, lost_since
 from optask.core.calendar import MarketCalendar
 from optask.core.timeutils import IST, parse_ts
-from optask.infra.coordination import PREFIX
-from optask.infra.ledger import EVENTS
+from optask.infra.events import NONE, AsyncEventStream, Event, EventStream
+from optask.infra.ledger import stored_key
 
 log = logging.getLogger("optask.api")
 HEALTH_S = 1.0
@@ -41,12 +42,16 @@ class ServerState:
     sessions: object = None  # tokens.Sessions: the page's logins
     latest: dict[str, dt.datetime | None] = field(default_factory=dict)
     generation: dict[str, int] = field(default_factory=dict)  # bumped by every stored-minute event of an index
-    last_event_id: str = "0-0"
+    last_event_id: str = NONE
     answers: OrderedDict = field(default_factory=OrderedDict)  # (index, gen, url) -> (etag, body)
     hub: Hub | None = None  # the push subscribers (live.Hub)
     heavy: object = None  # routes.Turns: heavy answers take turns
     following: str | None = "not yet"  # why the event stream is not being followed now, or None while it is
     redis_state: str = "not yet asked"  # "ok", or why Redis does not answer (asked every HEALTH_S)
+    chains: StoredChains = field(init=False)  # /v1/chain's and the push's chains, of the catalog
+
+    def __post_init__(self) -> None:
+        self.chains = StoredChains(self.catalog, self.calendar, self.settings)
 
     def load_latest(self) -> None:
         for index in self.indices:
@@ -79,10 +84,8 @@ class ServerState:
                 if self.following is not None:
                     await client.ping()  # back: say so now, not after the next blocking read
                     self.following = None
-                out = await client.xread({EVENTS: self.last_event_id}, block=5000, count=1000) or []
-                for _, entries in out:
-                    for eid, raw in entries:
-                        self.on_event(eid.decode(), {k.decode(): v.decode() for k, v in raw.items()})
+                for event_id, fields in await AsyncEventStream(client).read(self.last_event_id, block_ms=5000):
+                    self.on_event(event_id, fields)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - Redis away: keep serving what is on disk, retry
@@ -112,8 +115,7 @@ class ServerState:
             self.calendar.is_trading_day(dt.date(year, 6, 1))
 
     async def start_cursor(self) -> None:
-        last = await self.redis.xrevrange(EVENTS, count=1)
-        self.last_event_id = last[0][0].decode() if last else "0-0"
+        self.last_event_id = await AsyncEventStream(self.redis).last_id()
 
     def chain_key(self, index: str, query: str) -> tuple:
         """The chain of an index for one query string, valid until the index stores another minute."""
@@ -138,7 +140,7 @@ class ServerState:
     async def stored_info(self, index: str, ts: dt.datetime) -> dict | None:
         """What the ledger recorded when the minute was stored (when; live or by a repair), or None."""
         try:
-            raw = await self.redis.hget(f"{PREFIX}:stored:{index}:{ts.astimezone(IST).date()}", ts.isoformat())
+            raw = await self.redis.hget(stored_key(index, ts.astimezone(IST).date()), ts.isoformat())
         except redis.RedisError:
             return None  # Redis away: the provenance says "not known" rather than failing the chain
         return orjson.loads(raw) if raw else None
@@ -152,13 +154,7 @@ class ServerState:
         return await asyncio.to_thread(self._minutes_since, since, index)
 
     def _minutes_since(self, since: str, index: str) -> np.ndarray:
-        mine, start, name = [], f"({since}", index.encode()
-        while True:
-            chunk = self.sync_redis.xrange(EVENTS, min=start, max="+", count=10_000)
-            mine += [raw[b"ts"].decode() for _eid, raw in chunk if raw.get(b"index") == name and b"ts" in raw]
-            if len(chunk) < 10_000:
-                break
-            start = f"({chunk[-1][0].decode()}"
+        mine = EventStream(self.sync_redis).minutes_after(since, index)
         if not mine:
             return np.array([], dtype=np.int64)
         return np.unique(pd.to_datetime(pd.Series(mine), utc=True, format="ISO8601").dt.as_unit("ns").astype("int64"))

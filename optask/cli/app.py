@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -13,6 +14,9 @@ from optask import __version__
 from optask.core.config import SettingsError, get_settings
 from optask.core.schema import INDICES
 from optask.core.timeutils import IST
+
+if TYPE_CHECKING:
+    from optask.quality.results import DayVerification
 
 app = typer.Typer(
     name="optask", no_args_is_help=True, add_completion=False,
@@ -70,20 +74,18 @@ def indices_option(values: list[str]) -> list[str]:
     return chosen
 
 
-def show_verification(results: dict) -> int:
+def show_verification(results: DayVerification) -> int:
     """The compact table a person reads after verify or backfill; returns the exit status (0 PASS, 1 WARN, 2 FAIL)."""
-    table = Table(title=f"Verification of {results['day']}: {results['overall_status']} "
-                        f"(score {results['summary']['data_quality_score']:.1f})")
+    table = Table(title=f"Verification of {results.day}: {results.overall_status} (score {results.score:.1f})")
     for col in ("index", "score", "status", "missing minutes per store", "findings"):
         table.add_column(col)
-    for index, r in results["indices"].items():
-        missing = {k: len(v.get("missing", [])) for k, v in r.get("completeness", {}).items()}
-        gaps = ", ".join(f"{k} {n}" for k, n in missing.items() if n) or "none"
-        findings = ", ".join(f"{k} {n}" for k, n in sorted(r.get("findings_by_kind", {}).items())) or "none"
-        style = {"PASS": "green", "WARN": "yellow"}.get(r["status"], "red")
-        table.add_row(index, f"{r['score']:.1f}", f"[{style}]{r['status']}[/{style}]", gaps, findings)
+    for index, r in results.indices.items():
+        gaps = ", ".join(f"{k} {len(c.missing)}" for k, c in r.completeness.items() if c.missing) or "none"
+        findings = ", ".join(f"{k} {n}" for k, n in sorted(r.findings_by_kind.items())) or "none"
+        style = {"PASS": "green", "WARN": "yellow"}.get(r.status, "red")
+        table.add_row(index, f"{r.score:.1f}", f"[{style}]{r.status}[/{style}]", gaps, findings)
     console.print(table)
-    return {"PASS": 0, "WARN": 1}.get(results["overall_status"], 2)
+    return {"PASS": 0, "WARN": 1}.get(results.overall_status, 2)
 
 
 def when(epoch: float) -> str:

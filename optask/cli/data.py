@@ -119,19 +119,19 @@ def verify(
     import json
 
     from optask.core.calendar import get_calendar
-    from optask.quality.verify import EODDataVerificationSystem
+    from optask.quality.verify import DayVerifier
 
     settings = get_settings()
     the_day = parse_day(day, "--day")
     if get_calendar(settings.data.calendar_overrides).session(the_day) is None:
         fail(f"--day {the_day} is not a market session (weekend or holiday); see `optask calendar`")
     chosen = indices_option(index) or list(settings.market.indices)
-    system = EODDataVerificationSystem(settings)
-    results = system.run_eod_verification(the_day, indices=chosen)
-    path = system.save_verification_report(results)
+    verifier = DayVerifier(settings)
+    results = verifier.verify(the_day, indices=chosen)
+    path = verifier.save(results)
     if as_json:
-        typer.echo(json.dumps(results, indent=2, default=str))
-        code = {"PASS": 0, "WARN": 1}.get(results["overall_status"], 2)
+        typer.echo(json.dumps(results.as_dict(), indent=2, default=str))
+        code = {"PASS": 0, "WARN": 1}.get(results.overall_status, 2)
     else:
         code = show_verification(results)
         console.print(f"report: {path}")
@@ -214,12 +214,12 @@ def _run_with_progress(plan, settings, client, workers: list[str]) -> list[dict]
 
 def _verify_days(days, indices: list[str], settings) -> int:
     """Verify each day, write its report, show it; the worst exit status."""
-    from optask.quality.verify import EODDataVerificationSystem
+    from optask.quality.verify import DayVerifier
 
-    system = EODDataVerificationSystem(settings)
+    verifier = DayVerifier(settings)
     code = 0
     for day in days:
-        results = system.run_eod_verification(day, indices=indices)
-        system.save_verification_report(results)
+        results = verifier.verify(day, indices=indices)
+        verifier.save(results)
         code = max(code, show_verification(results))
     return code

@@ -24,9 +24,9 @@ def run_health(mode: str) -> int:
     import signal as _signal
 
     from optask.ops.health.checks import RANK
-    from optask.ops.health.monitor import get_enhanced_monitor
+    from optask.ops.health.monitor import HealthMonitor
 
-    monitor = get_enhanced_monitor(get_settings())
+    monitor = HealthMonitor(get_settings())
     if mode == "check":
         report = monitor.check()
         for c in report.checks:

@@ -5,9 +5,8 @@
   after every store is durable, so "stored" is never ahead of the files;
 - missed: a hash per (index, day) of minute -> reason (retries exhausted, expired in queue),
   the backfill work list; a minute stored later leaves it;
-- events: a capped stream of stored minutes that `optask up`, `optask demo` and the API's push follow; each
-  names its kind: `minute` (stored live, the first time), `repaired` (stored by a repair or backfill: new or
-  replacing what was there) or `again` (a live minute stored again, as a redelivery does: nothing changed);
+- events: each minute stored is also an event on the stored-minute stream (`optask.infra.events`, which owns
+  it), appended by the same script;
 - repair: per (index, day), the in-session repair attempts of each minute (count, last outcome).
 """
 
@@ -21,11 +20,10 @@ from dataclasses import dataclass
 import redis
 
 from optask.core.timeutils import IST, parse_ts
+from optask.infra import events
 from optask.infra.coordination import PREFIX, claim_once, heartbeat
 from optask.infra.redis_server import client_for
 
-EVENTS = f"{PREFIX}:events"
-EVENTS_KEPT = 50_000  # the stream is capped near this many stored-minute events (about three weeks of six indices)
 #: SET NX the claim; the progress hash says who holds it and how far it got (see Ledger.claim_progress).
 _CLAIM_PROGRESS = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[3]) then
@@ -42,21 +40,25 @@ CLAIM_TTL_S = 2 * 24 * 3600
 #: KEYS: stored hash, missed hash, last_stored, events; ARGV: ts, info, index, legs, live (1/0), stored_at, kept,
 #: the day's expiry (s: a net under the end-of-day sweep, `optask.infra.retention`).
 #: One script so that the event's kind (which needs to know whether the minute was there) is never lost.
-_MARK_STORED = """
+_MARK_STORED = f"""
 local first = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[8])
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('SET', KEYS[3], ARGV[1])
 local kind = 'repaired'
 if ARGV[5] == '1' then kind = (first == 1) and 'minute' or 'again' end
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', 'index', ARGV[3], 'ts', ARGV[1], 'legs', ARGV[4],
-           'stored_at', ARGV[6], 'kind', kind)
+{events.append_lua('KEYS[4]', 'ARGV[7]', ('ARGV[3]', 'ARGV[1]', 'ARGV[4]', 'ARGV[6]', 'kind'))}
 return first
 """
 
 
 def _day(ts: str) -> str:
     return parse_ts(ts).astimezone(IST).date().isoformat()
+
+
+def stored_key(index: str, day: dt.date | str) -> str:
+    """The hash of the minutes an index stored on an IST day (minute ISO -> what was recorded, JSON)."""
+    return f"{PREFIX}:stored:{index}:{day if isinstance(day, str) else day.isoformat()}"
 
 
 @dataclass
@@ -89,7 +91,7 @@ class Ledger:
         return float(v) if v else None
 
     def is_stored(self, index: str, ts: str) -> bool:
-        return bool(self.redis.hexists(f"{PREFIX}:stored:{index}:{_day(ts)}", ts))
+        return bool(self.redis.hexists(stored_key(index, _day(ts)), ts))
 
     def mark_stored(self, index: str, ts: str, legs: int, stages_ms: dict[str, float], live: bool = True) -> None:
         """Record a stored minute; `live` (not a backfill or repair) also beats the index's heartbeat,
@@ -106,9 +108,9 @@ class Ledger:
         """The keys and arguments of `_MARK_STORED` for one minute."""
         day = _day(ts)
         info = json.dumps({"legs": legs, "stages_ms": stages_ms, "stored_at": now, "live": live})
-        keys = (f"{PREFIX}:stored:{index}:{day}", f"{PREFIX}:missed:{index}:{day}", f"{PREFIX}:last_stored:{index}",
-                EVENTS)
-        return keys, (ts, info, index, legs, int(live), repr(now), EVENTS_KEPT, self._day_ttl_s)
+        keys = (stored_key(index, day), f"{PREFIX}:missed:{index}:{day}", f"{PREFIX}:last_stored:{index}",
+                events.STREAM)
+        return keys, (ts, info, index, legs, int(live), repr(now), events.KEPT, self._day_ttl_s)
 
     def mark_stored_many(self, index: str, legs_by_minute: dict[str, int]) -> None:
         """Record a batch's stored minutes (a backfill, repair or replay: not live) in one round trip."""
@@ -130,7 +132,7 @@ class Ledger:
             self.redis.hincrby(f"{PREFIX}:metrics:missed", index, 1)
 
     def stored(self, index: str, day: dt.date) -> dict[str, dict]:
-        raw = self.redis.hgetall(f"{PREFIX}:stored:{index}:{day.isoformat()}")
+        raw = self.redis.hgetall(stored_key(index, day))
         return {k.decode(): json.loads(v) for k, v in raw.items()}
 
     def missed(self, index: str, day: dt.date) -> dict[str, str]:
@@ -143,7 +145,7 @@ class Ledger:
 
     def stored_minutes(self, index: str, day: dt.date) -> set[str]:
         """The minutes the ledger has recorded as stored (a cache of the stores, cheap to ask)."""
-        return {k.decode() for k in self.redis.hkeys(f"{PREFIX}:stored:{index}:{day.isoformat()}")}
+        return {k.decode() for k in self.redis.hkeys(stored_key(index, day))}
 
     def repair_attempts(self, index: str, day: dt.date) -> dict[str, dict]:
         """Minute -> {attempts, last_at, last}: what in-session repair has tried for each minute."""
@@ -172,19 +174,8 @@ class Ledger:
         day = _day(ts)
         pipe = self.redis.pipeline(transaction=False)
         for index in indices:
-            pipe.hget(f"{PREFIX}:stored:{index}:{day}", ts)
+            pipe.hget(stored_key(index, day), ts)
         return {i: json.loads(v) for i, v in zip(indices, pipe.execute(), strict=True) if v}
-
-    def last_event_id(self) -> str:
-        """The id of the newest stored-minute event ("0-0" when none): follow the stream from here."""
-        last = self.redis.xrevrange(EVENTS, count=1)
-        return last[0][0].decode() if last else "0-0"
-
-    def events(self, last_id: str = "$", block_ms: int = 1000, count: int = 1000) -> list[tuple[str, dict]]:
-        """Stored-minute events after `last_id` ("$" = only new ones), waiting up to block_ms."""
-        out = self.redis.xread({EVENTS: last_id}, block=block_ms, count=count) or []
-        return [(eid.decode(), {k.decode(): v.decode() for k, v in fields.items()}) for _, entries in out
-                for eid, fields in entries]
 
 
 def ledger_for(settings) -> Ledger:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import redis
 
+from optask.infra import events
 from optask.infra.coordination import PREFIX
 
 _DAY = re.compile(r"(\d{4}-\d{2}-\d{2})")
@@ -53,7 +54,8 @@ FAMILIES = (
     Family("api:session:*", "expiring",
            "a page login (API_SESSION_HOURS); a token's newest logins, at most API_SESSIONS_PER_TOKEN"),
     Family("ticker", "expiring", "the ticker's state"),
-    Family("events", "capped", "stored-minute events, about 50,000 (three weeks of six indices)"),
+    Family(events.STREAM.removeprefix(f"{PREFIX}:"), "capped",
+           f"stored-minute events, about {events.KEPT:,} (three weeks of six indices)"),
     Family("alerts:history", "capped", "the last 500 alerts raised and resolved"),
     Family("alerts:outbox", "capped", "the last 200 notifications waiting for a channel to come back"),
     Family("health:actions", "capped", "the last 200 self-healing actions"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 
 from optask.core.calendar import get_calendar
 from optask.core.config import Settings, get_settings
@@ -17,7 +16,8 @@ from optask.infra.session_clock import get_clock
 from optask.jobs.arguments import checked_day
 from optask.jobs.backfill import CHUNK_MINUTES
 from optask.jobs.batch import store_minutes
-from optask.quality.verify import EODDataVerificationSystem, missing_minutes, release_memory
+from optask.quality.report import load_verification
+from optask.quality.verify import DayVerifier, release_memory
 from optask.storage.archive import maintain
 from optask.storage.sinks import compact_day, resend_influx, stored_days
 
@@ -43,11 +43,11 @@ def end_of_day(day: str, settings: Settings | None = None, repair: bool = True) 
     for index in indices:
         compact_day(index, d, settings=settings)
         release_memory()  # a worker child lives for days: what one index's compaction freed goes back now
-    system = EODDataVerificationSystem(settings)
-    before = system.run_eod_verification(d, indices=indices)
+    verifier = DayVerifier(settings)
+    before = verifier.verify(d, indices=indices)
     repaired: dict[str, dict] = {}
     for index in indices:
-        todo = missing_minutes(before, index) if repair else []
+        todo = before.missing_minutes(index) if repair else []
         if not todo:
             continue
         done = {"asked": len(todo), "stored": 0, "unavailable": 0, "influx_resent": 0}
@@ -55,17 +55,15 @@ def end_of_day(day: str, settings: Settings | None = None, repair: bool = True) 
             r = store_minutes(index, todo[i:i + CHUNK_MINUTES], settings=settings)
             done["stored"] += r["stored"]
             done["unavailable"] += r["unavailable"]
-        influx_only = sorted(set(todo) & {m for k, c in before["indices"][index]["completeness"].items()
-                                          if k.startswith("influx.") for m in c["missing"]})
+        influx_only = sorted(set(todo) & set(before.indices[index].missing_minutes("influx")))
         if influx_only:
             done["influx_resent"] = resend_influx(index, d, influx_only, settings)
         compact_day(index, d, settings=settings)
         repaired[index] = done
-    after = system.run_eod_verification(d, indices=indices) if repaired else before
-    report_path = system.save_verification_report(after, before=before if repaired else None)
-    ledger_for(settings).record_eod(day, {"before": before["summary"]["data_quality_score"],
-                                          "after": after["summary"]["data_quality_score"],
-                                          "status": after["overall_status"], "report": report_path,
+    after = verifier.verify(d, indices=indices) if repaired else before
+    report_path = str(verifier.save(after, before=before if repaired else None))
+    ledger_for(settings).record_eod(day, {"before": before.score, "after": after.score,
+                                          "status": after.overall_status, "report": report_path,
                                           "repaired": sum(r["stored"] for r in repaired.values())})
     client = ledger_for(settings).redis
     retention = maintain(settings.data.raw_root, d, settings.data.raw_retention_days, settings.data.compression_enabled,
@@ -76,11 +74,10 @@ def end_of_day(day: str, settings: Settings | None = None, repair: bool = True) 
         "day": day, "session": True, "report": report_path, "repaired": repaired, "raw_retention": retention,
         "temp_files_swept": sweep_temp_files(settings.data.root),  # left by writers killed mid-write
         "redis_retention": prune(client, today, settings.data.ledger_retention_days),
-        "before": {"score": before["summary"]["data_quality_score"], "status": before["overall_status"]},
-        "after": {"score": after["summary"]["data_quality_score"], "status": after["overall_status"]},
-        "indices": {i: {"expected": max((c["expected"] for c in r["completeness"].values()), default=0),
-                        "stored": min((c["present"] for c in r["completeness"].values()), default=0),
-                        "score": r["score"], "status": r["status"]} for i, r in after["indices"].items()},
+        "before": {"score": before.score, "status": before.overall_status},
+        "after": {"score": after.score, "status": after.overall_status},
+        "indices": {i: {"expected": r.expected, "stored": r.stored, "score": r.score, "status": r.status}
+                    for i, r in after.indices.items()},
     }
 
 
@@ -97,10 +94,5 @@ def unclosed_days(settings: Settings, ledger: Ledger, through: dt.date) -> list[
 
 def day_verified(index: str, day: dt.date, settings: Settings | None = None) -> bool:
     """Whether the day's verification found every minute of the index in every store (raw retention asks)."""
-    settings = settings or get_settings()
-    path = settings.data.reports_root / "eod" / day.isoformat() / "verification.json"
-    try:
-        r = json.loads(path.read_text())["indices"][index]
-    except (OSError, KeyError, ValueError):
-        return False
-    return all(not c["missing"] for c in r["completeness"].values())
+    results = load_verification(settings or get_settings(), day)
+    return results is not None and index in results.indices and results.indices[index].fully_stored

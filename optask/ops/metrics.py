@@ -134,9 +134,9 @@ class OptaskCollector:
                                   labels=["index", "day"])
         eod_status = GaugeMetricFamily("optask_eod_status", "Last verified day: 0 PASS, 1 WARN, 2 FAIL", labels=["day"])
         if eod:
-            for index, r in eod.get("indices", {}).items():
-                score.add_metric([index, eod["day"]], float(r.get("score", 0.0)))
-            eod_status.add_metric([eod["day"]], STATUS_VALUE.get(eod.get("overall_status"), 2))
+            for index, r in eod.indices.items():
+                score.add_metric([index, eod.day], float(r.score))
+            eod_status.add_metric([eod.day], STATUS_VALUE.get(eod.overall_status, 2))
         yield score
         yield eod_status
 

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from optask.core.timeutils import IST, parse_ts
+from optask.infra.events import EventStream
 from optask.infra.queues import MINUTE_EXPIRES_S, MINUTE_HARD_LIMIT_S
 
 
@@ -28,10 +29,10 @@ class MinuteReporter:
     def __post_init__(self) -> None:
         self.deadline_s = self.deadline_s or float(MINUTE_EXPIRES_S + MINUTE_HARD_LIMIT_S)
         # Start from the stream's current end, read now, so events of the first minute are not missed.
-        self.last_id = self.last_id or self.ledger.last_event_id()
+        self.last_id = self.last_id or EventStream(self.ledger.redis).last_id()
 
     def poll(self, block_ms: int = 1000) -> list[str]:
-        for event_id, ev in self.ledger.events(self.last_id, block_ms=block_ms):
+        for event_id, ev in EventStream(self.ledger.redis).read(self.last_id, block_ms=block_ms):
             self.last_id = event_id
             if ev["ts"] not in self.done:
                 self.pending.setdefault(ev["ts"], time.time())

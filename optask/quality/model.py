@@ -5,7 +5,7 @@ See `optask.quality.verify` for the checks, the score formula and the statuses.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import pandas as pd
@@ -64,6 +64,11 @@ class Finding:
 
     def as_dict(self) -> dict:
         return {**asdict(self), "severity": self.severity, "category": KINDS[self.kind][0]}
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> Finding:
+        """A finding as `as_dict` wrote it (its severity and category follow from its kind)."""
+        return cls(**{f.name: doc[f.name] for f in fields(cls)})
 
 
 def iso_minutes(values) -> list[str]:

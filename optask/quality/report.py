@@ -1,6 +1,6 @@
 """The end-of-day report a person reads: one self-contained HTML page plus the complete JSON.
 
-    reports/eod/{day}/verification.json   every finding, the completeness per store, the weights
+    reports/eod/{day}/verification.json   every finding, the completeness per store, the weights (results.py)
     reports/eod/{day}/report.html         score and status per index, charts, findings (capped)
 
 Charts are matplotlib PNGs embedded as data URIs, so the page works offline and can be mailed.
@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 from optask.core.calendar import get_calendar
 from optask.core.timeutils import IST
 from optask.infra.fsutil import atomic_write_bytes
+from optask.quality.results import DayVerification
 from optask.storage.parquet import ParquetStore
 
 FINDINGS_SHOWN = 200
@@ -44,7 +45,20 @@ def _ist(iso: str | None) -> str:
     return dt.datetime.fromisoformat(iso).astimezone(IST).strftime("%H:%M")
 
 
-def completeness_heatmap(results: dict) -> str:
+def report_json(settings, day: dt.date | str) -> Path:
+    """Where a day's verification.json is (report.html beside it)."""
+    return settings.data.reports_root / "eod" / (day if isinstance(day, str) else day.isoformat()) / "verification.json"
+
+
+def load_verification(settings, day: dt.date | str) -> DayVerification | None:
+    """A day's verification as its report holds it; None when there is none, or it cannot be read."""
+    try:
+        return DayVerification.from_dict(json.loads(report_json(settings, day).read_text()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def completeness_heatmap(results: DayVerification) -> str:
     """Index x minute: the share of store-tables holding each minute (green all, red none)."""
     import matplotlib
 
@@ -52,18 +66,18 @@ def completeness_heatmap(results: dict) -> str:
     import matplotlib.pyplot as plt
     from matplotlib.colors import LinearSegmentedColormap
 
-    indices = list(results["indices"])
-    first = next(iter(results["indices"].values()), None)
-    n = max((c["expected"] for c in first["completeness"].values()), default=0) if first else 0
-    minutes = [m.isoformat() for m in get_calendar().session_minutes(dt.date.fromisoformat(results["day"]))]
+    indices = list(results.indices)
+    first = next(iter(results.indices.values()), None)
+    n = first.expected if first else 0
+    minutes = [m.isoformat() for m in get_calendar().session_minutes(dt.date.fromisoformat(results.day))]
     grid = np.ones((len(indices), max(n, len(minutes), 1)))
     pos = {m: i for i, m in enumerate(minutes)}
     for r, index in enumerate(indices):
-        comp = results["indices"][index]["completeness"]
+        comp = results.indices[index].completeness
         held = np.zeros(grid.shape[1])
         for c in comp.values():
             have = np.ones(grid.shape[1])
-            for m in c["missing"]:
+            for m in c.missing:
                 if m in pos:
                     have[pos[m]] = 0
             held += have
@@ -179,51 +193,50 @@ def _badge(status: str) -> str:
     return f'<span class="badge" style="background:{COLOURS.get(status, "#4a5568")}">{html.escape(status)}</span>'
 
 
-def render_html(results: dict, charts: dict[str, str | None], before: dict | None = None) -> str:
+def render_html(results: DayVerification, charts: dict[str, str | None]) -> str:
     e = html.escape
-    day, overall = results["day"], results["overall_status"]
-    score = results["summary"]["data_quality_score"]
+    day, overall, score, before = results.day, results.overall_status, results.score, results.before_repair
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>optask verification {e(day)}</title>"
              f"<style>{CSS}</style></head><body>",
              f"<h1>Verification of {e(day)}: {_badge(overall)} score {score:.1f} / 100</h1>",
-             f"<div class='muted'>{results['summary']['findings']} findings; generated "
-             f"{dt.datetime.fromtimestamp(results['generated_at'], IST):%Y-%m-%d %H:%M IST}; the complete list is in "
+             f"<div class='muted'>{results.summary.findings} findings; generated "
+             f"{dt.datetime.fromtimestamp(results.generated_at, IST):%Y-%m-%d %H:%M IST}; the complete list is in "
              "verification.json next to this page.</div>"]
     if before:
-        parts.append(f"<p><b>Repaired:</b> score before {before['summary']['data_quality_score']:.1f} "
-                     f"({e(before['overall_status'])}), after {score:.1f} ({e(overall)}).</p>")
+        parts.append(f"<p><b>Repaired:</b> score before {before.summary.data_quality_score:.1f} "
+                     f"({e(before.overall_status)}), after {score:.1f} ({e(overall)}).</p>")
     parts.append("<div class='cards'>")
-    for index, r in results["indices"].items():
+    for index, r in results.indices.items():
         was = ""
-        if before and index in before.get("indices", {}):
-            b = before["indices"][index]
-            was = f"<div class='muted'>before repair {b['score']:.1f} {e(b['status'])}</div>"
-        missing = sum(len(c["missing"]) for c in r["completeness"].values())
-        parts.append(f"<div class='card'><div class='name'>{e(index)}</div><div class='score'>{r['score']:.1f}</div>"
-                     f"{_badge(r['status'])}<div class='muted'>{missing} missing store-minutes, "
-                     f"{sum(r['findings_by_kind'].values())} findings</div>{was}</div>")
+        if before and index in before.indices:
+            b = before.indices[index]
+            was = f"<div class='muted'>before repair {b.score:.1f} {e(b.status)}</div>"
+        missing = sum(len(c.missing) for c in r.completeness.values())
+        parts.append(f"<div class='card'><div class='name'>{e(index)}</div><div class='score'>{r.score:.1f}</div>"
+                     f"{_badge(r.status)}<div class='muted'>{missing} missing store-minutes, "
+                     f"{sum(r.findings_by_kind.values())} findings</div>{was}</div>")
     parts.append("</div>")
     titles = {"heatmap": "Completeness", "smile": "IV smile at open, midday and close",
               "oi": "Open interest by strike", "pcr": "PCR through the day"}
     for key, title in titles.items():
         if charts.get(key):
             parts.append(f"<h2>{e(title)}</h2><img alt='{e(title)}' src='{charts[key]}'>")
+    first = next(iter(results.indices.values()), None)
     parts.append("<h2>Completeness by store</h2><table><tr><th>index</th>"
-                 + "".join(f"<th>{e(k)}</th>" for k in next(iter(results["indices"].values()), {"completeness": {}})["completeness"])
-                 + "</tr>")
-    for index, r in results["indices"].items():
+                 + "".join(f"<th>{e(k)}</th>" for k in (first.completeness if first else {})) + "</tr>")
+    for index, r in results.indices.items():
         parts.append(f"<tr><td>{e(index)}</td>" + "".join(
-            f"<td>{c['present']}/{c['expected']}</td>" for c in r["completeness"].values()) + "</tr>")
+            f"<td>{c.present}/{c.expected}</td>" for c in r.completeness.values()) + "</tr>")
     parts.append("</table>")
-    findings = results["findings"]
+    findings = results.findings
     parts.append(f"<h2>Findings ({len(findings)})</h2>")
     if findings:
         parts.append("<table><tr><th>kind</th><th>severity</th><th>index</th><th>store.table</th><th>minute (IST)</th>"
                      "<th>expiry</th><th>strike</th><th>side</th><th>reason</th></tr>")
         for f in findings[:FINDINGS_SHOWN]:
             parts.append("<tr>" + "".join(f"<td>{e(str(v))}</td>" for v in (
-                f["kind"], f["severity"], f["index"], f"{f['store']}.{f['table']}", _ist(f["minute"]),
-                f["expiry"] or "", "" if f["strike"] is None else f"{f['strike']:g}", f["side"] or "", f["reason"])) + "</tr>")
+                f.kind, f.severity, f.index, f"{f.store}.{f.table}", _ist(f.minute),
+                f.expiry or "", "" if f.strike is None else f"{f.strike:g}", f.side or "", f.reason)) + "</tr>")
         parts.append("</table>")
         if len(findings) > FINDINGS_SHOWN:
             parts.append(f"<p class='muted'>{len(findings) - FINDINGS_SHOWN} more in verification.json.</p>")
@@ -233,21 +246,17 @@ def render_html(results: dict, charts: dict[str, str | None], before: dict | Non
     return "".join(parts)
 
 
-def write_report(results: dict, settings, before: dict | None = None) -> Path:
-    """Write verification.json and report.html under reports/eod/{day}/; returns the HTML's path."""
+def write_report(results: DayVerification, settings) -> Path:
+    """Write verification.json and report.html under reports/eod/{day}/ (with the verdict before a repair when the
+    results carry one); returns the HTML's path."""
     import matplotlib
 
     matplotlib.use("Agg")
-    folder = settings.data.reports_root / "eod" / results["day"]
-    doc = dict(results)
-    if before:
-        doc["before_repair"] = {"summary": before["summary"], "overall_status": before["overall_status"],
-                                "indices": {i: {"score": r["score"], "status": r["status"]}
-                                            for i, r in before["indices"].items()}}
-    atomic_write_bytes(folder / "verification.json", json.dumps(doc, default=str).encode())
-    data = _chart_data(settings, dt.date.fromisoformat(results["day"]), list(results["indices"]))
+    doc = report_json(settings, results.day)
+    atomic_write_bytes(doc, json.dumps(results.as_dict(), default=str).encode())
+    data = _chart_data(settings, dt.date.fromisoformat(results.day), list(results.indices))
     charts = {"heatmap": completeness_heatmap(results), "smile": smile_chart(data), "oi": oi_chart(data),
               "pcr": pcr_chart(data)}
-    path = folder / "report.html"
-    atomic_write_bytes(path, render_html(results, charts, before).encode())
+    path = doc.with_name("report.html")
+    atomic_write_bytes(path, render_html(results, charts).encode())
     return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from optask.quality.model import CORRUPTION, FILE_KINDS, KINDS, MIN_PENALTY, ROW_KINDS, WEIGHTS, Finding
+from optask.quality.results import Completeness
 
 
 def score_index(findings: list[Finding], denominators: dict[str, float]) -> tuple[float, dict[str, float]]:
@@ -31,8 +32,8 @@ def score_index(findings: list[Finding], denominators: dict[str, float]) -> tupl
     return round(max(0.0, score), 2), penalties
 
 
-def status_of(score: float, findings: list[Finding], completeness: dict[str, dict]) -> str:
-    worst_missing = max((c["expected"] - c["present"]) / max(c["expected"], 1) for c in completeness.values()) \
+def status_of(score: float, findings: list[Finding], completeness: dict[str, Completeness]) -> str:
+    worst_missing = max((c.expected - c.present) / max(c.expected, 1) for c in completeness.values()) \
         if completeness else 0.0
     if any(f.kind in CORRUPTION for f in findings) or worst_missing > 0.01 or score < 90:
         return "FAIL"

@@ -11,19 +11,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from optask.quality.model import UNIFIED_TS, Finding, rows_findings
+from optask.quality.results import Completeness
 from optask.storage.csv import text_minutes
 
 
-def check_minutes(index: str, expected: pd.DatetimeIndex, present: pd.DatetimeIndex, store: str, table: str) -> dict:
-    """Completeness of one store-table: counts, missing minutes (ISO), gap ranges, findings."""
+def check_minutes(index: str, expected: pd.DatetimeIndex, present: pd.DatetimeIndex, store: str,
+                  table: str) -> tuple[Completeness, list[Finding]]:
+    """Completeness of one store-table (counts, missing minutes (ISO), gap ranges), and a finding per missing
+    minute."""
     present = pd.DatetimeIndex(present).unique()
     missing = expected.difference(present)
-    return {
-        "expected": len(expected), "present": len(expected) - len(missing),
-        "missing": [m.isoformat() for m in missing], "gaps": missing_ranges(missing),
-        "findings": [Finding(index, "missing_minute", store, table, m.isoformat(), reason="minute missing from the store")
-                     for m in missing],
-    }
+    return (Completeness(store, table, len(expected), len(expected) - len(missing), [m.isoformat() for m in missing],
+                         missing_ranges(missing)),
+            [Finding(index, "missing_minute", store, table, m.isoformat(), reason="minute missing from the store")
+             for m in missing])
 
 
 def check_integrity(index: str, t: pa.Table, keys: tuple[str, ...], expected: pd.DatetimeIndex,

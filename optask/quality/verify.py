@@ -42,7 +42,8 @@ from __future__ import annotations
 import datetime as dt
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -75,6 +76,13 @@ from optask.quality.model import (
     iso_minutes,
 )
 from optask.quality.report import write_report
+from optask.quality.results import (
+    BeforeRepair,
+    Completeness,
+    DayVerification,
+    IndexVerification,
+    VerificationSummary,
+)
 from optask.quality.score import score_index, status_of
 from optask.quality.store_checks import (
     check_consistency,
@@ -91,8 +99,8 @@ from optask.storage.csv import CsvStore, Sidecar
 from optask.storage.influx import InfluxReadError, points_per_minute
 from optask.storage.parquet import ParquetStore
 
-__all__ = ["KINDS", "EODDataVerificationSystem", "Finding", "check_sampling", "compare_minutes", "missing_minutes",
-           "missing_ranges", "verify_day", "verify_index"]
+__all__ = ["KINDS", "DayVerification", "DayVerifier", "Finding", "check_sampling", "compare_minutes", "missing_ranges",
+           "verify_day", "verify_index"]
 
 
 # --- reading the stores (the I/O edge) -----------------------------------------------------------
@@ -103,7 +111,7 @@ class IndexDay:
 
     index: str
     findings: list[Finding] = field(default_factory=list)
-    completeness: dict[str, dict] = field(default_factory=dict)
+    completeness: dict[str, Completeness] = field(default_factory=dict)  # by key ("parquet.legs")
     denominators: dict[str, float] = field(default_factory=dict)
     legs_per_minute: dict[str, int] = field(default_factory=dict)
 
@@ -141,7 +149,7 @@ class StorePass:
     """One store's pass over an index-day: findings and completeness per table, rows per minute."""
 
     findings: dict[str, list[Finding]] = field(default_factory=dict)
-    completeness: dict[str, dict] = field(default_factory=dict)
+    completeness: dict[str, Completeness] = field(default_factory=dict)  # by table
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     rows: int = 0
     after: list[Finding] = field(default_factory=list)  # findings reported after the tables' (sampling, market)
@@ -185,9 +193,8 @@ def parquet_pass(index: str, day: dt.date, settings: Settings, expected: pd.Date
         cols = LEG_COLUMNS if table == "legs" else [k for k in keys if k != "index"]
         t, found = _read_parquet(store, index, day, table, cols)
         present = pd.DatetimeIndex(pc.unique(t["ts"]).to_pandas()) if t.num_rows else pd.DatetimeIndex([], tz="UTC")
-        c = check_minutes(index, expected, present, "parquet", table)
-        out.completeness[table] = {k: v for k, v in c.items() if k != "findings"}
-        found += c["findings"] + check_integrity(index, t, keys, expected, "parquet", table)
+        out.completeness[table], missing = check_minutes(index, expected, present, "parquet", table)
+        found += missing + check_integrity(index, t, keys, expected, "parquet", table)
         out.findings[table] = found
         out.rows += t.num_rows
         if t.num_rows:
@@ -241,9 +248,8 @@ def csv_pass(index: str, day: dt.date, settings: Settings, expected: pd.Datetime
             error = f"{type(exc).__name__}: {exc}"
         found = check_csv_file(index, table, path, meta, text, error)
         minutes, per_minute = csv_minutes(text) if text is not None and text.num_rows else (pd.DatetimeIndex([], tz="UTC"), {})
-        c = check_minutes(index, expected, minutes, "csv", table)
-        out.completeness[table] = {k: v for k, v in c.items() if k != "findings"}
-        found += c["findings"]
+        out.completeness[table], missing = check_minutes(index, expected, minutes, "csv", table)
+        found += missing
         if text is not None and text.num_rows:
             typed = text.set_column(text.column_names.index("ts"), "ts", _parsed_times(text["ts"]))
             found += [f for f in check_integrity(index, typed, keys, expected, "csv", table)
@@ -278,14 +284,14 @@ def _influx(index: str, day: dt.date, settings: Settings, expected: pd.DatetimeI
             out.findings.append(Finding(index, "store_unavailable", "influx", table, reason=str(exc)))
             continue
         present = pd.DatetimeIndex(pd.to_datetime(sorted(per), unit="s", utc=True))
-        c = check_minutes(index, expected, present, "influx", table)
-        out.completeness[f"influx.{table}"] = {k: v for k, v in c.items() if k != "findings"}
-        out.findings += c["findings"]
+        c, missing = check_minutes(index, expected, present, "influx", table)
+        out.completeness[c.key] = c
+        out.findings += missing
         counts[table]["influx"] = {pd.Timestamp(k, unit="s", tz="UTC").isoformat(): v for k, v in per.items()}
 
 
-def verify_day(day: dt.date, indices: list[str] | None = None, settings: Settings | None = None) -> dict:
-    """Verify every index of a day from the stores; the results dict (see the module docstring)."""
+def verify_day(day: dt.date, indices: list[str] | None = None, settings: Settings | None = None) -> DayVerification:
+    """Verify every index of a day from the stores (see the module docstring)."""
     settings = settings or get_settings()
     indices = list(indices or settings.market.indices)
     calendar = get_calendar(settings.data.calendar_overrides)
@@ -300,58 +306,62 @@ def verify_day(day: dt.date, indices: list[str] | None = None, settings: Setting
         csv_parts = [csv_pool.submit(csv_pass, i, day, settings, expected) for i in indices]
         parts = [verify_index(i, day, settings, expected, (p.result(), c.result()))
                  for i, p, c in zip(indices, pq_parts, csv_parts, strict=True)]
-    results: dict = {"day": day.isoformat(), "generated_at": time.time(), "weights": WEIGHTS,
-                     "thresholds": {"stale_minutes": STALE_MINUTES, "stale_ticks": STALE_TICKS, "min_price": MIN_PRICE,
-                                    "iv_abs": IV_ABS, "iv_noise": IV_NOISE, "arb_ticks": ARB_TICKS},
-                     "indices": {}, "findings": []}
-    for part in parts:
-        score, penalties = score_index(part.findings, part.denominators)
-        by_kind: dict[str, int] = {}
-        for f in part.findings:
-            by_kind[f.kind] = by_kind.get(f.kind, 0) + 1
-        results["indices"][part.index] = {
-            "score": score, "status": status_of(score, part.findings, part.completeness), "penalties": penalties,
-            "completeness": part.completeness, "findings_by_kind": by_kind,
-            "legs_missing": int(part.denominators.get("legs_missing", 0)), "legs_per_minute": part.legs_per_minute,
-        }
-        results["findings"] += [f.as_dict() for f in part.findings]
-    statuses = [r["status"] for r in results["indices"].values()]
-    overall = "FAIL" if "FAIL" in statuses else "WARN" if "WARN" in statuses else "PASS"
-    by_kind_all: dict[str, list[dict]] = {}
-    for f in results["findings"]:
-        by_kind_all.setdefault(f["kind"], []).append(f)
-    results["overall_status"] = overall
-    results["summary"] = {
-        "data_quality_score": round(float(np.mean([r["score"] for r in results["indices"].values()])), 2) if parts else 100.0,
-        "indices": len(parts), "findings": len(results["findings"]),
-        "findings_by_kind": {k: len(v) for k, v in by_kind_all.items()},
-        "examples": {k: v[:SUMMARY_CAP] for k, v in by_kind_all.items()},
-        "missing_minutes": {i: {store: len(c["missing"]) for store, c in r["completeness"].items()}
-                            for i, r in results["indices"].items()},
-        "seconds": round(time.perf_counter() - started, 3),
-    }
-    return results
+    verdicts = {part.index: _verdict(part) for part in parts}
+    findings = [f for part in parts for f in part.findings]
+    statuses = [r.status for r in verdicts.values()]
+    by_kind: dict[str, list[Finding]] = {}
+    for f in findings:
+        by_kind.setdefault(f.kind, []).append(f)
+    summary = VerificationSummary(
+        data_quality_score=round(float(np.mean([r.score for r in verdicts.values()])), 2) if parts else 100.0,
+        indices=len(parts), findings=len(findings), findings_by_kind={k: len(v) for k, v in by_kind.items()},
+        examples={k: v[:SUMMARY_CAP] for k, v in by_kind.items()},
+        missing_minutes={i: {key: len(c.missing) for key, c in r.completeness.items()} for i, r in verdicts.items()},
+        seconds=round(time.perf_counter() - started, 3))
+    return DayVerification(
+        day=day.isoformat(), generated_at=time.time(), weights=WEIGHTS,
+        thresholds={"stale_minutes": STALE_MINUTES, "stale_ticks": STALE_TICKS, "min_price": MIN_PRICE,
+                    "iv_abs": IV_ABS, "iv_noise": IV_NOISE, "arb_ticks": ARB_TICKS},
+        indices=verdicts, findings=findings,
+        overall_status="FAIL" if "FAIL" in statuses else "WARN" if "WARN" in statuses else "PASS", summary=summary)
 
 
-def missing_minutes(results: dict, index: str) -> list[str]:
-    """ISO UTC minutes that any store or table of the index lacks: the repair work list, from the stores."""
-    r = results["indices"].get(index)
-    if r is None:
-        return []
-    return sorted({m for c in r["completeness"].values() for m in c["missing"]})
+def _verdict(part: IndexDay) -> IndexVerification:
+    """An index-day's score, status and counts from what its verification found."""
+    score, penalties = score_index(part.findings, part.denominators)
+    by_kind: dict[str, int] = {}
+    for f in part.findings:
+        by_kind[f.kind] = by_kind.get(f.kind, 0) + 1
+    return IndexVerification(part.index, score, status_of(score, part.findings, part.completeness), penalties,
+                             part.completeness, by_kind, int(part.denominators.get("legs_missing", 0)),
+                             part.legs_per_minute)
 
 
-class EODDataVerificationSystem:
-    """The seed platform's entry points, kept: `run_eod_verification(day)` and `save_verification_report(results)`."""
+class DayVerifier:
+    """Verifies days and writes their reports with one set of settings; also the seed platform's entry points,
+    kept (`optask.verify.EODDataVerificationSystem` is this class): `run_eod_verification(day)`, a dict, and
+    `save_verification_report(results)`."""
 
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or get_settings()
 
-    def run_eod_verification(self, day: dt.date | str, indices: list[str] | None = None) -> dict:
-        if isinstance(day, str):
-            day = dt.date.fromisoformat(day)
-        return verify_day(day, indices, self.settings)
+    def verify(self, day: dt.date | str, indices: list[str] | None = None) -> DayVerification:
+        return verify_day(dt.date.fromisoformat(day) if isinstance(day, str) else day, indices, self.settings)
 
-    def save_verification_report(self, results: dict, before: dict | None = None) -> str:
-        """reports/eod/{day}/verification.json and report.html (with the score before a repair, if given)."""
-        return str(write_report(results, self.settings, before=before))
+    def save(self, results: DayVerification, before: DayVerification | None = None) -> Path:
+        """reports/eod/{day}/verification.json and report.html (with the verdict before a repair, if given)."""
+        if before is not None:
+            results = replace(results, before_repair=BeforeRepair.of(before))
+        return write_report(results, self.settings)
+
+    def run_eod_verification(self, day: dt.date | str, indices: list[str] | None = None) -> dict:
+        """The seed's: the results as the report's JSON holds them."""
+        return self.verify(day, indices).as_dict()
+
+    def save_verification_report(self, results: dict | DayVerification, before: dict | DayVerification | None = None
+                                 ) -> str:
+        """The seed's: `save` of results as `run_eod_verification` gave them; the HTML page's path."""
+        def typed(r: dict | DayVerification) -> DayVerification:
+            return DayVerification.from_dict(r) if isinstance(r, dict) else r
+
+        return str(self.save(typed(results), typed(before) if before else None))

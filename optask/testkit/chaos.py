@@ -194,18 +194,20 @@ class Drill:
 
     def verdict(self, day: dt.date | None = None) -> Verdict:
         """What the product says about the day: its verification, its stores, its alerts."""
+        from optask.quality.results import DayVerification
         from optask.storage.sinks import count_day_rows
 
         day = day or self.day
-        results = json.loads((self.data / "reports" / "eod" / day.isoformat() / "verification.json").read_text())
+        results = DayVerification.from_dict(json.loads((self.data / "reports" / "eod" / day.isoformat()
+                                                        / "verification.json").read_text()))
         duplicates = 0
         try:
             count_day_rows(self.data, list(self.indices), day, key_check=True)
         except AssertionError as exc:
             duplicates = int(str(exc).split(": ")[1].split()[0])
         findings: dict[str, int] = {}
-        for f in results["findings"]:
-            findings[f["kind"]] = findings.get(f["kind"], 0) + 1
+        for f in results.findings:
+            findings[f.kind] = findings.get(f.kind, 0) + 1
         alerts = self.alerts()
         healed = 0
         try:
@@ -218,13 +220,13 @@ class Drill:
         except Exception:  # noqa: BLE001 - Redis gone: the verification above is the verdict anyway
             pass
         return Verdict(
-            score=results["summary"]["data_quality_score"], status=results["overall_status"],
-            scores={i: r["score"] for i, r in results["indices"].items()}, duplicate_keys=duplicates,
+            score=results.score, status=results.overall_status,
+            scores={i: r.score for i, r in results.indices.items()}, duplicate_keys=duplicates,
             unreadable_files=findings.get("unreadable_file", 0), findings=findings,
             alerts_fired=[a["name"] for a in alerts if a["kind"] == "firing"],
             alerts_resolved=[a["name"] for a in alerts if a["kind"] == "resolved"],
-            stored=self.stored(day), expected=max((c["expected"] for r in results["indices"].values()
-                                                   for c in r["completeness"].values()), default=self.minutes),
+            stored=self.stored(day), expected=max((c.expected for r in results.indices.values()
+                                                   for c in r.completeness.values()), default=self.minutes),
             healed=healed,
         )
 

@@ -25,6 +25,7 @@ from optask.core.calendar import get_calendar
 from optask.core.clock import WallClock
 from optask.core.config import Settings
 from optask.infra.celery_client import celery_client
+from optask.infra.events import EventStream
 from optask.infra.ledger import Ledger
 from optask.infra.procutil import die_with_parent
 from optask.infra.queues import DEFAULT_QUEUE, TICK_EXPIRES_S
@@ -105,7 +106,7 @@ def run_demo(
                 sent_at[ts] = time.time()
                 client.send_task("tasks.collect_minute", args=(ts,), queue=DEFAULT_QUEUE, expires=TICK_EXPIRES_S)
                 i += 1
-            for event_id, ev in ledger.events(last_id, block_ms=50):
+            for event_id, ev in EventStream(ledger.redis).read(last_id, block_ms=50):
                 last_id = event_id
                 key = (ev["index"], ev["ts"])
                 if key in expected and key not in done:

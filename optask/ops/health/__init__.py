@@ -6,14 +6,7 @@ keeps the report, heals and alerts (`monitor`).
 
 from optask.ops.health.checks import CRIT, OK, RANK, WARN, CheckResult, worst
 from optask.ops.health.measure import Measurements, last_eod, measure
-from optask.ops.health.monitor import (
-    EnhancedHealthMonitor,
-    HealthReport,
-    evaluate,
-    get_enhanced_monitor,
-    last_report,
-    record_action,
-)
+from optask.ops.health.monitor import HealthMonitor, HealthReport, evaluate, last_report, record_action
 
-__all__ = ["CRIT", "OK", "RANK", "WARN", "CheckResult", "EnhancedHealthMonitor", "HealthReport", "Measurements",
-           "evaluate", "get_enhanced_monitor", "last_eod", "last_report", "measure", "record_action", "worst"]
+__all__ = ["CRIT", "OK", "RANK", "WARN", "CheckResult", "HealthMonitor", "HealthReport", "Measurements", "evaluate",
+           "last_eod", "last_report", "measure", "record_action", "worst"]

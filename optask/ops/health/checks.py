@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 from optask.core.timeutils import IST
 from optask.jobs.ticker import STATE_TTL_S
+from optask.quality.results import DayVerification
 
 OK, WARN, CRIT = "OK", "WARN", "CRIT"
 RANK = {OK: 0, WARN: 1, CRIT: 2}
@@ -252,15 +253,15 @@ def check_parked(parked: list[dict]) -> CheckResult:
                        "fix the cause, then run it again (`optask backfill` or `optask verify --day`)", len(parked))
 
 
-def check_eod(eod: dict | None, last_session: dt.date | None, last_session_has_data: bool) -> CheckResult:
+def check_eod(eod: DayVerification | None, last_session: dt.date | None, last_session_has_data: bool) -> CheckResult:
     """The last verification's verdict; WARN when a session with stored data has not been verified."""
     unverified = last_session is not None and last_session_has_data and (
-        eod is None or eod["day"] < last_session.isoformat())
+        eod is None or eod.day < last_session.isoformat())
     if eod is None:
         return CheckResult("eod", WARN if unverified else OK, f"{last_session} has data but no end-of-day verification"
                            if unverified else "no end-of-day verification yet (no collected session)", None)
-    score, status = eod["summary"]["data_quality_score"], eod["overall_status"]
+    score, status = eod.score, eod.overall_status
     level = {"PASS": OK, "WARN": WARN}.get(status, CRIT)
     stale = unverified
-    text = f"{eod['day']}: {status}, score {score:.1f}" + (f" (no verification of {last_session} yet)" if stale else "")
+    text = f"{eod.day}: {status}, score {score:.1f}" + (f" (no verification of {last_session} yet)" if stale else "")
     return CheckResult("eod", max(level, WARN, key=RANK.__getitem__) if stale else level, text, score)

@@ -30,6 +30,8 @@ from optask.infra.redis_server import url_if_running
 from optask.infra.session_clock import clock_of, get_clock
 from optask.jobs.ticker import ticker_state
 from optask.providers.kite.session import token_meta
+from optask.quality.report import load_verification
+from optask.quality.results import DayVerification
 from optask.storage.influx import InfluxSink
 
 DEPTHS = f"{PREFIX}:health:depths"
@@ -71,7 +73,7 @@ class Measurements:
     influx_reachable: bool | None = None
     influx_error: str | None = None
     spool: dict[str, int] = field(default_factory=lambda: {"files": 0, "bytes": 0, "dead": 0})
-    eod: dict | None = None
+    eod: DayVerification | None = None
     last_session: dt.date | None = None
     last_session_has_data: bool = False
     ticker: dict[str, str] = field(default_factory=dict)
@@ -88,18 +90,14 @@ def _disk_free(root: Path) -> tuple[float, str]:
     return shutil.disk_usage(where).free / 1e9, str(root)
 
 
-def last_eod(settings: Settings) -> dict | None:
-    """The newest end-of-day verification results under reports/eod/."""
+def last_eod(settings: Settings) -> DayVerification | None:
+    """The newest end-of-day verification results under reports/eod/ (a report that cannot be read is skipped)."""
     base = settings.data.reports_root / "eod"
     if not base.is_dir():
         return None
     for day_dir in sorted((p for p in base.iterdir() if p.is_dir()), reverse=True):
-        path = day_dir / "verification.json"
-        if path.exists():
-            try:
-                return json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
+        if (results := load_verification(settings, day_dir.name)) is not None:
+            return results
     return None
 
 

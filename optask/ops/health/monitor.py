@@ -174,8 +174,9 @@ def record_action(client, action: str, target: str, result: str) -> dict:
 
 # --- the monitor: checks, alerts, self-healing --------------------------------------------------
 
-class EnhancedHealthMonitor:
-    """The seed platform's monitor, kept: `get_enhanced_monitor().start_monitoring()`."""
+class HealthMonitor:
+    """Checks, keeps the report, heals and alerts: once (`run_once`, the beat task's), or every
+    HEALTH_CHECK_INTERVAL s (`start_monitoring`). The seed's `optask.health.get_enhanced_monitor()` gives one."""
 
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or get_settings()
@@ -250,6 +251,3 @@ class EnhancedHealthMonitor:
         alerter = Alerter(self.settings, client)
         return {"report": report, "actions": actions, "alerts": alerter.active(), "delivery": alerter.delivery_state()}
 
-
-def get_enhanced_monitor(settings: Settings | None = None) -> EnhancedHealthMonitor:
-    return EnhancedHealthMonitor(settings)
